@@ -1,0 +1,235 @@
+"""The dashboard's five analyses: the math, on decompositions and stored per-head arrays.
+
+Pure numpy; touches no files and no model. The dashboard gathers choices, calls these, renders.
+
+1. Property neighbours: the heads carrying one property are combined and the store is ranked
+   by cosine to the query image. Default combination, ``"concat"``: every head's contribution
+   is unit-normalised and the normalised vectors are concatenated; the cosine of two such
+   concatenations is exactly the mean of the per-head cosines, so nothing is materialised.
+   ``"sum"`` adds the normalised contributions instead and takes the cosine of the sums.
+2. Topic segmentation: per-patch maps (``decompose.patch_maps``) contracted with one text
+   direction, summed over every chosen (layer, head).
+3. Contrastive segmentation: the same with direction ``t1 - t2``; positive = more ``t1``.
+4. Head image neighbours: per head, cosine between the query's and each stored image's
+   contribution of that head.
+5. Head text neighbours: per head, score = ``head_out · text`` (the head's direct contribution
+   to the image-text similarity logit), ranked over the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS = 1e-12
+COMBINE_MODES = ("concat", "sum")
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Top-k of a score vector: ``index [k]`` into the stored images, ``score [k]``, best first."""
+
+    index: np.ndarray
+    score: np.ndarray
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero). ``[image, d_embed]`` -> same, float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, EPS)
+
+
+def top_k(scores: np.ndarray, k: int, exclude: Sequence[int] = ()) -> Ranking:
+    """The ``k`` highest of ``scores [image]``, best first, ties broken by lower index.
+
+    ``exclude`` removes stored images from the ranking (e.g. the query itself when it was
+    picked from the store). O(image) with ``argpartition``.
+    """
+    s = np.asarray(scores, dtype=np.float64).copy()
+    if s.ndim != 1:
+        raise ValueError(f"scores must be [image], got shape {s.shape}")
+    if len(exclude):
+        s[np.asarray(exclude, dtype=np.int64)] = -np.inf
+    n_valid = int(np.isfinite(s).sum())
+    k = max(0, min(int(k), n_valid))
+    if k == 0:
+        return Ranking(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+    part = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
+    # boundary ties: take every index whose score equals the k-th score, then the lowest indices
+    kth = np.min(s[part])
+    cand = np.flatnonzero(s >= kth)
+    order = np.lexsort((cand, -s[cand]))[:k]  # primary: score desc, secondary: index asc
+    idx = cand[order]
+    return Ranking(idx.astype(np.int64), s[idx].astype(np.float32))
+
+
+def cosine_scores(query: np.ndarray, stored_unit: np.ndarray) -> np.ndarray:
+    """Cosine of ``query [d_embed]`` with every row of ``stored_unit [image, d_embed]``
+    (rows already unit-norm, see ``unit_rows``) -> ``[image]``."""
+    q = unit_rows(np.asarray(query, dtype=np.float32)[None, :])[0]
+    return stored_unit @ q
+
+
+def head_image_neighbours(
+    query: np.ndarray, stored_unit: Sequence[np.ndarray], k: int = 8, exclude: Sequence[int] = ()
+) -> list[Ranking]:
+    """Per head, the ``k`` stored images whose contribution of that head is most cosine-similar
+    to the query's.
+
+    ``query [head, d_embed]`` (the chosen heads' contributions for the query image);
+    ``stored_unit``: one ``[image, d_embed]`` unit-row matrix per chosen head, same order.
+    """
+    query = np.asarray(query, dtype=np.float32)
+    if query.ndim != 2 or query.shape[0] != len(stored_unit):
+        raise ValueError(f"query must be [head, d_embed] with {len(stored_unit)} heads")
+    return [top_k(cosine_scores(q, m), k, exclude) for q, m in zip(query, stored_unit, strict=True)]
+
+
+def property_scores(
+    query: np.ndarray, stored_unit: Sequence[np.ndarray], combine: str = "concat"
+) -> np.ndarray:
+    """Similarity of every stored image to the query over a set of heads combined -> ``[image]``.
+
+    ``query [head, d_embed]``; ``stored_unit``: one unit-row ``[image, d_embed]`` per head.
+    ``"concat"``: cosine of the concatenated unit-normalised contributions = mean over heads of
+    the per-head cosines. ``"sum"``: cosine of the sums of unit-normalised contributions.
+    """
+    if combine not in COMBINE_MODES:
+        raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
+    query = unit_rows(query)  # [head, d_embed]
+    if query.shape[0] != len(stored_unit) or not len(stored_unit):
+        raise ValueError(f"query must be [head, d_embed] with {len(stored_unit)} (>0) heads")
+    if combine == "concat":
+        total = np.zeros(stored_unit[0].shape[0], dtype=np.float32)
+        for q, m in zip(query, stored_unit, strict=True):
+            total += m @ q
+        return total / len(stored_unit)
+    summed = np.zeros_like(stored_unit[0], dtype=np.float32)  # [image, d_embed]
+    for m in stored_unit:
+        summed += m
+    return cosine_scores(query.sum(axis=0), unit_rows(summed))
+
+
+def text_scores(stored: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """A head's direct contribution to each stored image's similarity with a text:
+    ``stored [image, d_embed] · text [d_embed]`` -> ``[image]``."""
+    return np.asarray(stored, dtype=np.float32) @ np.asarray(text, dtype=np.float32)
+
+
+def contrast_direction(text_a: np.ndarray, text_b: np.ndarray) -> np.ndarray:
+    """Direction ``text_a - text_b`` ``[d_embed]``: positive map values = more like ``text_a``."""
+    return np.asarray(text_a, dtype=np.float32) - np.asarray(text_b, dtype=np.float32)
+
+
+def aggregate_maps(maps: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Sum of per-head maps ``[layer, head, grid, grid]`` over every (layer, head) selected by
+    ``mask [layer, head]`` (all when None) -> ``[grid, grid]``.
+
+    Since each head's map sums to that head's contribution · direction, the aggregate sums to
+    the chosen heads' total contribution · direction: it truly aggregates every chosen head.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 4:
+        raise ValueError(f"maps must be [layer, head, grid, grid], got shape {maps.shape}")
+    if mask is None:
+        return maps.sum(axis=(0, 1))
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != maps.shape[:2]:
+        raise ValueError(f"mask must be [layer, head] = {maps.shape[:2]}, got {mask.shape}")
+    if not mask.any():
+        raise ValueError("choose at least one head")
+    return maps[mask].sum(axis=0)  # maps[mask]: [chosen head, grid, grid]
+
+
+def symmetric_scale(values: np.ndarray) -> float:
+    """Colour-scale half-range: max |value| (so 0 sits at the centre of a diverging scale)."""
+    return float(max(np.max(np.abs(values)), EPS))
+
+
+def upsample(grid_map: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear upsampling of ``[grid, grid]`` to ``[size, size]`` (cell centres aligned)."""
+    g = np.asarray(grid_map, dtype=np.float32)
+    n = g.shape[0]
+    # pixel centres in grid coordinates, clamped to the outer cell centres
+    pos = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    w = (pos - lo).astype(np.float32)
+    rows = g[lo] * (1 - w)[:, None] + g[hi] * w[:, None]  # [size, grid]
+    return rows[:, lo] * (1 - w)[None, :] + rows[:, hi] * w[None, :]  # [size, size]
+
+
+# Diverging colour scale: blue (most negative) - white (0) - red (most positive).
+NEG_RGB = np.array([33, 102, 172], dtype=np.float32)
+POS_RGB = np.array([178, 24, 43], dtype=np.float32)
+MID_RGB = np.array([247, 247, 247], dtype=np.float32)
+
+
+def diverging_rgb(values: np.ndarray, vmax: float) -> np.ndarray:
+    """Colours of ``values [...]`` on the scale [-vmax, vmax]: blue - white - red ->
+    ``[..., 3]`` float32 in 0..255. Red = high similarity (never inverted)."""
+    t = np.clip(np.asarray(values, dtype=np.float32) / vmax, -1.0, 1.0)[..., None]
+    pos = MID_RGB + (POS_RGB - MID_RGB) * np.clip(t, 0, 1)
+    neg = MID_RGB + (NEG_RGB - MID_RGB) * np.clip(-t, 0, 1)
+    return np.where(t >= 0, pos, neg)
+
+
+def high_cells(grid_map: np.ndarray, fraction: float = 0.5) -> np.ndarray:
+    """Cells at or above ``fraction`` of the map's positive maximum -> bool ``[grid, grid]``
+    (all False when nothing is positive)."""
+    g = np.asarray(grid_map, dtype=np.float32)
+    top = float(g.max())
+    if top <= 0:
+        return np.zeros(g.shape, dtype=bool)
+    return g >= fraction * top
+
+
+def heat_overlay(
+    image: np.ndarray,
+    grid_map: np.ndarray,
+    vmax: float | None = None,
+    alpha: float = 0.6,
+    mark_fraction: float = 0.5,
+) -> np.ndarray:
+    """The map over the (preprocessed-crop) image: ``image [H, W, 3] uint8`` (square),
+    ``grid_map [grid, grid]`` -> ``[H, W, 3] uint8``.
+
+    Colour: ``diverging_rgb`` on [-vmax, vmax] (default: symmetric max |value|), blended with
+    opacity ``alpha * |value| / vmax`` so neutral regions keep the photo. Cells at or above
+    ``mark_fraction`` of the positive maximum get a black-and-yellow outline.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    h, w = img.shape[:2]
+    if h != w:
+        raise ValueError("heat_overlay expects the square preprocessed crop")
+    vmax = symmetric_scale(grid_map) if vmax is None else float(vmax)
+    up = upsample(grid_map, h)  # [H, W]
+    colour = diverging_rgb(up, vmax)  # [H, W, 3]
+    a = alpha * np.clip(np.abs(up) / vmax, 0, 1)[..., None]
+    out = img * (1 - a) + colour * a
+    mark = high_cells(grid_map, mark_fraction)
+    n = mark.shape[0]
+    edges = np.linspace(0, h, n + 1).round().astype(int)
+    t = max(1, h // 128)  # outline thickness in pixels
+    for r, c in zip(*np.nonzero(mark), strict=True):
+        y0, y1, x0, x1 = edges[r], edges[r + 1], edges[c], edges[c + 1]
+        for colour_rgb, inset in (((0, 0, 0), 0), ((255, 221, 0), t)):
+            ya, yb, xa, xb = y0 + inset, y1 - inset, x0 + inset, x1 - inset
+            if yb - ya <= 2 * t or xb - xa <= 2 * t:
+                continue
+            out[ya : ya + t, xa:xb] = colour_rgb
+            out[yb - t : yb, xa:xb] = colour_rgb
+            out[ya:yb, xa : xa + t] = colour_rgb
+            out[ya:yb, xb - t : xb] = colour_rgb
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def colour_bar(vmax: float, width: int = 256, height: int = 16) -> np.ndarray:
+    """The legend of ``heat_overlay``: a horizontal bar from -vmax (left) to +vmax (right)
+    -> ``[height, width, 3] uint8``."""
+    values = np.linspace(-vmax, vmax, width, dtype=np.float32)
+    row = diverging_rgb(values, vmax)  # [width, 3]
+    return np.broadcast_to(row[None], (height, width, 3)).round().astype(np.uint8)

@@ -1,0 +1,184 @@
+"""engine.analysis: identities and known answers on synthetic arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import analysis as an
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_unit_rows_norms_and_zero_rows(rng):
+    x = rng.normal(size=(5, 7)).astype(np.float32)
+    x[2] = 0
+    u = an.unit_rows(x)
+    norms = np.linalg.norm(u, axis=1)
+    np.testing.assert_allclose(np.delete(norms, 2), 1.0, rtol=1e-6)
+    assert norms[2] == 0
+    # direction preserved
+    np.testing.assert_allclose(u[0] * np.linalg.norm(x[0]), x[0], rtol=1e-5)
+
+
+def test_top_k_matches_full_sort(rng):
+    s = rng.normal(size=1000)
+    r = an.top_k(s, 10)
+    expected = np.argsort(-s)[:10]
+    np.testing.assert_array_equal(r.index, expected)
+    np.testing.assert_allclose(r.score, s[expected], rtol=1e-6)
+    assert np.all(np.diff(r.score) <= 0)
+
+
+def test_top_k_ties_break_by_lower_index_and_exclude():
+    s = np.array([1.0, 3.0, 3.0, 2.0, 3.0])
+    assert an.top_k(s, 2).index.tolist() == [1, 2]
+    assert an.top_k(s, 2, exclude=[1]).index.tolist() == [2, 4]
+    # k larger than the valid count returns only valid images
+    assert an.top_k(s, 10, exclude=[0, 1]).index.tolist() == [2, 4, 3]
+    assert an.top_k(s, 0).index.size == 0
+    with pytest.raises(ValueError):
+        an.top_k(np.zeros((2, 2)), 1)
+
+
+def test_head_image_neighbours_finds_the_same_image_first(rng):
+    stored = [rng.normal(size=(200, 16)) for _ in range(3)]  # 3 heads
+    stored_unit = [an.unit_rows(m) for m in stored]
+    # query = image 17's contributions, scaled (cosine is scale-free)
+    query = np.stack([m[17] * 5.0 for m in stored])
+    res = an.head_image_neighbours(query, stored_unit, k=8)
+    assert len(res) == 3
+    for r in res:
+        assert r.index[0] == 17
+        assert r.score[0] == pytest.approx(1.0, abs=1e-5)
+        assert len(r.index) == 8
+    # excluding the query image itself
+    res = an.head_image_neighbours(query, stored_unit, k=8, exclude=[17])
+    assert all(17 not in r.index for r in res)
+    with pytest.raises(ValueError):
+        an.head_image_neighbours(query[:2], stored_unit)
+
+
+def test_property_concat_is_cosine_of_concatenated_normalised_vectors(rng):
+    heads, n, d = 4, 50, 8
+    stored = [rng.normal(size=(n, d)) for _ in range(heads)]
+    query = rng.normal(size=(heads, d)) * rng.uniform(0.1, 10, size=(heads, 1))
+    got = an.property_scores(query, [an.unit_rows(m) for m in stored], "concat")
+    # explicit: concatenate unit-normalised per-head vectors, then cosine
+    qcat = np.concatenate([an.unit_rows(q[None])[0] for q in query])
+    scat = np.concatenate([an.unit_rows(m) for m in stored], axis=1)  # [image, head*d]
+    expected = an.unit_rows(scat) @ an.unit_rows(qcat[None])[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_property_sum_is_cosine_of_summed_normalised_vectors(rng):
+    heads, n, d = 3, 40, 8
+    stored = [rng.normal(size=(n, d)) for _ in range(heads)]
+    query = rng.normal(size=(heads, d))
+    got = an.property_scores(query, [an.unit_rows(m) for m in stored], "sum")
+    qsum = sum(an.unit_rows(q[None])[0] for q in query)
+    ssum = sum(an.unit_rows(m) for m in stored)
+    expected = an.unit_rows(ssum) @ an.unit_rows(qsum[None])[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError):
+        an.property_scores(query, [an.unit_rows(m) for m in stored], "max")
+
+
+def test_text_scores_is_dot_product_and_ranks_aligned_image_first(rng):
+    stored = rng.normal(size=(100, 8)).astype(np.float32)
+    text = an.unit_rows(rng.normal(size=(1, 8)))[0]
+    stored[42] = 10 * text  # an image whose head output points along the text
+    s = an.text_scores(stored, text)
+    np.testing.assert_allclose(s, stored @ text, rtol=1e-6)
+    assert an.top_k(s, 1).index[0] == 42
+
+
+def _synthetic_maps(rng, layers=2, heads=3, grid=4, d=8):
+    """Per-patch contributions [layer, head, grid, grid, d_embed] and a map function."""
+    contrib = rng.normal(size=(layers, heads, grid, grid, d)).astype(np.float32)
+    return contrib, lambda direction: contrib @ direction  # [layer, head, grid, grid]
+
+
+def test_aggregate_sums_every_chosen_head(rng):
+    contrib, maps_for = _synthetic_maps(rng)
+    direction = rng.normal(size=8).astype(np.float32)
+    maps = maps_for(direction)
+    mask = np.array([[True, False, True], [False, True, True]])
+    agg = an.aggregate_maps(maps, mask)
+    assert agg.shape == (4, 4)
+    # the aggregate's total equals the chosen heads' total contribution · direction
+    chosen = contrib[mask].sum(axis=(0, 1, 2))  # [d_embed]
+    assert agg.sum() == pytest.approx(float(chosen @ direction), rel=1e-4)
+    # and is NOT a single head's map (the paper demo's bug)
+    for l, h in zip(*np.nonzero(mask), strict=True):
+        assert not np.allclose(agg, maps[l, h])
+    np.testing.assert_allclose(an.aggregate_maps(maps), maps.sum(axis=(0, 1)), rtol=1e-5)
+    with pytest.raises(ValueError):
+        an.aggregate_maps(maps, np.zeros((2, 3), bool))
+    with pytest.raises(ValueError):
+        an.aggregate_maps(maps, np.ones((3, 3), bool))
+
+
+def test_contrast_map_is_difference_of_topic_maps(rng):
+    _, maps_for = _synthetic_maps(rng)
+    t1, t2 = rng.normal(size=(2, 8)).astype(np.float32)
+    direction = an.contrast_direction(t1, t2)
+    np.testing.assert_allclose(
+        an.aggregate_maps(maps_for(direction)),
+        an.aggregate_maps(maps_for(t1)) - an.aggregate_maps(maps_for(t2)),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    # swapping the texts flips the sign
+    np.testing.assert_allclose(an.contrast_direction(t2, t1), -direction)
+
+
+def test_upsample_identity_constant_and_orientation():
+    g = np.arange(16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_allclose(an.upsample(g, 4), g)
+    np.testing.assert_allclose(an.upsample(np.full((3, 3), 2.5), 30), 2.5)
+    up = an.upsample(g, 64)
+    assert up.shape == (64, 64)
+    # row 0 of the grid is the top of the image, column 0 the left
+    assert up[0, 0] == pytest.approx(0) and up[-1, -1] == pytest.approx(15)
+    assert up[0, -1] == pytest.approx(3) and up[-1, 0] == pytest.approx(12)
+
+
+def test_diverging_scale_red_is_high_blue_is_low():
+    c = an.diverging_rgb(np.array([-1.0, 0.0, 1.0, 5.0]), vmax=1.0)
+    np.testing.assert_allclose(c[0], an.NEG_RGB)
+    np.testing.assert_allclose(c[1], an.MID_RGB)
+    np.testing.assert_allclose(c[2], an.POS_RGB)
+    np.testing.assert_allclose(c[3], an.POS_RGB)  # clipped
+    bar = an.colour_bar(2.0, width=11, height=3)
+    assert bar.shape == (3, 11, 3) and bar.dtype == np.uint8
+    assert bar[0, 0, 2] > bar[0, 0, 0]  # left end blue
+    assert bar[0, -1, 0] > bar[0, -1, 2]  # right end red
+
+
+def test_high_cells_and_overlay_marks_the_hot_cell():
+    g = np.zeros((4, 4), dtype=np.float32)
+    g[1, 2] = 3.0
+    g[3, 0] = -3.0
+    mark = an.high_cells(g)
+    assert mark.sum() == 1 and mark[1, 2]
+    assert not an.high_cells(-np.abs(g)).any()
+    img = np.full((128, 128, 3), 128, dtype=np.uint8)
+    out = an.heat_overlay(img, g)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    # centre of the hot cell: red dominates; centre of the negative cell: blue dominates
+    hot = out[48, 80].astype(int)
+    cold = out[112, 16].astype(int)
+    assert hot[0] > hot[2] + 40
+    assert cold[2] > cold[0] + 40
+    # far from both, the photo is untouched
+    np.testing.assert_array_equal(out[16, 16], img[16, 16])
+    # the outline is drawn on the border of the hot cell (rows 32..64, cols 64..96)
+    assert tuple(out[32, 80]) == (0, 0, 0)
+    with pytest.raises(ValueError):
+        an.heat_overlay(np.zeros((10, 20, 3), np.uint8), g)
