@@ -1,0 +1,112 @@
+"""The demo world: determinism, range independence, captions agree with factors, bank tags."""
+
+import numpy as np
+import pytest
+
+from engine import world
+
+pytestmark = pytest.mark.unit
+
+
+def test_generate_shapes_and_dtypes():
+    b = world.generate(3, 11, seed=5)
+    assert b.images.shape == (8, world.IMAGE_SIZE, world.IMAGE_SIZE, 3)
+    assert b.images.dtype == np.uint8
+    assert b.codes.shape == (8, len(world.FACTORS))
+    assert b.codes.dtype == np.int16
+    assert len(b.captions) == 8 == len(b)
+    for k, values in enumerate(world.FACTORS.values()):
+        assert b.codes[:, k].min() >= 0 and b.codes[:, k].max() < len(values)
+
+
+def test_generate_is_deterministic_and_range_independent():
+    whole = world.generate(0, 10, seed=7)
+    again = world.generate(0, 10, seed=7)
+    a, b = world.generate(0, 5, seed=7), world.generate(5, 10, seed=7)
+    np.testing.assert_array_equal(whole.images, again.images)
+    np.testing.assert_array_equal(whole.images, np.concatenate([a.images, b.images]))
+    np.testing.assert_array_equal(whole.codes, np.concatenate([a.codes, b.codes]))
+    assert whole.captions == a.captions + b.captions
+    single = world.generate(7, 8, seed=7)
+    np.testing.assert_array_equal(single.images[0], whole.images[7])
+    other = world.generate(0, 10, seed=8)
+    assert not np.array_equal(other.images, whole.images)
+
+
+def test_sample_codes_matches_generate_and_covers_values():
+    b = world.generate(0, 400, seed=1)
+    for i in (0, 17, 399):
+        np.testing.assert_array_equal(world.sample_codes(i, seed=1), b.codes[i])
+    for k, values in enumerate(world.FACTORS.values()):
+        assert set(b.codes[:, k].tolist()) == set(range(len(values)))
+
+
+def test_captions_agree_with_factors():
+    b = world.generate(0, 300, seed=2)
+    named_counts = dict.fromkeys(world.FACTORS, 0)
+    for codes, text in zip(b.codes, b.captions, strict=True):
+        named = world.parse_caption(text)
+        assert len(named) >= 2, text
+        for f, code in named.items():
+            assert code == codes[world.FACTOR_NAMES.index(f)], (text, f)
+            named_counts[f] += 1
+    assert all(n > 0 for n in named_counts.values()), named_counts
+    assert len(set(b.captions)) > 100  # varied templates and subsets
+
+
+def test_render_reflects_codes():
+    """Colour and background are visible in the pixels; position moves the object."""
+    codes = {"shape": 1, "colour": 0, "position": 4, "texture": 0, "size": 1, "background": 0}
+    img = world.render_image(codes, seed=0).astype(float)
+    c = world.IMAGE_SIZE // 2
+    assert img[c, c, 0] > 180 and img[c, c, 1] < 90  # red object in the centre
+    assert img[1, 1].max() < 60  # black background in the corner
+    codes_tl = dict(codes, position=0)
+    img_tl = world.render_image(codes_tl, seed=0).astype(float)
+    assert img_tl[c, c].max() < 60 and img_tl[c // 3, c // 3, 0] > 180
+    # dict and sequence codes render the same
+    seq = [codes[f] for f in world.FACTORS]
+    np.testing.assert_array_equal(world.render_image(seq, seed=3), world.render_image(codes, 3))
+
+
+def test_bad_codes_and_ranges_fail_clearly():
+    with pytest.raises(ValueError, match="out of range"):
+        world.render_image([9, 0, 0, 0, 0, 0], seed=0)
+    with pytest.raises(ValueError, match="factor codes"):
+        world.render_image([0, 0], seed=0)
+    with pytest.raises(ValueError, match="bad image range"):
+        world.generate(5, 2)
+    with pytest.raises(ValueError, match="not a world caption"):
+        world.parse_caption("a photo of a dog")
+
+
+def test_description_bank_tags_are_valid_and_parse_back():
+    bank = world.description_bank()
+    assert 150 <= len(bank) <= 600
+    texts = [t for t, _ in bank]
+    assert len(set(texts)) == len(texts)
+    tags = {tag for _, tag in bank}
+    assert tags == set(world.FACTORS) | {"distractor"}
+    for text, tag in bank:
+        if tag == "distractor":
+            with pytest.raises(ValueError):
+                world.parse_caption(text)
+            continue
+        try:
+            named = world.parse_caption(text)
+        except ValueError:
+            # short forms ("a red shape", "something red", "a navy background") use caption words
+            words = set(text.replace(".", "").split())
+            values = world.FACTORS[tag]
+            assert any(set(v.split()) <= words for v in values), text
+            continue
+        assert set(named) == {tag}, (text, named)
+
+
+def test_value_texts_cover_every_value():
+    for f, values in world.FACTORS.items():
+        texts = world.value_texts(f)
+        assert len(texts) == len(values)
+        for code, group in enumerate(texts):
+            for t in group:
+                assert world.parse_caption(t) == {f: code}
