@@ -83,7 +83,6 @@ class Decomposition:
 
 def ln_projection(w: ViTWeights, dtype=torch.float32) -> Tensor:
     """P = (I - J/d) diag(gamma) proj: [d_model, d_embed]. Maps a residual term to d_embed * std."""
-    d = w.d_model
     proj = w.proj.to(dtype)
     gp = w.ln_post_weight.to(dtype)[:, None] * proj  # diag(gamma) proj: [d_model, d_embed]
     return gp - gp.mean(dim=0, keepdim=True)  # centring: (I - J/d) @ gp
