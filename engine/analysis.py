@@ -35,6 +35,33 @@ class Ranking:
     score: np.ndarray
 
 
+@dataclass(frozen=True)
+class HeadBank:
+    """One (layer, head)'s stored contributions, ready for ranking: ``unit [image, d_embed]``
+    (float32, unit rows) and ``norm [image]``, so ``unit * norm[:, None]`` is ``head_out``."""
+
+    unit: np.ndarray
+    norm: np.ndarray
+
+    @classmethod
+    def from_head_out(cls, head_out: np.ndarray) -> HeadBank:
+        """From stored ``head_out [image, d_embed]`` (any float dtype)."""
+        x = np.asarray(head_out, dtype=np.float32)
+        norm = np.linalg.norm(x, axis=-1)
+        return cls(unit=x / np.maximum(norm, EPS)[:, None], norm=norm)
+
+    def __len__(self) -> int:
+        return self.unit.shape[0]
+
+    def cosine(self, query: np.ndarray) -> np.ndarray:
+        """Cosine of ``query [d_embed]`` with every stored image -> ``[image]``."""
+        return cosine_scores(query, self.unit)
+
+    def dot(self, direction: np.ndarray) -> np.ndarray:
+        """``head_out · direction`` for every stored image -> ``[image]``."""
+        return (self.unit @ np.asarray(direction, dtype=np.float32)) * self.norm
+
+
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero). ``[image, d_embed]`` -> same, float32."""
     x = np.asarray(x, dtype=np.float32)

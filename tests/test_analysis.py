@@ -182,3 +182,15 @@ def test_high_cells_and_overlay_marks_the_hot_cell():
     assert tuple(out[32, 80]) == (0, 0, 0)
     with pytest.raises(ValueError):
         an.heat_overlay(np.zeros((10, 20, 3), np.uint8), g)
+
+
+def test_head_bank_dot_and_cosine_match_raw(rng):
+    raw = rng.normal(size=(30, 8)).astype(np.float16)
+    raw[3] = 0
+    bank = an.HeadBank.from_head_out(raw)
+    assert len(bank) == 30 and bank.unit.dtype == np.float32
+    t = rng.normal(size=8).astype(np.float32)
+    np.testing.assert_allclose(bank.dot(t), raw.astype(np.float32) @ t, rtol=1e-4, atol=1e-5)
+    q = raw[7].astype(np.float32)
+    assert an.top_k(bank.cosine(q), 1).index[0] == 7
+    assert bank.dot(t)[3] == 0
