@@ -1,0 +1,566 @@
+"""Build orchestration: images -> model -> exact decomposition -> store; streaming and resumable.
+
+The work happens in an unpublished staging folder keyed by a hash of (model spec, weights hash,
+image-set fingerprint, parameters). Images stream through a bounded thread pool (decode,
+preprocess, thumbnail) and are processed in batches; every `image_chunk` good images the chunk's
+rows are written to Zarr (one whole shard of head_out) and a chunk record is written atomically.
+Only one image chunk is held in memory. Killed at any moment, the same command continues after
+the last recorded chunk; the result equals an uninterrupted build's bit for bit. Publication (an
+atomic symlink swap, `engine.store.publish`) happens once everything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+import engine
+from engine import decompose, imageio, registry, schema, store
+from engine.errors import UserError
+
+
+@dataclass
+class BuildParams:
+    model: str
+    images: str  # a folder, `synthetic:N[:seed]` or `random:N[:seed]`
+    store: str  # artifacts/NAME (the link)
+    batch_size: int = 32
+    device: str = "cpu"
+    layers: str = str(schema.DEFAULT_LAST_LAYERS)  # K (last K layers), `all`, or `8,9,10,11`
+    random_weights: bool = False
+    workers: int = 2
+    image_chunk: int | None = None  # images per Zarr chunk; None = schema.image_chunk_for(...)
+    force: bool = False  # rebuild even if the published store is up to date
+    progress: bool = True
+
+
+@dataclass
+class BuildResult:
+    store: Path
+    version: Path | None
+    n_images: int
+    n_skipped: int
+    up_to_date: bool = False
+    resumed_chunks: int = 0
+    timings: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def parse_layers(arg: str | int, n_layers: int) -> list[int]:
+    """`K` -> last K layers, `all`, or an explicit comma list of absolute indices."""
+    s = str(arg).strip().lower()
+    try:
+        if s == "all":
+            return list(range(n_layers))
+        if "," in s:
+            layers = sorted({int(x) for x in s.split(",") if x.strip()})
+            if not layers or layers[0] < 0 or layers[-1] >= n_layers:
+                raise ValueError
+            return layers
+        k = int(s)
+    except ValueError:
+        raise UserError(
+            f"bad --layers {arg!r}: use K (last K layers, 1..{n_layers}), 'all', "
+            f"or a comma list of layer indices in 0..{n_layers - 1}"
+        ) from None
+    if not 1 <= k <= n_layers:
+        raise UserError(
+            f"bad --layers {arg!r}: the model has {n_layers} layers (use 1..{n_layers})"
+        )
+    return list(range(n_layers - k, n_layers))
+
+
+@dataclass
+class Item:
+    """One image ready for the model, or a rejection."""
+
+    pixels: torch.Tensor | None  # [3, H, W]
+    thumb: np.ndarray | None  # uint8 [T, T, 3]
+    meta: dict  # path, sha256, width, height, class (+ codes for synthetic images)
+    reason: str | None = None  # set when rejected
+
+
+class Source:
+    """An ordered list of images; `load(i)` decodes item i (thread-safe)."""
+
+    n_items: int
+    fingerprint: str
+    describe: str
+    factors: dict[str, tuple[str, ...]] | None = None
+
+    def load(self, i: int, preprocess: Callable) -> Item:
+        raise NotImplementedError
+
+
+class FolderSource(Source):
+    def __init__(self, root: str, max_side: int | None = None):
+        self.root = Path(root)
+        if not self.root.exists():
+            raise UserError(f"image folder {root} does not exist")
+        if not self.root.is_dir():
+            raise UserError(f"{root} is not a folder (use a folder, synthetic:N or random:N)")
+        self.files = imageio.discover(self.root)
+        if not self.files:
+            exts = ", ".join(sorted(e.lstrip(".") for e in imageio.IMAGE_EXTENSIONS))
+            raise UserError(f"no image files ({exts}) found under {root}")
+        self.n_items = len(self.files)
+        self.max_side = max_side
+        h = hashlib.sha256()
+        for p in self.files:  # cheap fingerprint: relative path, size, mtime
+            st = p.stat()
+            h.update(
+                f"{p.relative_to(self.root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode()
+            )
+        self.fingerprint = "files:" + h.hexdigest()[:32]
+        self.describe = str(self.root.resolve())
+
+    def load(self, i: int, preprocess: Callable) -> Item:
+        path = self.files[i]
+        rel = path.relative_to(self.root).as_posix()
+        try:
+            d = imageio.decode_file(path, max_side=self.max_side)
+        except imageio.ImageRejected as e:
+            return Item(None, None, {"path": rel}, reason=str(e))
+        meta = {
+            "path": rel,
+            "sha256": d.sha256,
+            "width": d.width,
+            "height": d.height,
+            "class": imageio.class_of(path, self.root),
+        }
+        return Item(preprocess(d.image), imageio.thumbnail(d.image, schema.THUMB_SIZE), meta)
+
+
+class SyntheticSource(Source):
+    """The demo world (`engine.world.generate`), image i depends only on (seed, i)."""
+
+    def __init__(self, n: int, seed: int):
+        from engine import world
+
+        self.world = world
+        self.n_items, self.seed = n, seed
+        self.fingerprint = f"synthetic:{n}:{seed}:world{len(world.FACTORS)}"
+        self.describe = f"synthetic:{n}:{seed}"
+        self.factors = dict(world.FACTORS)
+
+    def load(self, i: int, preprocess: Callable) -> Item:
+        batch = self.world.generate(i, i + 1, self.seed)
+        arr = batch.images[0]  # uint8 [H, W, 3]
+        img = Image.fromarray(arr)
+        meta = {
+            "path": f"synthetic:{self.seed}/{i}",
+            "sha256": hashlib.sha256(arr.tobytes()).hexdigest(),
+            "width": arr.shape[1],
+            "height": arr.shape[0],
+            "class": None,
+            "codes": [int(c) for c in batch.codes[0]],
+        }
+        return Item(preprocess(img), imageio.thumbnail(img, schema.THUMB_SIZE), meta)
+
+
+class RandomSource(Source):
+    """Uniform-noise images (for benchmarks); image i depends only on (seed, i)."""
+
+    def __init__(self, n: int, seed: int, size: int):
+        self.n_items, self.seed, self.size = n, seed, size
+        self.fingerprint = f"random:{n}:{seed}:{size}"
+        self.describe = f"random:{n}:{seed}"
+
+    def load(self, i: int, preprocess: Callable) -> Item:
+        rng = np.random.default_rng([self.seed, i])
+        arr = rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)
+        img = Image.fromarray(arr)
+        meta = {
+            "path": f"random:{self.seed}/{i}",
+            "sha256": hashlib.sha256(arr.tobytes()).hexdigest(),
+            "width": self.size,
+            "height": self.size,
+            "class": None,
+        }
+        return Item(preprocess(img), imageio.thumbnail(img, schema.THUMB_SIZE), meta)
+
+
+def parse_source(images: str, image_size: int) -> Source:
+    """A folder, `synthetic:N[:seed]` or `random:N[:seed]`."""
+    for kind in ("synthetic", "random"):
+        if images.startswith(kind + ":"):
+            parts = images.split(":")[1:]
+            try:
+                if not 1 <= len(parts) <= 2:
+                    raise ValueError
+                n, seed = int(parts[0]), int(parts[1]) if len(parts) == 2 else 0
+                if n < 1 or seed < 0:
+                    raise ValueError
+            except ValueError:
+                raise UserError(
+                    f"bad --images {images!r}: use {kind}:N or {kind}:N:SEED (N >= 1)"
+                ) from None
+            if kind == "synthetic":
+                return SyntheticSource(n, seed)
+            return RandomSource(n, seed, max(image_size, 32))
+    return FolderSource(images, max_side=image_size)
+
+
+def ordered_stream(
+    pool: ThreadPoolExecutor, fn: Callable[[int], Item], start: int, stop: int, lookahead: int
+) -> Iterator[tuple[int, Item]]:
+    """fn(i) for i in [start, stop) computed in the pool, yielded in order, <= lookahead ahead."""
+    pending: deque = deque()
+    nxt = start
+    while nxt < stop or pending:
+        while nxt < stop and len(pending) < lookahead:
+            pending.append((nxt, pool.submit(fn, nxt)))
+            nxt += 1
+        i, fut = pending.popleft()
+        yield i, fut.result()
+
+
+# ---------------------------------------------------------------- provenance
+
+
+def code_version() -> str:
+    """engine.__version__ plus the git commit of the checkout, when there is one."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{engine.__version__}+g{commit}" if commit else engine.__version__
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+
+
+# ---------------------------------------------------------------- the build
+
+
+def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) -> BuildResult:
+    """Build (or resume, or confirm up to date) the store `params.store`.
+
+    fail_after_chunks: testing hook, raise RuntimeError once that many chunks are recorded.
+    """
+    t_start = time.perf_counter()
+    if params.batch_size < 1:
+        raise UserError(f"bad --batch-size {params.batch_size}: must be >= 1")
+    if params.workers < 1:
+        raise UserError(f"bad --workers {params.workers}: must be >= 1")
+    link = Path(params.store)
+    if link.name.startswith(".") or not link.name:
+        raise UserError(f"bad --store {params.store!r}: the store name must not start with '.'")
+    if link.exists() and not link.is_symlink():
+        raise UserError(f"{link} exists and is not a store link; choose another --store")
+
+    lm = registry.load_model(
+        params.model, device=params.device, random_weights=params.random_weights
+    )
+    dims = lm.dims
+    layers_arg = params.layers
+    if str(layers_arg) == str(schema.DEFAULT_LAST_LAYERS) and dims.n_layers < int(layers_arg):
+        layers_arg = "all"  # the default on a model shallower than it
+    layers = parse_layers(layers_arg, dims.n_layers)
+    source = parse_source(params.images, dims.image_size)
+    chunk = params.image_chunk or schema.image_chunk_for(len(layers), dims.n_heads, dims.d_embed)
+    if chunk < 1:
+        raise UserError(f"bad --image-chunk {chunk}: must be >= 1")
+
+    key_fields = {
+        "schema": schema.SCHEMA_VERSION,
+        "model_spec": lm.spec,
+        "weights_hash": lm.weights_hash,
+        "random_weights": bool(params.random_weights),
+        "images": source.fingerprint,
+        "layers": layers,
+        "image_chunk": chunk,
+        "thumb": schema.THUMB_SIZE,
+        "batch_size": params.batch_size,  # batch shapes can change float rounding
+        "device": lm.device.type,
+    }
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
+
+    if link.is_symlink() and not params.force:
+        try:
+            with store.open_store(link) as r:
+                if r.info.get("build_key") == key:
+                    return BuildResult(link, r.version_path, r.info["n_images"], 0, up_to_date=True)
+        except UserError:
+            pass  # broken link: rebuild
+
+    staging = store.staging_dir(link, key)
+    staging.mkdir(parents=True, exist_ok=True)
+    state = store.load_build_state(staging)
+    records = store.load_chunk_records(staging)
+    sizes = {
+        "image": source.n_items,
+        "layer": len(layers),
+        "head": dims.n_heads,
+        "d_embed": dims.d_embed,
+        "y": schema.THUMB_SIZE,
+        "x": schema.THUMB_SIZE,
+        "rgb": 3,
+        "image_chunk": chunk,
+    }
+    if state is None or not (staging / schema.STORE_ZARR).is_dir():
+        records = []
+        store.create_arrays(staging, sizes, attrs={"build_key": key, "layers": layers})
+        state = {"key": key, "started_at": _now(), "attempts": 0, "run_id": uuid.uuid4().hex}
+    state["attempts"] += 1
+    store.save_build_state(staging, state)
+    arrays = store.open_arrays(staging, mode="r+")
+
+    cursor = records[-1]["cursor"] if records else 0
+    n_done = sum(r["n"] for r in records)
+    resumed = len(records)
+    weights = registry.vision_weights(lm)
+    timings = {"decode_wait_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
+    n_new = 0
+
+    bar = _progress(params.progress, source.n_items, cursor, link.name)
+    lookahead = max(2 * params.batch_size, 4 * params.workers)
+    with ThreadPoolExecutor(params.workers) as pool:
+        stream = ordered_stream(
+            pool, lambda i: source.load(i, lm.preprocess), cursor, source.n_items, lookahead
+        )
+        exhausted = cursor >= source.n_items
+        while not exhausted:
+            # one image chunk: buffers for `chunk` good images, filled batch by batch
+            buf = {
+                "head_out": np.zeros((chunk, len(layers), dims.n_heads, dims.d_embed), np.float16),
+                "output": np.zeros((chunk, dims.d_embed), np.float32),
+                "resid_norm": np.zeros((chunk,), np.float32),
+                "ln_scale": np.zeros((chunk,), np.float32),
+                "thumbnail": np.zeros((chunk, schema.THUMB_SIZE, schema.THUMB_SIZE, 3), np.uint8),
+            }
+            metas, skipped, batch, n = [], [], [], 0
+            while n + len(batch) < chunk:
+                t0 = time.perf_counter()
+                try:
+                    i, item = next(stream)
+                except StopIteration:
+                    exhausted = True
+                    break
+                finally:
+                    timings["decode_wait_s"] += time.perf_counter() - t0
+                cursor = i + 1
+                if bar is not None:
+                    bar.update(1)
+                if item.reason is not None:
+                    skipped.append({"path": item.meta["path"], "reason": item.reason})
+                    continue
+                batch.append(item)
+                if len(batch) == params.batch_size:
+                    n = _run_batch(lm, weights, layers, batch, buf, n, timings)
+                    metas.extend(it.meta for it in batch)
+                    batch = []
+            if batch:
+                n = _run_batch(lm, weights, layers, batch, buf, n, timings)
+                metas.extend(it.meta for it in batch)
+            t0 = time.perf_counter()
+            if n:
+                store.write_rows(arrays, n_done, {k: v[:n] for k, v in buf.items()})
+            timings["write_s"] += time.perf_counter() - t0
+            if n or skipped:
+                record = {"n": n, "cursor": cursor, "images": metas, "skipped": skipped}
+                store.save_chunk_record(staging, len(records), record)
+                records.append(record)
+            n_done += n
+            n_new += n
+            if cursor >= source.n_items:
+                exhausted = True
+            if (
+                fail_after_chunks is not None
+                and len(records) >= fail_after_chunks
+                and not exhausted
+            ):
+                raise RuntimeError(f"injected failure after {len(records)} chunks")
+    if bar is not None:
+        bar.close()
+
+    if n_done == 0:
+        raise UserError(
+            f"no usable images in {params.images}: all {source.n_items} files were skipped "
+            f"(first reason: {records[0]['skipped'][0]['reason'] if records else 'none'})"
+        )
+    # ---- finish: shrink arrays to the good images, write the database, publish
+    store.resize_images(arrays, n_done)
+    images = [m for r in records for m in r["images"]]
+    skipped = [s for r in records for s in r["skipped"]]
+    image_set_hash = hashlib.sha256(
+        "".join(f"{m['path']}\t{m['sha256']}\n" for m in images).encode()
+    ).hexdigest()
+    total_s = time.perf_counter() - t_start
+    timings.update(
+        total_s=round(total_s, 3),
+        images_this_attempt=n_new,
+        images_per_s=round(n_new / total_s, 3) if total_s > 0 else None,
+    )
+    timings = {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
+    run_id = state["run_id"]
+    tables = _tables(
+        lm, params, layers, images, skipped, source, run_id, state, timings, chunk, key
+    )
+    meta = {
+        "model_spec": lm.spec,
+        "arch": lm.arch,
+        "weights_hash": lm.weights_hash,
+        "layers": layers,
+        "n_layers": dims.n_layers,
+        "n_heads": dims.n_heads,
+        "d_model": dims.d_model,
+        "d_head": dims.d_head,
+        "d_embed": dims.d_embed,
+        "image_size": dims.image_size,
+        "thumb_size": schema.THUMB_SIZE,
+        "image_chunk": chunk,
+        "images_source": source.describe,
+        "image_set_hash": image_set_hash,
+        "built_at": _now(),
+        "run_id": run_id,
+        "code_version": code_version(),
+        "build_key": key,
+        "schema_version": schema.SCHEMA_VERSION,
+        "factors": list(source.factors) if source.factors else None,
+        "n_skipped": len(skipped),
+    }
+    store.write_database(staging, tables, meta)
+    store.finish_staging(staging)
+    version = store.publish(link, staging)
+    return BuildResult(link, version, n_done, len(skipped), False, resumed, timings)
+
+
+@torch.no_grad()
+def _run_batch(lm, weights, layers, batch, buf, n, timings) -> int:
+    """Decompose one batch of items into rows [n, n + len(batch)) of the chunk buffers."""
+    t0 = time.perf_counter()
+    pixels = torch.stack([it.pixels for it in batch]).to(lm.device)  # [image, 3, H, W]
+    cap = registry.capture(lm, pixels, layers)
+    dec = decompose.decompose(weights, cap, layers)
+    b = len(batch)
+    buf["head_out"][n : n + b] = dec.head_out.to(torch.float16).cpu().numpy()
+    buf["output"][n : n + b] = dec.output.float().cpu().numpy()
+    buf["resid_norm"][n : n + b] = cap.resid.float().norm(dim=-1).cpu().numpy()
+    buf["ln_scale"][n : n + b] = dec.resid_std.float().cpu().numpy()
+    buf["thumbnail"][n : n + b] = np.stack([it.thumb for it in batch])
+    timings["compute_s"] += time.perf_counter() - t0
+    return n + b
+
+
+def _progress(enabled: bool, total: int, initial: int, name: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", desc=f"build {name}", smoothing=0.1)
+
+
+def _tables(lm, params, layers, images, skipped, source, run_id, state, timings, chunk, key):
+    dims = lm.dims
+    images_df = pd.DataFrame(
+        {
+            "image_id": np.arange(len(images), dtype=np.int32),
+            "path": [m["path"] for m in images],
+            "sha256": [m["sha256"] for m in images],
+            "width": [m["width"] for m in images],
+            "height": [m["height"] for m in images],
+            "class": pd.Series([m["class"] for m in images], dtype=object),
+        }
+    )
+    models_df = pd.DataFrame(
+        [
+            {
+                "model_spec": lm.spec,
+                "arch": lm.arch,
+                "weights_hash": lm.weights_hash,
+                "random_weights": bool(params.random_weights)
+                or lm.weights_hash.startswith("random"),
+                **asdict(dims),
+            }
+        ]
+    )
+    parameters = {
+        "images": params.images,
+        "batch_size": params.batch_size,
+        "device": params.device,
+        "layers": layers,
+        "layers_arg": params.layers,
+        "random_weights": params.random_weights,
+        "workers": params.workers,
+        "image_chunk": chunk,
+        "build_key": key,
+        "attempts": state["attempts"],
+    }
+    runs_df = pd.DataFrame(
+        [
+            {
+                "run_id": run_id,
+                "kind": "build",
+                "model_spec": lm.spec,
+                "weights_hash": lm.weights_hash,
+                "code_version": code_version(),
+                "image_set_hash": hashlib.sha256(
+                    "".join(f"{m['path']}\t{m['sha256']}\n" for m in images).encode()
+                ).hexdigest(),
+                "parameters": json.dumps(parameters),
+                "timings": json.dumps(timings),
+                "started_at": pd.Timestamp(state["started_at"]),
+                "finished_at": pd.Timestamp(_now()),
+                "skipped_files": json.dumps(skipped),
+                "host": socket.gethostname(),
+            }
+        ]
+    )
+    skipped_df = pd.DataFrame(
+        {
+            "run_id": [run_id] * len(skipped),
+            "path": [s["path"] for s in skipped],
+            "reason": [s["reason"] for s in skipped],
+        }
+    )
+    tables = {
+        "models": models_df,
+        "images": images_df,
+        "runs": runs_df,
+        "skipped_files": skipped_df,
+    }
+    if source.factors:
+        names = list(source.factors)
+        codes = np.array([m["codes"] for m in images], dtype=np.int64)  # [image, factor]
+        n_img, n_fac = codes.shape
+        values = [[source.factors[f][c] for c in codes[:, j]] for j, f in enumerate(names)]
+        tables["image_factors"] = pd.DataFrame(
+            {
+                "image_id": np.repeat(np.arange(n_img, dtype=np.int32), n_fac),
+                "factor": np.tile(np.array(names, dtype=object), n_img),
+                "value_code": codes.reshape(-1),  # [image * factor], image-major
+                "value": np.array(values, dtype=object).T.reshape(-1),  # same order
+            }
+        )
+    return tables
+
+
+def env_info() -> dict:
+    """Host facts for benchmark records."""
+    return {"host": socket.gethostname(), "cpus": os.cpu_count(), "torch": torch.__version__}
