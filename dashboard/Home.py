@@ -1,0 +1,182 @@
+"""CLIP-InterpreT dashboard: `streamlit run dashboard/Home.py` (from the repository root).
+
+The entrypoint: page config, the sidebar (store and image pickers) and `st.navigation` routing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import common` from any cwd
+
+import os  # noqa: E402
+
+import common  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from engine.errors import UserError  # noqa: E402
+
+st.set_page_config(page_title="CLIP-InterpreT", page_icon="🔎", layout="wide")
+
+
+def sidebar_store():
+    """Store picker; returns the open store or None. Keeps the choice in session state."""
+    st.sidebar.subheader("Store")
+    paths = common.list_store_paths()
+    options = paths + [common.OTHER_PATH]
+    wanted = os.environ.get("CLIP_INTERPRET_STORE")
+    index = 0
+    if wanted:
+        real = common.store_key(wanted)
+        index = next((i for i, p in enumerate(paths) if common.store_key(p) == real), len(paths))
+    choice = st.sidebar.selectbox(
+        "Store",
+        options,
+        index=index,
+        key="store_choice",
+        format_func=lambda p: Path(p).name if p != common.OTHER_PATH else p,
+        label_visibility="collapsed",
+    )
+    if choice == common.OTHER_PATH:
+        path = st.sidebar.text_input(
+            "Store folder", value=wanted or "", key="store_typed", placeholder="artifacts/demo"
+        ).strip()
+    else:
+        path = choice
+    if not path:
+        st.session_state["store_path"] = None
+        return None
+    try:
+        store = common.open_store(path)
+    except UserError as e:
+        st.sidebar.error(str(e))
+        st.session_state["store_path"] = None
+        return None
+    st.session_state["store_path"] = path
+    i = common.info(store)
+    st.sidebar.markdown(
+        f"**Model** `{i.get('model_spec', '?')}`"
+        + (" (random weights)" if i.get("random_weights") else "")
+        + f"  \n**Images** {int(i.get('n_images', 0)):,}"
+        + f"  \n**Heads** layers {common.store_layers(store)} × {i.get('n_heads')} heads"
+        + f"  \n**Built** {str(i.get('built_at', '?'))[:19]}"
+        + f"  \n**Run** `{str(i.get('run_id', '?'))[:12]}`"
+        + f"  \n**Interpreted** {'yes' if common.interpreted(store) else 'no — run `python -m engine interpret --store ' + path + '`'}"  # noqa: E501
+    )
+    return store
+
+
+def sidebar_image(store) -> None:
+    """Image picker (sample, stored image or upload) -> session_state query / query_error."""
+    st.sidebar.subheader("Image")
+    st.session_state["query"] = None
+    st.session_state["query_error"] = None
+    sources = ["Sample", "From the store", "Upload"]
+    source = st.sidebar.radio(
+        "Image source", sources, key="image_source", horizontal=True, label_visibility="collapsed"
+    )
+    try:
+        if source == "Sample":
+            samples = common.sample_paths()
+            path = st.sidebar.selectbox(
+                "Sample", samples, key="sample", format_func=lambda p: p.stem.replace("_", " ")
+            )
+            if path is not None:
+                st.session_state["query"] = common.query_from_bytes(
+                    Path(path).read_bytes(), f"sample {Path(path).stem}"
+                )
+        elif source == "From the store":
+            n = int(common.info(store).get("n_images", 0)) if store is not None else 0
+            if n == 0:
+                st.sidebar.info("Pick a store first.")
+                return
+            idx = st.sidebar.number_input("Stored image #", 0, n - 1, 0, key="store_image")
+            st.session_state["query"] = common.query_from_store(store, int(idx))
+        else:
+            up = st.sidebar.file_uploader(
+                "Upload an image",
+                type=None,
+                key="upload",
+                help="Any common format (PNG, JPEG, WebP, GIF, TIFF, BMP). Size limit from "
+                ".streamlit/config.toml.",
+            )
+            if up is not None:
+                st.session_state["query"] = common.query_from_bytes(up.getvalue(), up.name)
+    except UserError as e:
+        st.session_state["query_error"] = str(e)
+        st.sidebar.error(str(e))
+        return
+    q = st.session_state["query"]
+    if q is not None:
+        st.sidebar.image(q.crop(192), caption=f"{q.label} (the model's centre crop)", width=192)
+
+
+def home() -> None:
+    st.title("CLIP-InterpreT")
+    st.markdown(
+        "Interpretability workbench for CLIP vision transformers: every attention head's direct "
+        "contribution to the image embedding, labelled, scored and searchable."
+    )
+    store = common.current_store()
+    if store is None:
+        st.warning("No store is open yet.")
+        st.markdown(
+            "Build the demo store (the bundled demo model over the procedural demo world) with "
+            "either command, from the repository root:"
+        )
+        for cmd in common.BUILD_COMMANDS:
+            st.code(cmd, language="bash")
+        st.markdown(
+            "Any other model: `python -m engine build --model MODEL --images FOLDER "
+            "--store artifacts/NAME`, then `python -m engine interpret --store artifacts/NAME`. "
+            "Stores under `artifacts/` appear in the sidebar; any other folder can be typed there."
+        )
+        return
+    i = common.info(store)
+    c = st.columns(4)
+    c[0].metric("Model", str(i.get("model_spec")))
+    c[1].metric("Images", f"{int(i.get('n_images', 0)):,}")
+    c[2].metric("Heads stored", len(common.store_heads(store)))
+    c[3].metric("Interpreted", "yes" if common.interpreted(store) else "no")
+    st.markdown(
+        """
+**Pages**
+- **Overview** — entanglement and association scores, per layer, across stores, with the paper's
+  published figures.
+- **Heads** — every head's label, TextSpan texts, reference label and ground truth; export.
+- **Property neighbours** — images of the store most alike the chosen image in one property.
+- **Topic segmentation** / **Contrastive segmentation** — where in the image heads see a text
+  (or one text more than another).
+- **Head image neighbours** / **Head text neighbours** — what single heads retrieve.
+
+Pick the image in the sidebar: a bundled sample, any stored image, or your own upload.
+"""
+    )
+
+
+store = sidebar_store()
+if store is not None:
+    sidebar_image(store)
+
+home_page = st.Page(home, title="Home", icon="🏠", url_path="home", default=True)
+if store is None:
+    pages = [home_page]
+else:
+    pages = {
+        "": [home_page],
+        "Model": [
+            st.Page("pages/overview.py", title="Overview", icon="📊"),
+            st.Page("pages/heads.py", title="Heads", icon="🧠"),
+        ],
+        "Analyses": [
+            st.Page("pages/property_neighbours.py", title="Property neighbours", icon="🧩"),
+            st.Page("pages/topic_segmentation.py", title="Topic segmentation", icon="🔥"),
+            st.Page(
+                "pages/contrastive_segmentation.py", title="Contrastive segmentation", icon="⚖️"
+            ),
+            st.Page("pages/head_image_neighbours.py", title="Head image neighbours", icon="🖼️"),
+            st.Page("pages/head_text_neighbours.py", title="Head text neighbours", icon="🔤"),
+        ],
+    }
+st.navigation(pages).run()

@@ -1,0 +1,36 @@
+"""Contrastive segmentation: where the image is more one text than another (direction t1 - t2)."""
+
+from __future__ import annotations
+
+import common
+import streamlit as st
+
+from engine import analysis
+
+st.title("Contrastive segmentation")
+store = common.current_store()
+if store is None:
+    st.stop()
+q = common.require_query()
+
+c1, c2 = st.columns(2)
+t1 = c1.text_input("Text 1 (red)", value="a red object", key="contrast_t1").strip()
+t2 = c2.text_input("Text 2 (blue)", value="a blue object", key="contrast_t2").strip()
+mask = common.head_mask_picker(store, key="contrast")
+if not t1 or not t2:
+    st.warning("Type both texts.")
+    st.stop()
+if mask is None:
+    st.stop()
+
+emb = common.text_embedding(store, [t1, t2])  # [text, d_embed]
+direction = analysis.contrast_direction(emb[0], emb[1])
+maps = common.maps_for(store, q, direction)  # [layer, head, grid, grid]
+grid_map = analysis.aggregate_maps(maps, mask)  # every chosen head, summed
+common.show_heatmap(
+    q,
+    grid_map,
+    high=f"more “{t1}”",
+    low=f"more “{t2}”",
+    note=f"{int(mask.sum())} head(s) summed · direction = text 1 − text 2",
+)

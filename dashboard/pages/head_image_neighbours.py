@@ -1,0 +1,45 @@
+"""Head image neighbours: per chosen head, the stored images whose contribution of that head is
+most similar (cosine) to the image's."""
+
+from __future__ import annotations
+
+import common
+import streamlit as st
+
+from engine import analysis
+
+st.title("Head image neighbours")
+store = common.current_store()
+if store is None:
+    st.stop()
+q = common.require_query()
+
+labels = common.head_labels(store)
+all_heads = common.store_heads(store)
+c1, c2 = st.columns([3, 1])
+with c1:
+    heads = common.head_picker(
+        store,
+        "Heads (side by side)",
+        key="hin_heads",
+        default=all_heads[-3:],
+        labels=labels,
+        max_selections=6,
+    )
+k = c2.slider("Neighbours per head", 1, 16, 8, key="hin_k")
+if not heads:
+    st.warning("Choose at least one head.")
+    st.stop()
+
+banks = common.head_banks(store, heads)
+query = common.query_head_out(store, q, heads)  # [head, d_embed]
+exclude = [q.store_index] if q.store_index is not None else []
+rankings = analysis.head_image_neighbours(query, [b.unit for b in banks], k, exclude)
+
+st.image(q.crop(128), caption=q.label, width=128)
+cols = st.columns(len(heads))
+for col, hd, ranking in zip(cols, heads, rankings, strict=True):
+    with col:
+        name = common.head_name(*hd)
+        st.markdown(f"**{name}**" + (f"  \n{labels[hd]}" if hd in labels else ""))
+        common.show_thumbs(store, ranking)

@@ -1,0 +1,49 @@
+"""Head text neighbours: the stored images one head ranks highest for a text
+(score = head_out · text embedding, the head's direct share of the image-text logit)."""
+
+from __future__ import annotations
+
+import common
+import streamlit as st
+
+from engine import analysis
+
+st.title("Head text neighbours")
+store = common.current_store()
+if store is None:
+    st.stop()
+
+labels = common.head_labels(store)
+all_heads = common.store_heads(store)
+c1, c2 = st.columns([3, 1])
+head = c1.selectbox(
+    "Head",
+    all_heads,
+    index=len(all_heads) - 1,
+    key="htn_head",
+    format_func=lambda x: common.head_name(*x) + (f" · {labels[x]}" if x in labels else ""),
+)
+k = c2.slider("Neighbours", 1, 32, 8, key="htn_k")
+texts = common.textspan_texts(store, *head)
+sources = (["TextSpan text"] if not texts.empty else []) + ["Typed text"]
+source = st.radio("Text", sources, key="htn_source", horizontal=True)
+if source == "TextSpan text":
+    text = st.selectbox(
+        "TextSpan texts of this head (variance removed)",
+        list(texts["text"]),
+        key="htn_ts",
+        format_func=lambda t: (
+            f"{t} ({float(texts.set_index('text').loc[t, 'variance_removed']):.3f})"
+        ),  # noqa: E501
+    )
+else:
+    text = st.text_input("Text", value="a red object", key="htn_typed").strip()
+if not text:
+    st.warning("Type a text.")
+    st.stop()
+
+direction = common.text_embedding(store, [text])[0]  # [d_embed]
+bank = common.head_bank(store, *head)
+ranking = analysis.top_k(bank.dot(direction), k)
+st.markdown(f"**{common.head_name(*head)}** · “{text}” · score = head_out · text")
+common.show_thumbs(store, ranking)

@@ -1,0 +1,113 @@
+"""Heads: every stored (layer, head) with its label, TextSpan texts, reference and ground truth."""
+
+from __future__ import annotations
+
+import io
+
+import altair as alt
+import common
+import pandas as pd
+import streamlit as st
+
+st.title("Heads")
+store = common.current_store()
+if store is None:
+    st.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def heads_table(key: str) -> pd.DataFrame:
+    """One row per stored head; built from the store's tables (no math)."""
+    s = common.open_store(key)
+    df = pd.DataFrame(common.store_heads(s), columns=["layer", "head"])
+    df.insert(0, "name", [common.head_name(l, h) for l, h in zip(df.layer, df.head, strict=True)])
+    labels = common.table(s, "head_labels")
+    if not labels.empty:
+        keep = [c for c in ("layer", "head", "label", "labeller") if c in labels]
+        df = df.merge(
+            labels[keep].drop_duplicates(["layer", "head"]), on=["layer", "head"], how="left"
+        )
+    else:
+        df["label"] = None
+    ts = common.table(s, "textspan")
+    if not ts.empty:
+        ts = ts.sort_values(["layer", "head", "rank"])
+        top = (
+            ts.groupby(["layer", "head"])
+            .apply(
+                lambda g: " · ".join(
+                    f"{t} ({v:.3f})"
+                    for t, v in zip(g["text"][:5], g["variance_removed"][:5], strict=True)
+                ),
+                include_groups=False,
+            )
+            .rename("top_texts (variance removed)")
+        )
+        df = df.merge(top.reset_index(), on=["layer", "head"], how="left")
+    ref = common.reference_labels(s)
+    if ref:
+        df["reference_label"] = [ref.get((l, h)) for l, h in zip(df.layer, df.head, strict=True)]
+    gt = common.table(s, "ground_truth")
+    if not gt.empty:
+        dom = gt[gt["is_dominant"]] if "is_dominant" in gt else gt
+        dom = dom.sort_values("eta2", ascending=False).drop_duplicates(["layer", "head"])
+        dom = dom[["layer", "head", "factor", "eta2", "match"]].rename(
+            columns={"factor": "gt_factor", "eta2": "gt_eta2", "match": "gt_match"}
+        )
+        df = df.merge(dom, on=["layer", "head"], how="left")
+    return df
+
+
+df = heads_table(common.store_key(common.store_path(store)))
+if df["label"].isna().all():
+    st.info(
+        "Heads are not labelled yet: run "
+        f"`python -m engine interpret --store {common.store_path(store)}`."
+    )
+
+c1, c2, c3 = st.columns([2, 1, 1])
+search = c1.text_input("Search (any column)", key="heads_search", placeholder="e.g. colour")
+layers = c2.multiselect("Layers", sorted(df.layer.unique()), key="heads_layers")
+label_values = sorted(str(x) for x in df["label"].dropna().unique())
+chosen_labels = c3.multiselect("Labels", label_values, key="heads_labels")
+view = df
+if layers:
+    view = view[view.layer.isin(layers)]
+if chosen_labels:
+    view = view[view["label"].astype(str).isin(chosen_labels)]
+if search:
+    hit = view.astype(str).apply(lambda col: col.str.contains(search, case=False, regex=False))
+    view = view[hit.any(axis=1)]
+st.caption(f"{len(view)} of {len(df)} heads")
+st.dataframe(view, hide_index=True, use_container_width=True)
+
+d1, d2 = st.columns(2)
+d1.download_button(
+    "Download CSV", view.to_csv(index=False).encode(), "heads.csv", "text/csv", key="dl_csv"
+)
+buf = io.BytesIO()
+view.to_parquet(buf, index=False)
+d2.download_button(
+    "Download Parquet",
+    buf.getvalue(),
+    "heads.parquet",
+    "application/vnd.apache.parquet",
+    key="dl_parquet",
+)
+
+st.subheader("Layer × head grid")
+grid = df.assign(label=df["label"].fillna("(unlabelled)"))
+tooltip = [c for c in ("name", "label", "reference_label", "gt_factor") if c in grid]
+chart = (
+    alt.Chart(grid)
+    .mark_rect(stroke="white")
+    .encode(
+        x=alt.X("head:O"),
+        y=alt.Y("layer:O", sort="descending"),
+        color=alt.Color("label:N", legend=alt.Legend(columns=2, title="label")),
+        tooltip=tooltip,
+    )
+    .properties(height=max(120, 40 * df.layer.nunique()))
+)
+text = chart.mark_text(fontSize=9).encode(text="name:N", color=alt.value("black"))
+st.altair_chart(chart + text, use_container_width=True)

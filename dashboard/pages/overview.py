@@ -1,0 +1,128 @@
+"""Overview: entanglement and association scores, per layer, across stores, beside the paper."""
+
+from __future__ import annotations
+
+import altair as alt
+import common
+import pandas as pd
+import streamlit as st
+
+st.title("Overview")
+store = common.current_store()
+if store is None:
+    st.stop()
+info = common.info(store)
+scores = common.table(store, "scores")
+st.caption(
+    "Entanglement: share of heads whose label is shared with another head (lower = heads more "
+    "distinct). Association: share of heads with at least 3 of their top TextSpan texts matching "
+    "their label (higher = heads more consistent). Both over the stored layers."
+)
+
+
+def overall(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (metric, labeller): the widest layer span."""
+    if df.empty:
+        return df
+    df = df.assign(span=df["layer_to"] - df["layer_from"])
+    keys = ["metric"] + (["labeller"] if "labeller" in df else [])
+    return df.sort_values("span").groupby(keys, as_index=False).last()
+
+
+if scores.empty:
+    st.warning(
+        "This store has no scores yet. Run "
+        f"`python -m engine interpret --store {common.store_path(store)}` to label heads and "
+        "score them."
+    )
+else:
+    top = overall(scores)
+    cols = st.columns(max(1, len(top)))
+    paper = common.PAPER_SCORES.set_index("model_spec")
+    spec = str(info.get("model_spec"))
+    for col, row in zip(cols, top.itertuples(), strict=False):
+        label = f"{row.metric}" + (f" ({row.labeller})" if getattr(row, "labeller", None) else "")
+        delta = None
+        if common.paper_model(store) is not None and row.metric in paper.columns:
+            delta = f"paper: {paper.loc[spec, row.metric]:.3f}"
+        col.metric(
+            label,
+            f"{row.value:.3f}",
+            delta=delta,
+            delta_color="off",
+            help=f"{row.count} of {row.total} heads, layers {row.layer_from}–{row.layer_to}",
+        )
+
+    st.subheader("Per layer")
+    per_layer = scores[scores["layer_from"] == scores["layer_to"]]
+    if per_layer.empty:
+        st.info("No per-layer breakdown stored.")
+    else:
+        chart = (
+            alt.Chart(per_layer)
+            .mark_bar()
+            .encode(
+                x=alt.X("layer_from:O", title="layer"),
+                y=alt.Y("value:Q", title="score", scale=alt.Scale(domain=[0, 1])),
+                color=alt.Color("metric:N"),
+                xOffset="metric:N",
+                tooltip=[
+                    "metric",
+                    "layer_from",
+                    "count",
+                    "total",
+                    alt.Tooltip("value:Q", format=".3f"),
+                ],
+            )
+            .properties(height=260)
+        )
+        st.altair_chart(chart, use_container_width=True)
+        st.dataframe(
+            per_layer.drop(columns=[c for c in ("run_id",) if c in per_layer]), hide_index=True
+        )
+
+st.subheader("All stores and the paper")
+rows = []
+for path in common.list_store_paths():
+    try:
+        other = common.open_store(path)
+    except Exception:
+        continue
+    o = overall(common.table(other, "scores"))
+    for r in o.itertuples():
+        rows.append(
+            {
+                "model": f"{path.rsplit('/', 1)[-1]} ({common.info(other)['model_spec']})",
+                "metric": r.metric,
+                "value": r.value,
+                "source": "computed (store)",
+            }
+        )
+for r in common.PAPER_SCORES.itertuples():
+    for metric in ("entanglement", "association"):
+        rows.append(
+            {
+                "model": r.model,
+                "metric": metric,
+                "value": getattr(r, metric),
+                "source": "paper (published)",
+            }
+        )
+cmp = pd.DataFrame(rows)
+chart = (
+    alt.Chart(cmp)
+    .mark_bar()
+    .encode(
+        y=alt.Y("model:N", title=None, sort=None),
+        x=alt.X("value:Q", title="score", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("source:N", legend=alt.Legend(orient="bottom")),
+        column=alt.Column("metric:N", title=None),
+        tooltip=["model", "metric", "source", alt.Tooltip("value:Q", format=".3f")],
+    )
+    .properties(width=300)
+)
+st.altair_chart(chart)
+st.caption(
+    "Paper figures: Tables 1 and 2 of Madasu et al., last four layers of each model, counts of "
+    "48 (ViT-B) or 64 (ViT-L) heads."
+)

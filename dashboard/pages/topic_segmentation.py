@@ -1,0 +1,34 @@
+"""Topic segmentation: where in the image chosen heads push the embedding toward a text."""
+
+from __future__ import annotations
+
+import common
+import streamlit as st
+
+from engine import analysis
+
+st.title("Topic segmentation")
+store = common.current_store()
+if store is None:
+    st.stop()
+q = common.require_query()
+
+text = st.text_input("Text", value="a red object", key="topic_text")
+mask = common.head_mask_picker(store, key="topic")
+if not text.strip():
+    st.warning("Type a text.")
+    st.stop()
+if mask is None:
+    st.stop()
+
+direction = common.text_embedding(store, [text.strip()])[0]  # [d_embed]
+maps = common.maps_for(store, q, direction)  # [layer, head, grid, grid]
+grid_map = analysis.aggregate_maps(maps, mask)
+n = int(mask.sum())
+common.show_heatmap(
+    q,
+    grid_map,
+    high=f"toward “{text}”",
+    low=f"away from “{text}”",
+    note=f"{n} head(s) summed · map of contribution · text per patch",
+)
