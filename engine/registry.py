@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -248,6 +249,19 @@ def _file_hash_cached(path: str, size: int, mtime_ns: int) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Can a download even start? (offline mode set, or no route to the hub: no)."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _weights_missing(s: ModelSpec) -> WeightsMissing:
     return WeightsMissing(
         f"weights for {s.raw} are not on this machine and could not be downloaded; put the "
@@ -277,8 +291,7 @@ def load_model(
         quick_gelu = bool(oc.get_pretrained_cfg(s.arch, s.tag).get("quick_gelu", False))
         if not random_weights:
             pretrained = s.tag
-            cached = local_weights(spec)
-            if cached is None and os.environ.get("HF_HUB_OFFLINE") == "1":
+            if local_weights(spec) is None and not _hub_reachable():
                 raise _weights_missing(s)
     elif s.kind == "file":
         pretrained = None if random_weights else s.path
@@ -299,6 +312,9 @@ def load_model(
     if random_weights and s.kind in ("local-dir", "hf-hub", "demo"):
         kwargs["load_weights"] = False
     torch.manual_seed(seed)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    root_level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.CRITICAL)  # open_clip logs on the root logger
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -309,6 +325,8 @@ def load_model(
         if s.kind in ("tag", "hf-hub"):
             raise _weights_missing(s) from e
         raise UserError(f"could not load {spec}: {str(e).splitlines()[0][:300]}") from e
+    finally:
+        logging.getLogger().setLevel(root_level)
     model.eval()
     check_supported(model, spec)
     tokenizer = oc.get_tokenizer(name)
@@ -560,3 +578,25 @@ def encode_text(lm: LoadedModel, texts: Sequence[str], batch_size: int = 256) ->
 def preprocess_images(lm: LoadedModel, images: Sequence) -> Tensor:
     """PIL images -> pixels [image, 3, H, W] with the model's own transform."""
     return torch.stack([lm.preprocess(im) for im in images])
+
+
+def list_open_clip_vits() -> list[dict]:
+    """Every open_clip ViT architecture/pretrained tag pair (support is checked at load time)."""
+    oc = _open_clip()
+    rows = []
+    for arch, tag in oc.list_pretrained():
+        if not arch.startswith("ViT-"):
+            continue
+        spec = f"{arch}/{tag}"
+        where = local_weights(spec)
+        rows.append(
+            {
+                "name": spec,
+                "spec": spec,
+                "description": "open_clip pretrained",
+                "paper": False,
+                "available": where is not None,
+                "where": where or "",
+            }
+        )
+    return rows

@@ -1,0 +1,38 @@
+"""`python -m engine models`: the registry's models and whether their weights are on this machine."""
+
+from __future__ import annotations
+
+import json
+
+NAME = "models"
+HELP = "list known models and which are available locally"
+
+
+def add_arguments(p):
+    p.add_argument(
+        "--all", action="store_true", help="also list every open_clip ViT architecture/tag"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args) -> int:
+    from engine import registry
+
+    rows = registry.list_models()
+    if args.all:
+        rows += registry.list_open_clip_vits()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["spec"]) for r in rows)
+    for r in rows:
+        mark = "available" if r["available"] else "download needed"
+        paper = " [paper]" if r.get("paper") else ""
+        print(f"{r['spec']:<{width}}  {mark:<15}  {r['description']}{paper}")
+        if r["available"] and r["where"]:
+            print(f"{'':<{width}}  {'':<15}  at {r['where']}")
+    print(
+        "\nOther specs: ARCH:/path/to/weights.safetensors, local-dir:/path, hf-hub:org/repo, "
+        "or ARCH with --random-weights."
+    )
+    return 0
