@@ -10,6 +10,7 @@ file (one description per line, category "unknown") or a CSV with a `text` colum
 from __future__ import annotations
 
 import csv
+import json
 import io
 from dataclasses import dataclass
 from functools import cache
@@ -116,3 +117,9 @@ def reference_property_heads(arch: str, pretrained: str) -> pd.DataFrame | None:
     if sel.empty:
         return None
     return sel[["property", "layer", "head"]].reset_index(drop=True)
+
+
+def load_llm_examples() -> list[tuple[list[str], str]]:
+    """The five hand-labelled example heads of the LLM prompt: (texts, label)."""
+    data = json.loads((BANKS / "llm_examples.json").read_text(encoding="utf-8"))
+    return [(list(e["texts"]), str(e["label"])) for e in data["examples"]]

@@ -1,0 +1,73 @@
+"""`python -m engine interpret`: TextSpan, labels, scores (and ground truth) into a store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.errors import UserError
+
+NAME = "interpret"
+HELP = "describe every stored head with TextSpan, label it, score the labels (writes the store)"
+
+
+def add_arguments(p):
+    p.add_argument("--store", required=True, help="store link, e.g. artifacts/demo")
+    p.add_argument("--labeller", choices=["offline", "llm"], default="offline")
+    p.add_argument(
+        "--bank", default=None, help="general, world or a .txt/.csv file (default: world for "
+        "demo-world stores, else general)",
+    )  # fmt: skip
+    p.add_argument("--texts-per-head", type=int, default=10, help="TextSpan steps per head")
+    p.add_argument("--rank", type=int, default=80, help="TextSpan rank r (capped at d_embed)")
+    p.add_argument("--layers", default=None, help="all (default), lastK, 8,9,10,11 or 8-11")
+    p.add_argument("--llm-model", default=None, help="chat model for --labeller llm")
+    p.add_argument("--llm-timeout", type=float, default=30.0, help="seconds per LLM request")
+    p.add_argument("--llm-retries", type=int, default=3, help="retries on 429/5xx/timeouts")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args) -> int:
+    from engine.interpret import run_interpretation
+
+    if not Path(args.store).exists():
+        raise UserError(f"store not found: {args.store}")
+    res = run_interpretation(
+        args.store,
+        labeller=args.labeller,
+        bank=args.bank,
+        texts_per_head=args.texts_per_head,
+        rank=args.rank,
+        layers=args.layers,
+        llm_model=args.llm_model,
+        llm_timeout=args.llm_timeout,
+        llm_retries=args.llm_retries,
+        progress=not args.no_progress,
+    )
+    summary = {
+        "run_id": res.run_id,
+        "labeller": res.labeller,
+        "bank": res.bank,
+        "layers": res.layers,
+        "heads": res.n_heads,
+        "scores": {s.metric: f"{s.count}/{s.total}" for s in res.scores if s.scope == "range"},
+        "timings": res.timings,
+    }
+    if res.clear_heads:
+        summary["ground_truth"] = {
+            "clear_heads": res.clear_heads,
+            "matched": res.matched_heads,
+            "match_rate": round(res.match_rate, 3),
+        }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"interpreted {res.n_heads} heads (layers {res.layers}) with {res.labeller} labels, "
+          f"bank {res.bank}; run {res.run_id[:12]}")  # fmt: skip
+    for metric, v in summary["scores"].items():
+        print(f"  {metric:<22} {v}")
+    if res.clear_heads:
+        print(f"  ground truth: {res.matched_heads}/{res.clear_heads} heads with a clear "
+              f"dominant factor are labelled with it ({res.match_rate:.0%})")  # fmt: skip
+    return 0

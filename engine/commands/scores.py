@@ -1,0 +1,63 @@
+"""`python -m engine scores`: print a store's interpretation scores (and published ones)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.errors import UserError
+
+NAME = "scores"
+HELP = "print entanglement (shared and unique) and association scores of an interpreted store"
+
+
+def add_arguments(p):
+    p.add_argument("--store", required=True, help="store link, e.g. artifacts/demo")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _reference(model_spec: str) -> list[dict]:
+    """Scores of the paper's published labels when the store's model is one of its six."""
+    from engine import banks, scores
+
+    if "/" not in (model_spec or ""):
+        return []
+    arch, tag = model_spec.split("/", 1)
+    ref = banks.reference_labels(arch, tag)
+    if ref is None:
+        return []
+    rows = scores.score_rows(ref["layer"].tolist(), ref["label"].tolist(), None)
+    return [dict(r.__dict__, labeller="published") for r in rows]
+
+
+def run(args) -> int:
+    from engine.store import open_store
+
+    if not Path(args.store).exists():
+        raise UserError(f"store not found: {args.store}")
+    with open_store(args.store) as r:
+        df = r.query(
+            "SELECT metric, scope, layer_from, layer_to, count, total, value, labeller "
+            "FROM scores ORDER BY scope DESC, layer_from, metric"
+        )
+        spec = r.info.get("model_spec", "")
+        interp = r.info.get("interpretation")
+    if df.empty:
+        raise UserError(f"{args.store} has no scores yet; run `python -m engine interpret` first")
+    rows = df.to_dict("records")
+    ref = _reference(spec)
+    if args.json:
+        print(json.dumps({"store": str(args.store), "model_spec": spec, "interpretation": interp,
+                          "scores": rows, "published_labels": ref}, indent=2, default=str))  # fmt: skip
+        return 0
+    print(f"{args.store} ({spec}), labeller {rows[0]['labeller']}")
+    print(f"{'scope':<7} {'layers':<7} {'metric':<21} {'count':>7} {'value':>6}")
+    for row in rows + ref:
+        layers = (f"{row['layer_from']}" if row["layer_from"] == row["layer_to"]
+                  else f"{row['layer_from']}-{row['layer_to']}")  # fmt: skip
+        scope = row["scope"] if row.get("labeller") != "published" else "paper"
+        print(f"{scope:<7} {layers:<7} {row['metric']:<21} "
+              f"{row['count']:>3}/{row['total']:<3} {row['value']:>6.3f}")  # fmt: skip
+    if ref:
+        print("(paper: the labels published with the paper's demo, case and plurals folded)")
+    return 0

@@ -1,0 +1,157 @@
+"""LLM labeller: one label per head by in-context learning over an OpenAI-compatible chat API.
+
+The prompt shows five hand-labelled example heads (engine/data/banks/llm_examples.json), then the
+head's TextSpan texts, and asks for one label from the bank's vocabulary. Free answers are mapped
+onto the vocabulary through synonyms (`engine.labels.map_answer`), else kept as new labels.
+
+Responses are cached by the caller (the store's `llm_cache` table): `LLMLabeller` takes the
+cached responses as a dict and collects the new ones in `new_entries`. The API key is read from
+`OPENAI_API_KEY` when the first uncached request is made; it is never stored, logged or shown
+(error messages are built from status codes, and any server text is redacted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from engine.errors import UserError
+from engine.labels import map_answer
+
+DEFAULT_MODEL = "gpt-4o-mini"
+SYSTEM = (
+    "You label attention heads of a CLIP image encoder. Each head is described by the text "
+    "descriptions that best explain its output over many images, best first. Answer with the "
+    "single property the descriptions have in common, as one word or short phrase taken from "
+    "this vocabulary when one fits: {vocabulary}. Answer with the label only."
+)
+
+
+def build_messages(
+    texts: Sequence[str], vocabulary: Sequence[str], examples: Sequence[tuple[list[str], str]]
+) -> list[dict[str, str]]:
+    """Chat messages: system instruction, the examples as user/assistant turns, then the head."""
+
+    def ask(ts: Sequence[str]) -> str:
+        return "Descriptions:\n" + "\n".join(f"- {t}" for t in ts) + "\nProperty:"
+
+    msgs = [{"role": "system", "content": SYSTEM.format(vocabulary=", ".join(vocabulary))}]
+    for ex_texts, ex_label in examples:
+        msgs.append({"role": "user", "content": ask(ex_texts)})
+        msgs.append({"role": "assistant", "content": ex_label})
+    msgs.append({"role": "user", "content": ask(texts)})
+    return msgs
+
+
+def prompt_hash(messages: Sequence[Mapping[str, str]], model: str) -> str:
+    """The cache key: sha256 of the model name and the exact messages."""
+    blob = json.dumps({"model": model, "messages": list(messages)}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _redact(text: str, secret: str | None) -> str:
+    text = str(text)
+    if secret:
+        text = text.replace(secret, "***")
+    return text.splitlines()[0][:200] if text else ""
+
+
+@dataclass
+class LLMLabel:
+    label: str
+    in_vocabulary: bool
+    response: str
+    cached: bool
+
+
+@dataclass
+class LLMLabeller:
+    """Labels heads through the chat API. `cache`: {prompt_hash: response} from the store."""
+
+    model: str
+    vocabulary: Sequence[str]
+    examples: Sequence[tuple[list[str], str]]
+    cache: dict[str, str] = field(default_factory=dict)
+    base_url: str | None = None
+    timeout: float = 30.0
+    max_retries: int = 3
+    new_entries: list[tuple[str, str, str]] = field(default_factory=list)  # (hash, model, resp)
+    _client: object | None = field(default=None, repr=False)
+
+    def _client_or_fail(self):
+        if self._client is None:
+            import openai
+
+            key = os.environ.get("OPENAI_API_KEY", "")
+            if not key:
+                raise UserError("the LLM labeller needs OPENAI_API_KEY in the environment")
+            base = self.base_url or os.environ.get("OPENAI_BASE_URL") or None
+            self._client = openai.OpenAI(
+                api_key=key, base_url=base, timeout=self.timeout, max_retries=self.max_retries
+            )
+        return self._client
+
+    def _ask(self, messages: list[dict[str, str]]) -> str:
+        import openai
+
+        client = self._client_or_fail()
+        key = os.environ.get("OPENAI_API_KEY")
+        where = self.base_url or os.environ.get("OPENAI_BASE_URL") or "the OpenAI API"
+        try:
+            resp = client.chat.completions.create(
+                model=self.model, messages=messages, temperature=0, max_tokens=16
+            )
+        except openai.AuthenticationError:
+            raise UserError(
+                f"{where} rejected the API key (HTTP 401); check OPENAI_API_KEY"
+            ) from None
+        except openai.PermissionDeniedError:
+            raise UserError(f"{where} refused access (HTTP 403) to model {self.model!r}") from None
+        except openai.NotFoundError:
+            raise UserError(f"{where}: model {self.model!r} not found (HTTP 404)") from None
+        except openai.RateLimitError:
+            raise UserError(
+                f"{where} is still rate-limiting (HTTP 429) after {self.max_retries} retries"
+            ) from None
+        except openai.APITimeoutError:
+            raise UserError(
+                f"{where} did not answer within {self.timeout:g} s ({self.max_retries} retries)"
+            ) from None
+        except openai.APIConnectionError:
+            raise UserError(f"cannot reach {where}") from None
+        except openai.APIResponseValidationError:
+            raise UserError(f"{where} returned a malformed response") from None
+        except openai.APIStatusError as e:
+            detail = _redact(getattr(e, "message", ""), key)
+            raise UserError(
+                f"{where} failed with HTTP {e.status_code} after {self.max_retries} retries"
+                + (f": {detail}" if detail else "")
+            ) from None
+        except openai.OpenAIError as e:
+            raise UserError(f"LLM request failed: {_redact(e, key)}") from None
+        except ValueError:  # an unparsable body (json.JSONDecodeError, validation errors)
+            raise UserError(f"{where} returned a malformed response") from None
+        try:
+            content = resp.choices[0].message.content
+        except (AttributeError, IndexError, KeyError, TypeError):
+            content = None
+        if not isinstance(content, str) or not content.strip():
+            raise UserError(f"{where} returned a malformed response (no answer text)")
+        return content
+
+    def label(self, texts: Sequence[str]) -> LLMLabel:
+        """One head: texts [pick] best first -> its label (cached when asked before)."""
+        messages = build_messages(texts, self.vocabulary, self.examples)
+        h = prompt_hash(messages, self.model)
+        cached = h in self.cache
+        if cached:
+            response = self.cache[h]
+        else:
+            response = self._ask(messages)
+            self.cache[h] = response
+            self.new_entries.append((h, self.model, response))
+        label, known = map_answer(response, self.vocabulary)
+        return LLMLabel(label, known, response, cached)
