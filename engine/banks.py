@@ -10,8 +10,8 @@ file (one description per line, category "unknown") or a CSV with a `text` colum
 from __future__ import annotations
 
 import csv
-import json
 import io
+import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
