@@ -101,6 +101,8 @@ def publish(link: str | os.PathLike, folder: Path) -> Path:
     """Publish a finished folder as the store's new version; returns the version path."""
     link = Path(link)
     with _store_lock(link):
+        if link.exists() and not link.is_symlink():
+            raise UserError(f"{link} exists and is not a store link; move it away first")
         version = versions_dir(link) / _new_version_name()
         os.rename(folder, version)
         (version / LOCK_FILE).touch()
@@ -381,7 +383,9 @@ class StoreReader:
 
     def images(self) -> pd.DataFrame:
         """The images table: image_id, path, sha256, width, height, class (ordered by image_id)."""
-        return self.query("SELECT * FROM images ORDER BY image_id")
+        df = self.query("SELECT * FROM images ORDER BY image_id")
+        df["class"] = df["class"].astype(object).where(df["class"].notna(), None)  # NULL -> None
+        return df
 
     @property
     def layers(self) -> list[int]:

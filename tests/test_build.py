@@ -1,0 +1,225 @@
+"""Build: kill-and-resume is bit-exact, readers survive rebuilds, bad files are listed, bad input
+is one line with exit code 2. Uses the registry's `tiny-test` model (a small random ViT)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_imageio import make_bad_files
+
+from engine import registry, schema, store
+from engine.build import BuildParams, build_store
+from engine.cli import main as cli_main
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parent.parent
+N, CHUNK, BATCH = 200, 64, 24  # 4 chunks; batches do not divide chunks
+
+
+def params(store_path, images=f"synthetic:{N}:3", **kw) -> BuildParams:
+    kw = {"batch_size": BATCH, "image_chunk": CHUNK, "progress": False, **kw}
+    return BuildParams(model="tiny-test", images=images, store=str(store_path), **kw)
+
+
+def arrays_of(path) -> dict[str, np.ndarray]:
+    with store.open_store(path) as r:
+        out = {name: r.array(name) for name in schema.ARRAYS}
+        out["images"] = r.images().to_numpy()
+        out["factors"] = r.factors()[1]
+    return out
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert np.array_equal(a[k], b[k]), k  # bit-exact
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted build of the test collection."""
+    root = tmp_path_factory.mktemp("ref")
+    res = build_store(params(root / "ref"))
+    assert res.n_images == N and not res.up_to_date and res.resumed_chunks == 0
+    return root / "ref"
+
+
+def test_build_contents_match_the_model(reference):
+    """Stored rows are the model's own numbers: output = encode_image, heads within fp16."""
+    from engine import decompose, world
+
+    lm = registry.load_model("tiny-test")
+    with store.open_store(reference) as r:
+        info = r.info
+        assert info["layers"] == list(range(lm.dims.n_layers))  # default 4 > 3 layers: all
+        assert info["image_chunk"] == CHUNK and info["n_images"] == N
+        assert info["code_version"].startswith("0.") and info["weights_hash"] == lm.weights_hash
+        idx = [0, 77, 199]
+        batch = world.generate(0, N, 3)
+        pixels = torch.stack([lm.preprocess(Image.fromarray(batch.images[i])) for i in idx])
+        with torch.no_grad():
+            enc = lm.model.encode_image(pixels).numpy()
+        np.testing.assert_allclose(r.output()[idx], enc, rtol=1e-4, atol=1e-5)
+        dec = decompose.decompose_images(lm, pixels, info["layers"])
+        np.testing.assert_allclose(
+            r.head_out_array[idx].astype(np.float32), dec.head_out.numpy(), rtol=2e-3, atol=2e-3
+        )
+        np.testing.assert_allclose(r.array("ln_scale")[idx], dec.resid_std.numpy(), rtol=1e-5)
+        names, codes = r.factors()
+        assert names == list(world.FACTORS) and np.array_equal(codes, batch.codes)
+        imgs = r.images()
+        assert imgs["path"].tolist()[:2] == ["synthetic:3/0", "synthetic:3/1"]
+        run = r.query("SELECT * FROM runs").iloc[0]
+        assert run["kind"] == "build" and run["model_spec"] == "tiny-test"
+        assert json.loads(run["parameters"])["batch_size"] == BATCH
+        assert json.loads(run["skipped_files"]) == []
+        assert run["image_set_hash"] == info["image_set_hash"]
+
+
+def test_rerun_is_up_to_date(reference):
+    res = build_store(params(reference))
+    assert res.up_to_date and res.n_images == N
+
+
+def test_resume_after_failure_is_bit_exact(tmp_path, reference):
+    link = tmp_path / "s"
+    with pytest.raises(RuntimeError, match="injected"):
+        build_store(params(link), fail_after_chunks=2)
+    assert not link.exists()  # nothing published
+    staging = [p for p in store.versions_dir(link).iterdir()]
+    assert len(staging) == 1 and len(store.load_chunk_records(staging[0])) == 2
+    res = build_store(params(link))
+    assert res.resumed_chunks == 2 and res.n_images == N
+    assert_same(arrays_of(link), arrays_of(reference))
+    assert list(store.versions_dir(link).iterdir()) == [res.version]  # staging consumed
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_exact(tmp_path, reference):
+    link = tmp_path / "k"
+    cmd = [sys.executable, "-m", "engine", "build", "--model", "tiny-test"]
+    cmd += ["--images", f"synthetic:{N}:3", "--store", str(link), "--no-progress"]
+    cmd += ["--batch-size", str(BATCH), "--image-chunk", str(CHUNK)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        vdir = store.versions_dir(link)
+        stag = list(vdir.glob(store.STAGING_PREFIX + "*")) if vdir.is_dir() else []
+        done = len(store.load_chunk_records(stag[0])) if stag else 0
+        if done >= 1:
+            break
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 1 <= done < N // CHUNK + 1, proc.stderr.read().decode()[-2000:]
+    assert not link.exists()
+    assert cli_main(cmd[3:]) == 0  # the same command, in process: resumes
+    assert_same(arrays_of(link), arrays_of(reference))
+
+
+@pytest.mark.slow
+def test_reader_survives_rebuild_and_other_builds(tmp_path):
+    """Another process holds store A open; rebuilding A and building B both succeed."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    build_store(params(a, images="synthetic:40:1", image_chunk=16))
+    script = (
+        "import sys, numpy as np\n"
+        "from engine import store\n"
+        f"r = store.open_store({str(a)!r})\n"
+        "x = r.head_out(r.layers[-1], 0).copy(); n = len(r.images())\n"
+        "print('ready', flush=True); sys.stdin.readline()\n"
+        "y = r.head_out_array[:, -1, 0, :].astype(np.float32)\n"
+        "print('same' if np.array_equal(x, y) and len(r.images()) == n == 40 else 'changed')\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        old_version = os.path.realpath(a)
+        build_store(params(b, images="synthetic:30:2", image_chunk=16))  # another store
+        build_store(params(a, images="synthetic:50:1", image_chunk=16))  # rebuild A: swaps in
+        build_store(params(a, images="synthetic:60:1", image_chunk=16))  # and again (gc runs)
+        assert Path(old_version).exists()  # held by the reader, not collected
+        out, _ = proc.communicate("go\n", timeout=60)
+        assert out.strip() == "same"
+    finally:
+        proc.kill()
+    with store.open_store(a) as r:
+        assert r.info["n_images"] == 60
+    with store.open_store(b) as r:
+        assert r.info["n_images"] == 30
+
+
+def test_folder_build_skips_bad_files(tmp_path):
+    imgs = tmp_path / "imgs"
+    (imgs / "red").mkdir(parents=True)
+    (imgs / "blue").mkdir()
+    bad = make_bad_files(imgs)
+    for i in range(3):
+        Image.new("RGB", (40 + i, 30), (200, 10, 10)).save(imgs / "red" / f"r{i}.png")
+        Image.new("RGBA", (30, 30), (10, 10, 200, 128)).save(imgs / "blue" / f"b{i}.png")
+    Image.new("CMYK", (20, 20)).save(imgs / "cmyk.jpg")
+    res = build_store(params(tmp_path / "s", images=str(imgs), image_chunk=4, batch_size=3))
+    assert res.n_images == 7 and res.n_skipped == len(bad)
+    with store.open_store(tmp_path / "s") as r:
+        df = r.images()
+        assert df["path"].tolist() == [f"blue/b{i}.png" for i in range(3)] + ["cmyk.jpg"] + [
+            f"red/r{i}.png" for i in range(3)
+        ]
+        assert df["class"].tolist()[:4] == ["blue", "blue", "blue", None]
+        assert df["width"].tolist()[-3:] == [40, 41, 42]
+        skipped = r.query("SELECT path, reason FROM skipped_files ORDER BY path")
+        assert sorted(skipped["path"]) == sorted(bad)
+        for path, reason in skipped.itertuples(index=False):
+            assert bad[path] in reason
+        run = r.query("SELECT skipped_files FROM runs").iloc[0, 0]
+        assert sorted(s["path"] for s in json.loads(run)) == sorted(bad)
+        assert r.factors() is None
+        thumbs = r.thumbnails([6])  # red image, letterboxed
+        assert thumbs[0, 32, 32, 0] > 150 and thumbs[0, 0, 32].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--images", "{tmp}/missing"], "does not exist"),
+        (["--images", "{tmp}/empty"], "no image files"),
+        (["--images", "{tmp}/bad_only"], "no usable images"),
+        (["--images", "synthetic:abc"], "synthetic:N"),
+        (["--images", "synthetic:0"], "synthetic:N"),
+        (["--layers", "9"], "has 3 layers"),
+        (["--layers", "last"], "bad --layers"),
+        (["--layers", "0,7"], "bad --layers"),
+        (["--model", "no-such-model/xyz"], ""),
+        (["--batch-size", "0"], "batch-size"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad_only").mkdir()
+    (tmp_path / "bad_only" / "x.png").write_bytes(b"nope")
+    opts = {"--model": "tiny-test", "--images": "synthetic:8", "--store": str(tmp_path / "s")}
+    opts.update({args[i]: args[i + 1].format(tmp=tmp_path) for i in range(0, len(args), 2)})
+    argv = ["build", "--no-progress", *[x for kv in opts.items() for x in kv]]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err
+    assert not (tmp_path / "s").exists()
