@@ -20,7 +20,7 @@ LAYERS = [5, 7]
 
 
 def publish_fake(link, n_images: int, fill: float, factors: bool = False):
-    """Publish a store whose arrays hold known values: head_out[i, l, h, :] = fill + i + 10l + 100h."""
+    """Publish a store with known values: head_out[i, l, h, :] = fill + i + 10 l + 100 h."""
     staging = store.staging_dir(link, f"test{fill}")
     staging.mkdir(parents=True)
     sizes = {**SIZES, "image": n_images + 3}  # created larger, shrunk like a build does
@@ -162,7 +162,8 @@ def test_mutate_store_publishes_copy_or_nothing(tmp_path):
     reader = store.open_store(link)
     with store.mutate_store(link) as con:
         con.execute(
-            "INSERT INTO textspan VALUES (7, 0, 0, 'a red object', 'colour', 0.5, 0.1, 'world', 'r')"
+            "INSERT INTO textspan (layer, head, rank, text, category, bank, run_id) "
+            "VALUES (7, 0, 0, 'a red object', 'colour', 'world', 'r')"
         )
     assert reader.version_path == v1 and not reader.interpreted  # old version untouched
     reader.close()
