@@ -155,7 +155,13 @@ def text_embedding(store, texts: list[str]) -> np.ndarray:
 
 
 def store_path(store) -> str:
-    return str(getattr(store, "path", None) or st.session_state.get("store_path"))
+    """The version folder the store was opened at (its cache key)."""
+    return str(store.path)
+
+
+def display_path() -> str:
+    """The store path as the user picked it (for commands shown on the page)."""
+    return str(st.session_state.get("store_path") or "artifacts/demo")
 
 
 # ------------------------------------------------------------------------- per-head matrices

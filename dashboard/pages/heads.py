@@ -20,7 +20,9 @@ def heads_table(key: str) -> pd.DataFrame:
     """One row per stored head; built from the store's tables (no math)."""
     s = common.open_store(key)
     df = pd.DataFrame(common.store_heads(s), columns=["layer", "head"])
-    df.insert(0, "name", [common.head_name(l, h) for l, h in zip(df.layer, df.head, strict=True)])
+    df.insert(
+        0, "name", [common.head_name(l, h) for l, h in zip(df["layer"], df["head"], strict=True)]
+    )
     labels = common.table(s, "head_labels")
     if not labels.empty:
         keep = [c for c in ("layer", "head", "label", "labeller") if c in labels]
@@ -46,7 +48,9 @@ def heads_table(key: str) -> pd.DataFrame:
         df = df.merge(top.reset_index(), on=["layer", "head"], how="left")
     ref = common.reference_labels(s)
     if ref:
-        df["reference_label"] = [ref.get((l, h)) for l, h in zip(df.layer, df.head, strict=True)]
+        df["reference_label"] = [
+            ref.get((l, h)) for l, h in zip(df["layer"], df["head"], strict=True)
+        ]
     gt = common.table(s, "ground_truth")
     if not gt.empty:
         dom = gt[gt["is_dominant"]] if "is_dominant" in gt else gt
@@ -62,7 +66,7 @@ df = heads_table(common.store_key(common.store_path(store)))
 if df["label"].isna().all():
     st.info(
         "Heads are not labelled yet: run "
-        f"`python -m engine interpret --store {common.store_path(store)}`."
+        f"`python -m engine interpret --store {common.display_path()}`."
     )
 
 c1, c2, c3 = st.columns([2, 1, 1])
@@ -79,7 +83,7 @@ if search:
     hit = view.astype(str).apply(lambda col: col.str.contains(search, case=False, regex=False))
     view = view[hit.any(axis=1)]
 st.caption(f"{len(view)} of {len(df)} heads")
-st.dataframe(view, hide_index=True, use_container_width=True)
+st.dataframe(view, hide_index=True, width="stretch")
 
 d1, d2 = st.columns(2)
 d1.download_button(
@@ -110,4 +114,4 @@ chart = (
     .properties(height=max(120, 40 * df.layer.nunique()))
 )
 text = chart.mark_text(fontSize=9).encode(text="name:N", color=alt.value("black"))
-st.altair_chart(chart + text, use_container_width=True)
+st.altair_chart(chart + text, width="stretch")

@@ -32,7 +32,7 @@ def overall(df: pd.DataFrame) -> pd.DataFrame:
 if scores.empty:
     st.warning(
         "This store has no scores yet. Run "
-        f"`python -m engine interpret --store {common.store_path(store)}` to label heads and "
+        f"`python -m engine interpret --store {common.display_path()}` to label heads and "
         "score them."
     )
 else:
@@ -76,7 +76,7 @@ else:
             )
             .properties(height=260)
         )
-        st.altair_chart(chart, use_container_width=True)
+        st.altair_chart(chart, width="stretch")
         st.dataframe(
             per_layer.drop(columns=[c for c in ("run_id",) if c in per_layer]), hide_index=True
         )

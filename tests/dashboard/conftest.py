@@ -1,0 +1,70 @@
+"""A small store built once per session with the real CLI, for the dashboard tests.
+
+`demo` model when its weights are bundled, else the random `tiny-test` model; 200 synthetic
+images; interpreted when the `interpret` command exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+N_IMAGES = 200
+
+
+def _engine(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def _model() -> str:
+    from engine.registry import DEMO_DIR
+
+    return "demo" if (DEMO_DIR / "open_clip_config.json").is_file() else "tiny-test"
+
+
+@pytest.fixture(scope="session")
+def store_env(tmp_path_factory):
+    """(artifacts folder, store path, interpreted?) — built once per test session."""
+    root = tmp_path_factory.mktemp("artifacts")
+    store = root / "fixture"
+    model = _model()
+    r = _engine(
+        "build",
+        "--model",
+        model,
+        "--images",
+        f"synthetic:{N_IMAGES}",
+        "--store",
+        str(store),
+        "--no-progress",
+    )
+    assert r.returncode == 0, r.stderr
+    r = _engine("interpret", "--store", str(store))
+    interpreted = r.returncode == 0
+    if not interpreted:  # only acceptable while the command does not exist yet
+        assert "invalid choice: 'interpret'" in r.stderr, r.stderr
+    return root, store, interpreted
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under a folder (following the store link)."""
+    real = Path(os.path.realpath(folder))
+    return {
+        str(p.relative_to(real)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(real.rglob("*"))
+        if p.is_file()
+    }

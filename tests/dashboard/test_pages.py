@@ -1,0 +1,337 @@
+"""AppTest tests, one (or more) per dashboard page, on a store built by the real CLI."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from tests.dashboard.conftest import ROOT, tree_digest
+
+pytestmark = [pytest.mark.dashboard, pytest.mark.slow]
+
+HOME = str(ROOT / "dashboard" / "Home.py")
+PAGES = [
+    "pages/overview.py",
+    "pages/heads.py",
+    "pages/property_neighbours.py",
+    "pages/topic_segmentation.py",
+    "pages/contrastive_segmentation.py",
+    "pages/head_image_neighbours.py",
+    "pages/head_text_neighbours.py",
+]
+
+
+def _app(monkeypatch, artifacts) -> AppTest:
+    monkeypatch.setenv("CLIP_INTERPRET_ARTIFACTS", str(artifacts))
+    monkeypatch.delenv("CLIP_INTERPRET_STORE", raising=False)
+    at = AppTest.from_file(HOME, default_timeout=300)
+    at.run()
+    _ok(at)
+    return at
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _page(at: AppTest, page: str) -> AppTest:
+    at.switch_page(page)
+    at.run()
+    _ok(at)
+    return at
+
+
+def _images(at: AppTest):
+    return at.get("image")
+
+
+def _captions(at: AppTest) -> list[str]:
+    return [c for img in _images(at) for c in img.captions]
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _upload(at: AppTest, name: str, data: bytes, mime: str = "image/png") -> AppTest:
+    at.sidebar.radio(key="image_source").set_value("Upload").run()
+    at.file_uploader(key="upload").upload(name, data, mime).run()
+    return at
+
+
+def _neighbour_ids(at: AppTest) -> list[int]:
+    """Stored-image ids of the thumbnails shown (captions '#id · score')."""
+    return [int(m.group(1)) for c in _captions(at) if (m := re.match(r"#(\d+) · ", c))]
+
+
+def _scores(at: AppTest) -> list[float]:
+    return [float(m.group(1)) for c in _captions(at) if (m := re.match(r"#\d+ · (\S+)", c))]
+
+
+# --------------------------------------------------------------------------------------- home
+
+
+def test_home_without_store_names_the_build_command(monkeypatch, tmp_path):
+    at = _app(monkeypatch, tmp_path / "empty")
+    text = " ".join(c.value for c in at.code) + " ".join(m.value for m in at.markdown)
+    assert "make demo" in text
+    assert "python -m engine demo-store" in text
+    assert at.warning and "No store" in at.warning[0].value
+
+
+def test_home_sidebar_shows_store_provenance(monkeypatch, store_env):
+    root, store, interpreted = store_env
+    at = _app(monkeypatch, root)
+    side = " ".join(m.value for m in at.sidebar.markdown)
+    from engine.store import open_store
+
+    with open_store(store) as s:
+        spec, n = s.info["model_spec"], s.info["n_images"]
+        run_id = s.info["run_id"]
+    assert spec in side and f"{n:,}" in side and run_id[:12] in side
+    assert ("Interpreted** yes" in side) == interpreted
+    # the sample image is the default query: its centre crop is shown in the sidebar
+    assert len(at.sidebar.get("image")) == 1
+
+
+def test_store_typed_path_and_bad_path(monkeypatch, store_env, tmp_path):
+    root, store, _ = store_env
+    at = _app(monkeypatch, tmp_path / "none")  # no stores listed: Home only, with the hint
+    at.sidebar.selectbox(key="store_choice").set_value("another folder…").run()
+    at.sidebar.text_input(key="store_typed").set_value(str(tmp_path / "nope")).run()
+    _ok(at)
+    assert at.sidebar.error and "no store" in at.sidebar.error[0].value
+    at.sidebar.text_input(key="store_typed").set_value(str(store)).run()
+    _ok(at)
+    assert not at.sidebar.error
+    _page(at, "pages/heads.py")
+    assert len(at.dataframe[0].value) > 0
+
+
+# ----------------------------------------------------------------------------------- overview
+
+
+def test_overview(monkeypatch, store_env):
+    root, store, interpreted = store_env
+    at = _page(_app(monkeypatch, root), "pages/overview.py")
+    charts = at.get("vega_lite_chart")
+    assert charts, "the comparison chart with the paper's figures is always drawn"
+    if interpreted:
+        assert at.metric, "interpreted stores show their scores"
+        assert all(0 <= float(m.value) <= 1 for m in at.metric)
+    else:
+        assert "interpret" in at.warning[0].value
+
+
+# -------------------------------------------------------------------------------------- heads
+
+
+def test_heads_table_filter_and_exports(monkeypatch, store_env):
+    root, store, interpreted = store_env
+    from engine.store import open_store
+
+    with open_store(store) as s:
+        n_heads = len(s.layers) * int(s.info["n_heads"])
+        labels = s.query("SELECT layer, head, label FROM head_labels")
+    at = _page(_app(monkeypatch, root), "pages/heads.py")
+    df = at.dataframe[0].value
+    assert len(df) == n_heads
+    assert set(df["name"]) == {f"L{l}H{h}" for l, h in zip(df["layer"], df["head"], strict=True)}
+    if interpreted:
+        got = {(int(r.layer), int(r.head)): r.label for r in df.itertuples()}
+        for r in labels.itertuples():
+            assert got[(int(r.layer), int(r.head))] == r.label
+    assert len(at.get("download_button")) == 2
+    assert at.get("vega_lite_chart"), "layer x head grid"
+    # search narrows the table to matching rows
+    name = df["name"].iloc[-1]
+    at.text_input(key="heads_search").set_value(name).run()
+    _ok(at)
+    assert list(at.dataframe[0].value["name"]) == [name]
+
+
+# ------------------------------------------------------------------------- property neighbours
+
+
+def test_property_neighbours_on_sample(monkeypatch, store_env):
+    root, _, _ = store_env
+    at = _page(_app(monkeypatch, root), "pages/property_neighbours.py")
+    ids = _neighbour_ids(at)
+    assert len(ids) == 8 and len(set(ids)) == 8
+    s = _scores(at)
+    assert s == sorted(s, reverse=True) and all(-1.0001 <= x <= 1.0001 for x in s)
+
+
+def test_property_neighbours_on_stored_image_excludes_itself(monkeypatch, store_env):
+    root, _, _ = store_env
+    at = _app(monkeypatch, root)
+    at.sidebar.radio(key="image_source").set_value("From the store").run()
+    at.sidebar.number_input(key="store_image").set_value(7).run()
+    _page(at, "pages/property_neighbours.py")
+    ids = _neighbour_ids(at)
+    assert len(ids) == 8 and 7 not in ids
+
+
+# ------------------------------------------------------------------------------- segmentation
+
+
+def _sum_over_patches(at: AppTest) -> float:
+    cap = [c.value for c in at.caption if c.value.startswith("Sum over patches")]
+    assert cap, "the per-patch sum is shown"
+    return float(cap[0].split(":")[1])
+
+
+def test_topic_segmentation_single_and_aggregate(monkeypatch, store_env):
+    root, _, _ = store_env
+    at = _page(_app(monkeypatch, root), "pages/topic_segmentation.py")
+    assert len(_images(at)) >= 2  # overlay + colour bar
+    assert at.get("vega_lite_chart")
+    single = _sum_over_patches(at)
+    at.radio(key="topic_mode").set_value("Aggregate").run()
+    _ok(at)
+    total = _sum_over_patches(at)
+    assert total != pytest.approx(single)  # all heads, not the single one
+
+
+def test_contrastive_is_difference_of_topics_and_truly_aggregates(monkeypatch, store_env):
+    root, _, _ = store_env
+    at = _page(_app(monkeypatch, root), "pages/topic_segmentation.py")
+    at.radio(key="topic_mode").set_value("Aggregate").run()
+    sums = {}
+    for t in ("a red object", "a blue object"):
+        at.text_input(key="topic_text").set_value(t).run()
+        _ok(at)
+        sums[t] = _sum_over_patches(at)
+    _page(at, "pages/contrastive_segmentation.py")
+    at.radio(key="contrast_mode").set_value("Aggregate").run()
+    _ok(at)
+    agg = _sum_over_patches(at)
+    assert agg == pytest.approx(sums["a red object"] - sums["a blue object"], abs=2e-4)
+    # one head only gives a different number: the aggregate is not silently one head
+    at.radio(key="contrast_mode").set_value("One head").run()
+    assert _sum_over_patches(at) != pytest.approx(agg)
+
+
+# ------------------------------------------------------------------------ head neighbours
+
+
+def test_head_image_neighbours_upload_round_trip(monkeypatch, store_env):
+    """Uploading a stored image's own pixels finds that image first, for every head."""
+    root, store, _ = store_env
+    from engine.store import open_store
+
+    with open_store(store) as s:
+        thumb = s.thumbnails([5])[0]
+    at = _app(monkeypatch, root)
+    _upload(at, "stored5.png", _png(thumb))
+    _ok(at)
+    assert not at.sidebar.error
+    _page(at, "pages/head_image_neighbours.py")
+    heads = at.multiselect(key="hin_heads").value
+    ids = _neighbour_ids(at)
+    assert len(ids) == 8 * len(heads)
+    for j in range(len(heads)):
+        assert ids[8 * j] == 5
+    assert max(_scores(at)) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_head_text_neighbours(monkeypatch, store_env):
+    root, store, interpreted = store_env
+    at = _page(_app(monkeypatch, root), "pages/head_text_neighbours.py")
+    sources = at.radio(key="htn_source").options
+    assert ("TextSpan text" in sources) == interpreted
+    at.radio(key="htn_source").set_value("Typed text").run()
+    at.text_input(key="htn_typed").set_value("a green object").run()
+    _ok(at)
+    s = _scores(at)
+    assert len(s) == 8 and s == sorted(s, reverse=True)
+    # the same scores from the store directly: head_out · text
+    from engine.registry import encode_text, load_model
+    from engine.store import open_store
+
+    l, h = at.selectbox(key="htn_head").value
+    with open_store(store) as st_:
+        head_out = st_.head_out(l, h)
+        lm = load_model(st_.info["model_spec"], random_weights=bool(st_.info["random_weights"]))
+    t = encode_text(lm, ["a green object"]).numpy()[0]
+    expected = np.sort(head_out @ t)[::-1][:8]
+    np.testing.assert_allclose(s, expected, atol=1.5e-3)
+
+
+# --------------------------------------------------------------------------- bad uploads
+
+
+def _bad_uploads() -> dict[str, bytes]:
+    good = _png(np.full((32, 32, 3), 90, np.uint8))
+    bomb = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(bomb, format="PNG")  # 81 Mpx, a few KB
+    wide = _png(np.zeros((4, 400, 3), np.uint8))
+    return {
+        "empty.png": b"",
+        "notes.png": b"this is not an image at all",
+        "truncated.png": good[: len(good) // 2],
+        "bomb.png": bomb.getvalue(),
+        "wide.png": wide,
+    }
+
+
+@pytest.mark.parametrize("name", list(_bad_uploads()))
+def test_bad_upload_gives_clear_error(monkeypatch, store_env, name):
+    root, _, _ = store_env
+    at = _app(monkeypatch, root)
+    _upload(at, name, _bad_uploads()[name])
+    _ok(at)
+    assert at.sidebar.error, "a clear message in the sidebar"
+    message = at.sidebar.error[0].value
+    assert message.startswith(("cannot use this upload: ", "upload too large"))
+    assert "Traceback" not in message and "\n" not in message
+    # analysis pages repeat the reason instead of analysing anything
+    _page(at, "pages/topic_segmentation.py")
+    assert [e.value for e in at.error] == [message]
+    assert not _images(at)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "RGBA", "I;16", "animated"])
+def test_unusual_but_valid_uploads_work(monkeypatch, store_env, mode):
+    root, _, _ = store_env
+    rgb = np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    if mode == "animated":
+        frames = [Image.fromarray(rgb), Image.fromarray(255 - rgb)]
+        frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    elif mode == "CMYK":
+        Image.fromarray(rgb).convert("CMYK").save(buf, format="JPEG")
+    elif mode == "RGBA":
+        Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(buf, format="PNG")
+    else:
+        Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(buf, format="PNG")
+    at = _app(monkeypatch, root)
+    _upload(at, f"x.{mode}", buf.getvalue())
+    _ok(at)
+    assert not at.sidebar.error
+    _page(at, "pages/topic_segmentation.py")
+    assert len(_images(at)) >= 2
+
+
+# ------------------------------------------------------------------------------- read-only
+
+
+def test_every_page_leaves_the_store_untouched(monkeypatch, store_env):
+    root, store, _ = store_env
+    before = tree_digest(store)
+    at = _app(monkeypatch, root)
+    for page in PAGES:
+        _page(at, page)
+    # AppTest drops the sidebar after switch_page, so pick the stored image in a fresh app
+    at = _app(monkeypatch, root)
+    at.sidebar.radio(key="image_source").set_value("From the store").run()
+    for page in PAGES:
+        _page(at, page)
+    assert tree_digest(store) == before
