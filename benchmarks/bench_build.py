@@ -1,0 +1,182 @@
+"""Build benchmarks, each a ratio against a baseline measured in the same run.
+
+1. Decomposition overhead: `build` throughput (random images, last 4 layers stored, end to end:
+   decode/preprocess threads, hooks, decomposition, fp16, Zarr + chunk records) divided by plain
+   `model.encode_image` throughput on ready pixel batches, same model, batch size and device.
+   Measurements are interleaved (encode, build, encode, build, ...) and the medians compared.
+2. Bytes stored per image against the TextSpan reference's fp32 [image, layer (all), head,
+   d_embed] arrays.
+3. head_out layout: writing a collection chunk by chunk, then reading one (layer, head) over all
+   images, for our layout (inner chunks (C, 1, 1, d_embed) in shards (C, layer, head, d_embed))
+   against unsharded (C, 1, 1, d_embed) chunks and one chunk per head over all images.
+
+    .venv/bin/python benchmarks/bench_build.py [--model ViT-B-32] [--n 160] [--reps 3] [--quick]
+Prints a JSON record and writes benchmarks/results/build.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine import registry, schema  # noqa: E402
+from engine.build import BuildParams, RandomSource, build_store, env_info  # noqa: E402
+from engine.store import open_store  # noqa: E402
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+@torch.no_grad()
+def encode_rate(lm, batches: list[torch.Tensor]) -> float:
+    """Plain encode_image images/s over ready pixel batches [image, 3, H, W]."""
+    t0 = time.perf_counter()
+    n = 0
+    for px in batches:
+        lm.model.encode_image(px)
+        n += len(px)
+    return n / (time.perf_counter() - t0)
+
+
+def overhead(model: str, n: int, batch: int, reps: int, tmp: Path) -> dict:
+    lm = registry.load_model(model, random_weights=True)
+    src = RandomSource(n, 99, max(lm.dims.image_size, 32))
+    pixels = torch.stack([src.load(i, lm.preprocess).pixels for i in range(n)])
+    batches = list(pixels.split(batch))  # [image, 3, H, W] per batch
+    encode_rate(lm, batches[:1])  # warm-up
+    warm = BuildParams(model, f"random:{batch}:7", str(tmp / "warm"), batch_size=batch)
+    warm.random_weights, warm.progress = True, False
+    build_store(warm)  # warm-up: first-call costs of hooks, threads, zarr
+    enc, bld, bld_e2e, timings = [], [], [], []
+    for r in range(reps):
+        enc.append(encode_rate(lm, batches))
+        res = build_store(
+            BuildParams(
+                model=model,
+                images=f"random:{n}:{r}",
+                store=str(tmp / f"bench{r}"),
+                batch_size=batch,
+                random_weights=True,
+                progress=False,
+            )
+        )
+        t = res.timings
+        bld.append(n / (t["stream_s"] + t["finish_s"]))  # model loading excluded, as for encode
+        bld_e2e.append(n / t["wall_s"])
+        timings.append(t)
+    store_path = tmp / "bench0"
+    version = Path(store_path).resolve()
+    zdir = version / schema.STORE_ZARR
+    d = lm.dims
+    with open_store(store_path) as r:
+        chunk = r.info["image_chunk"]
+    slots = -(-n // chunk) * chunk  # Zarr chunks are fixed-size: the last one is padded
+    per_image = {name: dir_bytes(zdir / name) / slots for name in schema.ARRAYS}
+    ref_fp32 = d.n_layers * d.n_heads * d.d_embed * 4
+    return {
+        "model": model,
+        "dims": d.__dict__,
+        "n_images": n,
+        "batch_size": batch,
+        "reps": reps,
+        "encode_images_per_s": [round(x, 2) for x in enc],
+        "build_images_per_s": [round(x, 2) for x in bld],
+        "build_images_per_s_with_model_load": [round(x, 2) for x in bld_e2e],
+        "overhead_ratio": round(statistics.median(bld) / statistics.median(enc), 3),
+        "overhead_ratio_with_model_load": round(
+            statistics.median(bld_e2e) / statistics.median(enc), 3
+        ),
+        "build_timings": timings,
+        "bytes_per_image": {k: round(v, 1) for k, v in per_image.items()},
+        "image_chunk": chunk,
+        "bytes_per_image_note": "Zarr bytes per image slot of full chunks (last chunk padded)",
+        "bytes_per_image_duckdb": round((version / schema.STORE_DB).stat().st_size / n, 1),
+        "reference_fp32_all_layers_bytes_per_image": ref_fp32,
+        "head_out_ratio_vs_reference": round(per_image["head_out"] / ref_fp32, 4),
+        "zarr_ratio_vs_reference": round(sum(per_image.values()) / ref_fp32, 4),
+    }
+
+
+def layout(n: int, n_layers: int, n_heads: int, d_embed: int, chunk: int, tmp: Path) -> dict:
+    """Write [n, layer, head, d_embed] fp16 chunk by chunk, then read one head over all images."""
+    rng = np.random.default_rng(0)
+    slab = rng.standard_normal((chunk, n_layers, n_heads, d_embed)).astype(np.float16)
+    shape = (n, n_layers, n_heads, d_embed)
+    layouts = {
+        "ours: chunk (C,1,1,d) in shard (C,L,H,d)": dict(
+            chunks=(chunk, 1, 1, d_embed), shards=(chunk, n_layers, n_heads, d_embed)
+        ),
+        "chunk (C,1,1,d), no shards": dict(chunks=(chunk, 1, 1, d_embed), shards=None),
+        "chunk (N,1,1,d): one chunk per head": dict(chunks=(n, 1, 1, d_embed), shards=None),
+    }
+    out = {}
+    for name, kw in layouts.items():
+        path = tmp / f"layout{len(out)}.zarr"
+        arr = zarr.create_array(
+            str(path), shape=shape, dtype="float16", compressors=None, fill_value=0, **kw
+        )
+        t0 = time.perf_counter()
+        for s in range(0, n, chunk):  # the build's write pattern: one image chunk at a time
+            arr[s : s + chunk] = slab[: min(chunk, n - s)]
+        write_s = time.perf_counter() - t0
+        arr = zarr.open_array(str(path), mode="r")
+        reads = []
+        for li, h in [(0, 0), (n_layers - 1, n_heads // 2), (1 % n_layers, n_heads - 1)]:
+            t0 = time.perf_counter()
+            arr[:, li, h, :]
+            reads.append(time.perf_counter() - t0)
+        out[name] = {
+            "write_s": round(write_s, 3),
+            "read_one_head_s": round(statistics.median(reads), 4),
+            "files": sum(1 for p in path.rglob("*") if p.is_file()),
+        }
+    return {"n_images": n, "layer": n_layers, "head": n_heads, "d_embed": d_embed, **out}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--n", type=int, default=192)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--layout-n", type=int, default=8192)
+    ap.add_argument("--quick", action="store_true", help="tiny-test model, small sizes")
+    args = ap.parse_args()
+    if args.quick:
+        args.model, args.n, args.reps, args.layout_n = "tiny-test", 64, 2, 2048
+    torch.manual_seed(0)
+    record = {"env": {**env_info(), "torch_threads": torch.get_num_threads()}}
+    with tempfile.TemporaryDirectory(
+        dir=ROOT / "artifacts" if (ROOT / "artifacts").is_dir() else None
+    ) as d:
+        tmp = Path(d)
+        record["overhead"] = ov = overhead(args.model, args.n, args.batch_size, args.reps, tmp)
+        dims = ov["dims"]
+        chunk = schema.image_chunk_for(4, dims["n_heads"], dims["d_embed"])
+        record["layout"] = layout(
+            args.layout_n, min(4, dims["n_layers"]), dims["n_heads"], dims["d_embed"], chunk, tmp
+        )
+    print(json.dumps(record, indent=2))
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ("build_quick.json" if args.quick else "build.json")).write_text(
+        json.dumps(record, indent=2)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
