@@ -330,3 +330,30 @@ def reference_score_table(normalization: str = "case+plurals") -> pd.DataFrame:
             }
         )
     return pd.DataFrame(out)
+
+
+# the paper's Table 1 as counts of heads (/work/shared/reference/README.md)
+PAPER_TABLE1 = {
+    ("ViT-B-32", "openai"): 21,
+    ("ViT-B-32", "datacomp_m_s128m_b4k"): 25,
+    ("ViT-B-16", "openai"): 24,
+    ("ViT-B-16", "laion2b_s34b_b88k"): 26,
+    ("ViT-L-14", "openai"): 23,
+    ("ViT-L-14", "laion2b_s32b_b82k"): 22,
+}
+
+
+def reference_markdown_table() -> str:
+    """docs/interpretation.md's table: unique / shared counts under each normalisation."""
+    tabs = {k: reference_score_table(k) for k in labels.NORMALIZATIONS}
+    head = " | ".join(f"unique / shared ({k})" for k in labels.NORMALIZATIONS)
+    lines = [
+        f"| model | heads | paper Table 1 | {head} |",
+        "|---|---|---|" + "---|" * len(tabs),
+    ]
+    base = tabs["none"]
+    for i, row in base.iterrows():
+        cells = " | ".join(f"{t.loc[i, 'unique']} / {t.loc[i, 'shared']}" for t in tabs.values())
+        paper = PAPER_TABLE1[(row["model"], row["pretrained"])]
+        lines.append(f"| {row['model']} {row['pretrained']} | {row['heads']} | {paper} | {cells} |")
+    return "\n".join(lines)

@@ -151,6 +151,16 @@ def clean_answer(answer: str) -> str:
     return s.strip().strip("\"'`*").strip().rstrip(".!").strip()
 
 
+_BRITISH = {"colour": "color", "grey": "gray", "centre": "center"}
+
+
+def _spelling(s: str) -> str:
+    """Fold British spellings so "color" finds the world's "colour" factor."""
+    for uk, us in _BRITISH.items():
+        s = s.replace(uk, us)
+    return s
+
+
 def map_answer(
     answer: str, vocabulary: Sequence[str], synonyms: Mapping[str, str] | None = None
 ) -> tuple[str, bool]:
@@ -163,11 +173,11 @@ def map_answer(
     s = clean_answer(answer)
     if not s:
         return MIXED, False
-    by_norm = {normalize_label(v): v for v in vocabulary}
-    key = normalize_label(s)
+    by_norm = {_spelling(normalize_label(v)): v for v in vocabulary}
+    key = _spelling(normalize_label(s))
     if key in by_norm:
         return by_norm[key], True
-    mapped = normalize_label(s, synonyms=synonyms)
+    mapped = _spelling(normalize_label(s, synonyms=synonyms))
     if mapped in by_norm:
         return by_norm[mapped], True
     return s.lower(), False

@@ -69,6 +69,13 @@ def test_map_answer_synonym_outside_vocabulary_is_new_label():
     assert map_answer("wildlife", ["shape", "color"]) == ("wildlife", False)
 
 
+def test_map_answer_world_vocabulary_spellings():
+    vocab = ["shape", "colour", "position", "background"]
+    assert map_answer("Color", vocab) == ("colour", True)
+    assert map_answer("Colors", vocab) == ("colour", True)
+    assert map_answer("Shapes.", vocab) == ("shape", True)
+
+
 def test_general_bank_size_categories_and_reproducible(tmp_path):
     bank = load_bank("general")
     assert len(bank) >= 3000 and len(set(bank.texts)) == len(bank)

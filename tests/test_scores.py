@@ -114,3 +114,17 @@ def test_head_eta2_and_dominant_factor():
     assert truth.factor == "colour" and truth.is_dominant
     assert not dominant_factor(np.array([0.3, 0.2]), ["a", "b"]).is_dominant
     assert label_matches("Colour", "colour") and not label_matches("mixed", "colour")
+
+
+def test_docs_table_is_computed_from_shipped_labels():
+    from pathlib import Path
+
+    from engine.interpret import reference_markdown_table
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "interpretation.md").read_text()
+    table = reference_markdown_table()
+    assert table in doc
+    # the README's counts, with case and plurals folded: unique = paper for three models
+    assert "| ViT-B-32 openai | 48 | 21 | 21 / 27 | 21 / 27 | 21 / 27 |" in table
+    assert "| ViT-B-32 datacomp_m_s128m_b4k | 48 | 25 | 28 / 20 | 28 / 20 | 25 / 23 |" in table
+    assert "| ViT-B-16 laion2b_s34b_b88k | 48 | 26 | 29 / 19 | 29 / 19 | 26 / 22 |" in table
