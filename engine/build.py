@@ -310,6 +310,10 @@ def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) ->
             pass  # broken link: rebuild
 
     staging = store.staging_dir(link, key)
+    if (staging / schema.STORE_DB).is_file() and not (staging / store.BUILD_DIR).exists():
+        version = store.publish(link, staging)  # killed after finishing, before publication
+        with store.open_store(version) as r:
+            return BuildResult(link, version, r.info["n_images"], r.info.get("n_skipped", 0))
     staging.mkdir(parents=True, exist_ok=True)
     state = store.load_build_state(staging)
     records = store.load_chunk_records(staging)

@@ -361,6 +361,14 @@ class StoreReader:
         info["n_images"] = int(self._group["output"].shape[0])
         return info
 
+    @property
+    def is_stale(self) -> bool:
+        """True when the store link now points at a newer version (reopen to see it)."""
+        try:
+            return Path(os.path.realpath(self.path)) != self.version_path
+        except OSError:
+            return True
+
     def close(self) -> None:
         with self._db_lock:
             self._con.close()

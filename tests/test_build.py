@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from test_imageio import make_bad_files
 
+import engine.build as build_mod
 from engine import registry, schema, store
 from engine.build import BuildParams, build_store
 from engine.cli import main as cli_main
@@ -223,3 +224,51 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err
     assert not (tmp_path / "s").exists()
+
+
+def test_kill_after_finish_before_publish_publishes_without_recompute(
+    tmp_path, monkeypatch, reference
+):
+    link = tmp_path / "p"
+    real_publish = store.publish
+
+    def killed(*a, **k):
+        raise RuntimeError("killed before publication")
+
+    monkeypatch.setattr(store, "publish", killed)
+    with pytest.raises(RuntimeError, match="before publication"):
+        build_store(params(link))
+    assert not link.exists()
+    monkeypatch.setattr(store, "publish", real_publish)
+
+    def no_compute(*a, **k):
+        raise AssertionError("recomputed a finished build")
+
+    monkeypatch.setattr(build_mod, "_run_batch", no_compute)
+    res = build_store(params(link))
+    assert res.n_images == N
+    assert_same(arrays_of(link), arrays_of(reference))
+
+
+def test_demo_store_builds_once_then_interprets(tmp_path, monkeypatch, capsys):
+    import engine.interpret
+
+    calls = []
+
+    def fake_interpretation(store_path, labeller, bank):
+        calls.append((str(store_path), labeller, bank))
+        with store.mutate_store(store_path) as con:
+            con.execute("INSERT INTO head_labels (layer, head, label) VALUES (0, 0, 'x')")
+
+    monkeypatch.setattr(engine.interpret, "run_interpretation", fake_interpretation)
+    link = tmp_path / "demo"
+    argv = ["demo-store", "--store", str(link), "--images", "40", "--model", "tiny-test"]
+    argv += ["--no-progress"]
+    assert cli_main(argv) == 0
+    assert calls == [(str(link), "offline", "world")]
+    with store.open_store(link) as r:
+        assert r.info["n_images"] == 40 and r.interpreted and r.factors() is not None
+    capsys.readouterr()
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "exists and is complete" in out and len(calls) == 1

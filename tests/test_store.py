@@ -142,10 +142,11 @@ def test_reader_keeps_its_version_across_publishes_and_gc(tmp_path):
     old = store.open_store(link)  # pinned to v1
     v2 = publish_fake(link, 6, 1000.0)
     v3 = publish_fake(link, 7, 2000.0)  # gc keeps current + previous, and v1 (held by `old`)
-    assert old.version_path == v1 and v1.exists()
+    assert old.version_path == v1 and v1.exists() and old.is_stale
     assert old.head_out(5, 0)[0, 0] == 0.0 and old.info["n_images"] == 5
     assert len(old.images()) == 5
     with store.open_store(link) as new:
+        assert not new.is_stale
         assert new.version_path == v3 and new.head_out(5, 0)[0, 0] == 2000.0
     old.close()
     v4 = publish_fake(link, 8, 3000.0)  # now v1 and v2 go

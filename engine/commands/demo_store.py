@@ -13,6 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default="artifacts/demo", help="store path (default %(default)s)")
     p.add_argument("--images", type=int, default=5000, help="synthetic images (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="demo world seed")
+    p.add_argument("--model", default="demo", help="model spec (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--force", action="store_true", help="rebuild even if complete")
     p.add_argument("--no-progress", action="store_true")
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if args.images < 1:
         raise UserError(f"bad --images {args.images}: must be >= 1")
     params = BuildParams(
-        model="demo",
+        model=args.model,
         images=f"synthetic:{args.images}:{args.seed}",
         store=args.store,
         batch_size=args.batch_size,
