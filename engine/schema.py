@@ -39,6 +39,7 @@ class ArraySpec:
     chunks: tuple[int, ...]
     shards: tuple[int, ...] | None
     description: str
+    compress: bool = False  # zstd per inner chunk (thumbnails); contributions stay raw
 
     def shape(self, sizes: dict[str, int]) -> tuple[int, ...]:
         """Concrete shape from dimension sizes, e.g. {"image": 5000, "layer": 4, ...}."""
@@ -102,9 +103,10 @@ ARRAYS: dict[str, ArraySpec] = {
             "thumbnail",
             ("image", "y", "x", "rgb"),
             "uint8",
+            (1, ALL, ALL, ALL),  # one image per inner chunk: neighbours are read one by one
             (IMAGE_CHUNK, ALL, ALL, ALL),
-            None,
             f"{THUMB_SIZE}px letterboxed RGB thumbnail",
+            compress=True,
         ),
     ]
 }

@@ -70,8 +70,10 @@ def resolve(path: str | os.PathLike) -> Path:
     return real
 
 
-def _new_version_name() -> str:
-    return time.strftime("v%Y%m%dT%H%M%S", time.gmtime()) + f"-{uuid.uuid4().hex[:6]}"
+def _new_version_name(vdir: Path) -> str:
+    """`v000007-20261129T101500`: a sequence number (call with the store lock held), then time."""
+    seqs = [int(p.name[1:7]) for p in vdir.glob("v*") if p.name[1:7].isdigit()]
+    return f"v{max(seqs, default=0) + 1:06d}-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime())
 
 
 @contextmanager
@@ -103,7 +105,7 @@ def publish(link: str | os.PathLike, folder: Path) -> Path:
     with _store_lock(link):
         if link.exists() and not link.is_symlink():
             raise UserError(f"{link} exists and is not a store link; move it away first")
-        version = versions_dir(link) / _new_version_name()
+        version = versions_dir(link) / _new_version_name(versions_dir(link))
         os.rename(folder, version)
         (version / LOCK_FILE).touch()
         _fsync_dir(version.parent)
@@ -188,7 +190,7 @@ def create_arrays(folder: Path, sizes: dict[str, int], attrs: dict | None = None
             chunks=spec.chunk_shape(sizes),
             shards=spec.shard_shape(sizes),
             dimension_names=spec.dims,
-            compressors=None,  # fp16 contributions barely compress; keep reads cheap
+            compressors=zarr.codecs.ZstdCodec(level=3) if spec.compress else None,
             fill_value=0,
             attributes={"description": spec.description},
         )
@@ -303,7 +305,7 @@ def mutate_store(path: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        version = versions_dir(link) / _new_version_name()
+        version = versions_dir(link) / _new_version_name(versions_dir(link))
         os.rename(tmp, version)
         (version / LOCK_FILE).touch()
         _swap_link(link, version)

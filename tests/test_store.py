@@ -74,6 +74,8 @@ def test_schema_round_trip(tmp_path):
     head = arrays["head_out"]
     assert head.chunks == (4, 1, 1, 8)  # one (layer, head) per inner chunk
     assert head.shards == (4, 2, 3, 8)  # one shard per image chunk
+    assert arrays["thumbnail"].chunks == (1, 64, 64, 3)  # one thumbnail per inner chunk
+    assert arrays["thumbnail"].shards == (4, 64, 64, 3)
     store.write_database(tmp_path, {}, {"k": [1, 2]})
     con = duckdb.connect(str(tmp_path / schema.STORE_DB), read_only=True)
     tables = {
