@@ -341,7 +341,7 @@ def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) ->
     weights = registry.vision_weights(lm)
     timings = {"decode_wait_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
     timings["setup_s"] = time.perf_counter() - t_start  # model load, discovery, staging
-    t_stream = time.perf_counter()
+    t_stream, cpu_stream = time.perf_counter(), time.process_time()
     n_new = 0
 
     bar = _progress(params.progress, source.n_items, cursor, link.name)
@@ -456,6 +456,7 @@ def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) ->
     version = store.publish(link, staging)
     timings["wall_s"] = round(time.perf_counter() - t_start, 3)  # everything, model load included
     timings["finish_s"] = round(timings["wall_s"] - timings["setup_s"] - timings["stream_s"], 3)
+    timings["cpu_after_setup_s"] = round(time.process_time() - cpu_stream, 3)  # all threads
     return BuildResult(link, version, n_done, len(skipped), False, resumed, timings)
 
 
