@@ -24,21 +24,12 @@ IMAGE_SIZE: int = 64
 FACTORS: dict[str, tuple[str, ...]] = {
     "shape": ("circle", "square", "triangle", "cross"),
     "colour": ("red", "green", "blue", "yellow", "purple", "orange"),
-    "position": (
-        "top left",
-        "top",
-        "top right",
-        "left",
-        "centre",
-        "right",
-        "bottom left",
-        "bottom",
-        "bottom right",
-    ),
+    # a 2x2 grid of quadrants: large cells (half the image) leave room for large objects
+    "position": ("top left", "top right", "bottom left", "bottom right"),
     "texture": ("plain", "striped", "dotted", "checkered"),
     "size": ("small", "large"),
     # background words never name an object colour, so the text encoder keeps them apart
-    "background": ("black", "grey", "white", "navy"),
+    "background": ("black", "grey", "navy", "maroon"),
 }
 FACTOR_NAMES: tuple[str, ...] = tuple(FACTORS)
 
@@ -52,30 +43,25 @@ _COLOUR_RGB = {
 }
 _BACKGROUND_RGB = {
     "black": (20, 20, 20),
-    "grey": (125, 125, 125),
-    "white": (235, 235, 235),
+    "grey": (110, 110, 110),
     "navy": (25, 30, 95),
+    "maroon": (100, 25, 40),
 }
 # caption wording for each position value (the bank and the parser use the same phrases)
 _POSITION_PHRASE = {
     "top left": "in the top left",
-    "top": "at the top",
     "top right": "in the top right",
-    "left": "on the left",
-    "centre": "in the centre",
-    "right": "on the right",
     "bottom left": "in the bottom left",
-    "bottom": "at the bottom",
     "bottom right": "in the bottom right",
 }
 # probability that a caption names each factor (the harder properties more often)
 _NAME_PROB = {
     "shape": 0.75,
-    "colour": 0.5,
-    "position": 0.75,
-    "texture": 0.5,
-    "size": 0.6,
-    "background": 0.35,
+    "colour": 0.45,
+    "position": 0.7,
+    "texture": 0.65,
+    "size": 0.5,
+    "background": 0.3,
 }
 _TEMPLATES = (
     "a photo of {np}.",
@@ -85,7 +71,12 @@ _TEMPLATES = (
     "a picture of {np}.",
     "a drawing of {np}.",
 )
-_NOISE_STD = 6.0  # pixel noise, so no two images are identical
+_NOISE_STD = 6.0
+_GRID = 2  # positions form a _GRID x _GRID grid of cells, row-major
+_HALF_EXTENT = {
+    "small": 0.28,
+    "large": 0.44,
+}  # object half-extent, in cells  # pixel noise, so no two images are identical
 
 
 @dataclass
@@ -168,10 +159,10 @@ def render_image(codes: Mapping[str, int] | Sequence[int], seed) -> np.ndarray:
     c = _codes_array(codes)
     v = {f: FACTORS[f][c[k]] for k, f in enumerate(FACTORS)}
     rng = np.random.default_rng(seed)
-    cell = IMAGE_SIZE / 3
+    cell = IMAGE_SIZE / _GRID
     p = c[FACTOR_NAMES.index("position")]
-    row, col = divmod(int(p), 3)
-    r = cell * (0.27 if v["size"] == "small" else 0.45)  # half-extent of the object
+    row, col = divmod(int(p), _GRID)
+    r = cell * _HALF_EXTENT[v["size"]]  # half-extent of the object
     jitter = max(cell / 2 - r - 1, 0.0)
     cx = (col + 0.5) * cell + rng.uniform(-jitter, jitter)
     cy = (row + 0.5) * cell + rng.uniform(-jitter, jitter)

@@ -56,14 +56,17 @@ def test_captions_agree_with_factors():
 
 def test_render_reflects_codes():
     """Colour and background are visible in the pixels; position moves the object."""
-    codes = {"shape": 1, "colour": 0, "position": 4, "texture": 0, "size": 1, "background": 0}
+    pos = world.FACTORS["position"]
+    codes = {"shape": 1, "colour": 0, "position": pos.index("top left"), "texture": 0, "size": 1}
+    codes["background"] = world.FACTORS["background"].index("black")
     img = world.render_image(codes, seed=0).astype(float)
-    c = world.IMAGE_SIZE // 2
-    assert img[c, c, 0] > 180 and img[c, c, 1] < 90  # red object in the centre
-    assert img[1, 1].max() < 60  # black background in the corner
-    codes_tl = dict(codes, position=0)
-    img_tl = world.render_image(codes_tl, seed=0).astype(float)
-    assert img_tl[c, c].max() < 60 and img_tl[c // 3, c // 3, 0] > 180
+    q = world.IMAGE_SIZE // 4  # centre of the top-left quadrant
+    assert img[q, q, 0] > 180 and img[q, q, 1] < 90  # red object in the top left
+    assert img[3 * q, 3 * q].max() < 60  # black background elsewhere
+    img_br = world.render_image(dict(codes, position=pos.index("bottom right")), 0).astype(float)
+    assert img_br[q, q].max() < 60 and img_br[3 * q, 3 * q, 0] > 180
+    small = world.render_image(dict(codes, size=0), 0)
+    assert (small[..., 0] > 180).sum() < (img[..., 0] > 180).sum()
     # dict and sequence codes render the same
     seq = [codes[f] for f in world.FACTORS]
     np.testing.assert_array_equal(world.render_image(seq, seed=3), world.render_image(codes, 3))
