@@ -17,7 +17,7 @@ import streamlit as st  # noqa: E402
 
 from engine.errors import UserError  # noqa: E402
 
-st.set_page_config(page_title="CLIP-InterpreT", page_icon="🔎", layout="wide")
+st.set_page_config(page_title="CLIP-InterpreT", page_icon=":material/search:", layout="wide")
 
 
 def sidebar_store():
@@ -159,24 +159,40 @@ store = sidebar_store()
 if store is not None:
     sidebar_image(store)
 
-home_page = st.Page(home, title="Home", icon="🏠", url_path="home", default=True)
+home_page = st.Page(home, title="Home", icon=":material/home:", url_path="home", default=True)
 if store is None:
     pages = [home_page]
 else:
     pages = {
         "": [home_page],
         "Model": [
-            st.Page("pages/overview.py", title="Overview", icon="📊"),
-            st.Page("pages/heads.py", title="Heads", icon="🧠"),
+            st.Page("pages/overview.py", title="Overview", icon=":material/monitoring:"),
+            st.Page("pages/heads.py", title="Heads", icon=":material/table_view:"),
         ],
         "Analyses": [
-            st.Page("pages/property_neighbours.py", title="Property neighbours", icon="🧩"),
-            st.Page("pages/topic_segmentation.py", title="Topic segmentation", icon="🔥"),
             st.Page(
-                "pages/contrastive_segmentation.py", title="Contrastive segmentation", icon="⚖️"
+                "pages/property_neighbours.py",
+                title="Property neighbours",
+                icon=":material/category:",
             ),
-            st.Page("pages/head_image_neighbours.py", title="Head image neighbours", icon="🖼️"),
-            st.Page("pages/head_text_neighbours.py", title="Head text neighbours", icon="🔤"),
+            st.Page(
+                "pages/topic_segmentation.py", title="Topic segmentation", icon=":material/blur_on:"
+            ),
+            st.Page(
+                "pages/contrastive_segmentation.py",
+                title="Contrastive segmentation",
+                icon=":material/compare:",
+            ),
+            st.Page(
+                "pages/head_image_neighbours.py",
+                title="Head image neighbours",
+                icon=":material/photo_library:",
+            ),
+            st.Page(
+                "pages/head_text_neighbours.py",
+                title="Head text neighbours",
+                icon=":material/text_fields:",
+            ),
         ],
     }
 st.navigation(pages).run()

@@ -14,16 +14,22 @@ if store is None:
 info = common.info(store)
 scores = common.table(store, "scores")
 st.caption(
-    "Entanglement: share of heads whose label is shared with another head (lower = heads more "
-    "distinct). Association: share of heads with at least 3 of their top TextSpan texts matching "
-    "their label (higher = heads more consistent). Both over the stored layers."
+    "**association**: share of heads with at least 3 of their top-5 TextSpan texts in their "
+    "label's category (higher = heads more consistent). **entanglement_shared**: share of heads "
+    "whose label another head also has (the paper's wording). **entanglement_unique**: share of "
+    "heads whose label no other head has — the variant that reproduces the paper's Table 1 from "
+    "its published labels. Heads labelled `mixed` count in the total only."
 )
+# the paper's Table 1 "entanglement" is compared with entanglement_unique (see engine/scores.py)
+PAPER_METRIC = {"entanglement_unique": "entanglement", "association": "association"}
 
 
 def overall(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (metric, labeller): the widest layer span."""
+    """One row per (metric, labeller): the layer-range score (else the widest layer span)."""
     if df.empty:
         return df
+    if "scope" in df and (df["scope"] == "range").any():
+        df = df[df["scope"] == "range"]
     df = df.assign(span=df["layer_to"] - df["layer_from"])
     keys = ["metric"] + (["labeller"] if "labeller" in df else [])
     return df.sort_values("span").groupby(keys, as_index=False).last()
@@ -43,8 +49,8 @@ else:
     for col, row in zip(cols, top.itertuples(), strict=False):
         label = f"{row.metric}" + (f" ({row.labeller})" if getattr(row, "labeller", None) else "")
         delta = None
-        if common.paper_model(store) is not None and row.metric in paper.columns:
-            delta = f"paper: {paper.loc[spec, row.metric]:.3f}"
+        if common.paper_model(store) is not None and row.metric in PAPER_METRIC:
+            delta = f"paper: {paper.loc[spec, PAPER_METRIC[row.metric]]:.3f}"
         col.metric(
             label,
             f"{row.value:.3f}",
@@ -55,6 +61,8 @@ else:
 
     st.subheader("Per layer")
     per_layer = scores[scores["layer_from"] == scores["layer_to"]]
+    if "scope" in scores:
+        per_layer = scores[scores["scope"] == "layer"]
     if per_layer.empty:
         st.info("No per-layer breakdown stored.")
     else:
@@ -123,6 +131,7 @@ chart = (
 )
 st.altair_chart(chart)
 st.caption(
-    "Paper figures: Tables 1 and 2 of Madasu et al., last four layers of each model, counts of "
-    "48 (ViT-B) or 64 (ViT-L) heads."
+    "Paper figures: Tables 1 (entanglement, shown as entanglement_unique) and 2 (association) "
+    "of Madasu et al., last four layers of each model, counts of 48 (ViT-B) or 64 (ViT-L) heads. "
+    "Stores: their layer-range score."
 )

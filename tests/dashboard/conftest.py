@@ -36,11 +36,15 @@ def _model() -> str:
     return "demo" if (DEMO_DIR / "open_clip_config.json").is_file() else "tiny-test"
 
 
-@pytest.fixture(scope="session")
-def store_env(tmp_path_factory):
-    """(artifacts folder, store path, interpreted?) — built once per test session."""
-    root = tmp_path_factory.mktemp("artifacts")
+def build_fixture(base: Path) -> tuple[Path, Path, bool]:
+    """Build (once per pytest session base folder) the fixture store; shared by the AppTest
+    and browser tests. Returns (artifacts folder, store path, interpreted?)."""
+    root = base / "dashboard-artifacts"
     store = root / "fixture"
+    done = root / ".fixture-done"
+    if done.is_file():
+        return root, store, done.read_text() == "interpreted"
+    root.mkdir(parents=True, exist_ok=True)
     model = _model()
     r = _engine(
         "build",
@@ -57,7 +61,14 @@ def store_env(tmp_path_factory):
     interpreted = r.returncode == 0
     if not interpreted:  # only acceptable while the command does not exist yet
         assert "invalid choice: 'interpret'" in r.stderr, r.stderr
+    done.write_text("interpreted" if interpreted else "raw")
     return root, store, interpreted
+
+
+@pytest.fixture(scope="session")
+def store_env(tmp_path_factory):
+    """(artifacts folder, store path, interpreted?) — built once per test session."""
+    return build_fixture(tmp_path_factory.getbasetemp())
 
 
 def tree_digest(folder: Path) -> dict[str, str]:

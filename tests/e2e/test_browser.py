@@ -1,0 +1,178 @@
+"""Real-browser end-to-end test: the dashboard served headless, driven by Debian's Chromium.
+
+Starts `streamlit run dashboard/Home.py` on 127.0.0.1 with a free port over the fixture store,
+uploads an image, visits every page through the navigation, asserts visible results and saves
+screenshots to test-results/. Skipped only when /usr/bin/chromium is absent outside CI.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.dashboard.conftest import ROOT, build_fixture
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+RESULTS = ROOT / "test-results"
+PAGES = [  # (navigation link text, what must be visible)
+    ("Overview", "chart"),
+    ("Heads", "table"),
+    ("Property neighbours", "images"),
+    ("Topic segmentation", "images"),
+    ("Contrastive segmentation", "images"),
+    ("Head image neighbours", "images"),
+    ("Head text neighbours", "images"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing in CI: run scripts/setup_browser.sh")
+        pytest.skip(f"{CHROMIUM} not installed (scripts/setup_browser.sh installs it)")
+    root, _, _ = build_fixture(tmp_path_factory.getbasetemp())
+    port = _free_port()
+    env = {**os.environ, "CLIP_INTERPRET_ARTIFACTS": str(root), "HF_HUB_OFFLINE": "1"}
+    log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/Home.py",
+         "--server.headless", "true", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                log.flush()
+                pytest.fail("streamlit did not start: " + Path(log.name).read_text()[-2000:])
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _settle(page, timeout_ms: int = 120_000) -> None:
+    """Wait until the app has finished running the script."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+        timeout=timeout_ms,
+    )
+    page.wait_for_timeout(300)
+
+
+def _no_exception(page) -> None:
+    assert page.locator("[data-testid='stException']").count() == 0, page.locator(
+        "[data-testid='stException']"
+    ).first.inner_text()
+
+
+def _rendered_images(page) -> int:
+    """Images in the main area that actually decoded (naturalWidth > 0)."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll('[data-testid="stMain"] img')]
+               .filter(i => i.complete && i.naturalWidth > 0).length"""
+    )
+
+
+def test_dashboard_in_chromium(server):
+    from playwright.sync_api import sync_playwright
+
+    RESULTS.mkdir(exist_ok=True)
+    sample = sorted((ROOT / "dashboard" / "samples").glob("*.png"))[0]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(server, wait_until="domcontentloaded")
+            page.get_by_text("CLIP-InterpreT", exact=True).first.wait_for(timeout=60_000)
+            _settle(page)
+            _no_exception(page)
+            page.screenshot(path=str(RESULTS / "00-home.png"), full_page=True)
+
+            # upload an image through the sidebar's file uploader
+            side = page.locator("[data-testid='stSidebar']")
+            side.get_by_text("the model's centre crop").wait_for(timeout=60_000)  # sample shown
+            # The first click on Streamlit's react-aria radio is swallowed in headless Chromium
+            # (it only focuses the group): click until the option is checked.
+            upload = side.locator("[data-testid='stRadioOption']").filter(has_text="Upload")
+            for _ in range(4):
+                upload.click()
+                page.wait_for_timeout(700)
+                if upload.locator("input").is_checked():
+                    break
+            assert upload.locator("input").is_checked()
+            _settle(page)
+            side.locator("input[type='file']").set_input_files(str(sample))
+            side.get_by_text("the model's centre crop").wait_for(timeout=60_000)
+            _settle(page)
+            assert side.locator("[data-testid='stAlert']").count() == 0
+
+            for i, (name, expect) in enumerate(PAGES, start=1):
+                side.get_by_role("link", name=name).click()
+                page.locator("h1").filter(has_text=name).first.wait_for(timeout=60_000)
+                if expect == "images":  # wait for the analysis to render (or fail visibly)
+                    page.wait_for_function(
+                        """() => document.querySelector('[data-testid="stException"]') ||
+                           [...document.querySelectorAll('[data-testid="stMain"] img')]
+                           .filter(i => i.complete && i.naturalWidth > 0).length >= 2""",
+                        timeout=120_000,
+                    )
+                _settle(page)
+                _no_exception(page)
+                shot = RESULTS / f"{i:02d}-{name.lower().replace(' ', '-')}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                main = page.locator("[data-testid='stMain']")
+                if expect == "images":
+                    assert _rendered_images(page) >= 2, f"{name}: no rendered images"
+                    assert (
+                        main.locator("[data-testid='stAlert']")
+                        .filter(has_text="Pick a sample")
+                        .count()
+                        == 0
+                    ), f"{name}: the uploaded image was lost"
+                elif expect == "table":
+                    grid = main.locator("[data-testid='stDataFrame']")
+                    grid.first.wait_for(timeout=30_000)
+                    assert grid.first.bounding_box()["height"] > 60, "heads table is empty"
+                else:
+                    main.locator("[data-testid='stVegaLiteChart']").first.wait_for(timeout=30_000)
+        finally:
+            browser.close()
