@@ -20,6 +20,9 @@ import numpy as np
 
 DEFAULT_RANK = 80
 DEFAULT_TEXTS = 10
+# singular values of C below RANK_RTOL x the largest are numerical noise, not part of its span:
+# a head's output has rank <= d_head, and fp16 storage adds noise at about 1e-4 of the largest.
+RANK_RTOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ def textspan_from_moments(
     *,
     rank: int = DEFAULT_RANK,
     n_texts: int = DEFAULT_TEXTS,
+    rtol: float = RANK_RTOL,
 ) -> TextSpanResult:
     """TextSpan from a head's moments (see `head_moments`) and R [text, d_embed]."""
     d_embed = gram_c.shape[0]
@@ -88,9 +92,11 @@ def textspan_from_moments(
         return _empty(max(total_var, 0.0) if np.isfinite(total_var) else 0.0)
     # uncentred Gram CᵀC = centred Gram + N μμᵀ; its eigenvectors are C's right singular vectors
     gram_u = gram_c + n_images * np.outer(mu, mu)  # [d_embed, d_embed]
-    k = max(1, min(rank, d_embed, n_images))
-    _, evecs = np.linalg.eigh(gram_u)  # ascending eigenvalues
-    basis = evecs[:, ::-1][:, :k]  # [d_embed, k]: top-k right singular vectors
+    evals, evecs = np.linalg.eigh(gram_u)  # ascending eigenvalues = squared singular values
+    evals, evecs = evals[::-1], evecs[:, ::-1]
+    numerical_rank = int(np.sum(evals > (rtol**2) * evals[0]))
+    k = max(1, min(rank, d_embed, n_images, numerical_rank))
+    basis = evecs[:, :k]  # [d_embed, k]: top-k right singular vectors
     cov = basis.T @ gram_c @ basis / n_images  # [k, k]: image covariance of C in the basis
     rk = r.astype(np.float64) @ basis  # [text, k]: R projected onto the span, in the basis
     picked = np.zeros(r.shape[0], dtype=bool)
@@ -124,11 +130,13 @@ def textspan(
     *,
     rank: int = DEFAULT_RANK,
     n_texts: int = DEFAULT_TEXTS,
+    rtol: float = RANK_RTOL,
 ) -> TextSpanResult:
     """TextSpan for one head. C: [image, d_embed] contributions; R: [text, d_embed] unit texts.
 
-    `rank` is capped at min(d_embed, image); `n_texts` at the number of texts. A head with no
-    variance (e.g. all zeros) gets no texts. Deterministic.
+    `rank` is capped at min(d_embed, image) and at C's numerical rank (singular values above
+    `rtol` x the largest); `n_texts` at the number of texts. A head with no variance (e.g. all
+    zeros) gets no texts. Deterministic.
     """
     c = np.asarray(c)
     r = np.asarray(r)
@@ -136,7 +144,7 @@ def textspan(
     if c.dtype not in (np.float32, np.float64):
         c = c.astype(np.float32)
     mu, gram_c, n = head_moments(c)
-    return textspan_from_moments(mu, gram_c, n, r, rank=rank, n_texts=n_texts)
+    return textspan_from_moments(mu, gram_c, n, r, rank=rank, n_texts=n_texts, rtol=rtol)
 
 
 def textspan_reference(
@@ -145,6 +153,7 @@ def textspan_reference(
     *,
     rank: int = DEFAULT_RANK,
     n_texts: int = DEFAULT_TEXTS,
+    rtol: float = RANK_RTOL,
 ) -> TextSpanResult:
     """The literal algorithm (full SVD of C, explicit [image, text] scores), fp64. Slow: tests only.
 
@@ -153,8 +162,9 @@ def textspan_reference(
     _check(c, r)
     c = np.asarray(c, dtype=np.float64)
     r = np.asarray(r, dtype=np.float64)
-    _, _, vh = np.linalg.svd(c, full_matrices=False)  # vh: [min(image, d_embed), d_embed]
-    vh = vh[: max(1, min(rank, *c.shape))]
+    _, sv, vh = np.linalg.svd(c, full_matrices=False)  # vh: [min(image, d_embed), d_embed]
+    numerical_rank = int(np.sum(sv > rtol * sv[0])) if sv[0] > 0 else 1
+    vh = vh[: max(1, min(rank, *c.shape, numerical_rank))]
     r = r @ vh.T @ vh  # [text, d_embed]: projected onto the span of the top singular vectors
     c = c - c.mean(axis=0)
     total_var = float((c**2).sum()) / c.shape[0]

@@ -112,3 +112,24 @@ def test_single_image_and_bad_shapes():
         textspan(np.ones((3, 8)), np.ones((2, 9)))
     with pytest.raises(ValueError):
         textspan(np.ones(8), r)
+
+
+def test_rank_capped_at_numerical_rank_of_low_rank_fp16_head():
+    """A head's output has rank <= d_head; fp16 storage noise must not widen R's projection."""
+    rng = np.random.default_rng(11)
+    d, true_rank = 64, 8
+    basis = np.linalg.qr(rng.normal(size=(d, true_rank)))[0]  # [d_embed, 8]
+    c = (rng.normal(size=(3000, true_rank)) * np.linspace(3, 0.5, true_rank)) @ basis.T + 0.5
+    c = c.astype(np.float16).astype(np.float32)  # stored as fp16: noise in every direction
+    r = unit_rows(rng, 200, d)
+    capped = textspan(c, r, rank=80)
+    exact = textspan(c, r, rank=true_rank + 1, rtol=0.0)  # the uncentred span includes the mean
+    assert capped.indices.tolist() == exact.indices.tolist()
+    np.testing.assert_allclose(capped.variance_removed, exact.variance_removed, rtol=1e-6)
+    # without the cap the noise directions enter R's projection and change the picks' shares
+    noisy = textspan(c, r, rank=80, rtol=0.0)
+    assert len(noisy) != len(exact) or not np.allclose(
+        noisy.variance_removed, exact.variance_removed, rtol=1e-3
+    )
+    ref = textspan_reference(c, r, rank=80)
+    assert ref.indices.tolist() == capped.indices.tolist()
