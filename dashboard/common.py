@@ -322,15 +322,7 @@ def query_head_out(store, q: QueryImage, heads: list[tuple[int, int]]) -> np.nda
     """The query's contributions of `heads` -> [head, d_embed]: stored when the image is from
     the store (exactly what the ranking compares against), else from the live decomposition."""
     if q.store_index is not None:
-        return np.stack(
-            [
-                np.asarray(
-                    head_bank(store, l, h).unit[q.store_index]
-                    * head_bank(store, l, h).norm[q.store_index]
-                )
-                for l, h in heads
-            ]
-        )
+        return np.stack([head_bank(store, l, h).row(q.store_index) for l, h in heads])
     a = analyse(store, q)
     pos = {l: i for i, l in enumerate(a.layers)}
     return np.stack([a.head_out[pos[l], h] for l, h in heads])

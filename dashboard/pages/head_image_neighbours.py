@@ -34,7 +34,7 @@ if not heads:
 banks = common.head_banks(store, heads)
 query = common.query_head_out(store, q, heads)  # [head, d_embed]
 exclude = [q.store_index] if q.store_index is not None else []
-rankings = analysis.head_image_neighbours(query, [b.unit for b in banks], k, exclude)
+rankings = analysis.head_image_neighbours(query, banks, k, exclude)
 
 st.image(q.crop(128), caption=q.label, width=128)
 cols = st.columns(len(heads))

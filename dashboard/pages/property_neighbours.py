@@ -58,7 +58,7 @@ if not heads:
 
 banks = common.head_banks(store, heads)
 query = common.query_head_out(store, q, heads)  # [head, d_embed]
-scores = analysis.property_scores(query, [b.unit for b in banks], combine)
+scores = analysis.property_scores(query, banks, combine)
 exclude = [q.store_index] if q.store_index is not None else []
 ranking = analysis.top_k(scores, k, exclude)
 
