@@ -1,0 +1,345 @@
+"""Dashboard benchmarks (numbers recorded in docs/benchmarks.md, section "Dashboard").
+
+1. Upload-to-all-analyses: bytes of a new image -> decode -> one decomposition -> the five
+   analyses (property neighbours, topic map, contrastive map, head image neighbours, head text
+   neighbours, with their overlays and thumbnails), dashboard warm (model loaded, per-head
+   matrices and the default texts cached). Baseline in the same run: the model's own
+   `encode_image` of the same pixels. For the demo model (a store built with the CLI) and for
+   ViT-B-32 at random init (the synthetic 50,000-image store of part 3).
+2. Per-head top-k over 50,000 stored images, warm: cosine + top-8 with `HeadBank`. Baseline:
+   a plain float32 numpy mat-vec of the same shape.
+3. Memory: RSS of the real dashboard (AppTest, in a fresh process) with a 50,000-image
+   ViT-B-32-shaped store open (random fp16 contributions, written through engine.store),
+   after each page. Baseline: the same process after its imports.
+
+    .venv/bin/python benchmarks/bench_dashboard.py [--images 50000] [--keep /tmp/bench-store]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from engine import analysis, schema, store, world  # noqa: E402
+from engine.decompose import decompose, patch_maps  # noqa: E402
+from engine.imageio import load_upload  # noqa: E402
+from engine.registry import capture, encode_text, load_model, vision_weights  # noqa: E402
+
+TEXTS = ("a red object", "a blue object")
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def median_ms(fn, n: int, warm: int = 1) -> float:
+    for _ in range(warm):
+        fn()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ 1. upload to all analyses
+
+
+def bench_analyses(store_path: str, trials: int = 5) -> dict:
+    """Median wall time of upload -> all five analyses, and of a bare encode_image."""
+    s = store.open_store(store_path)
+    info = s.info
+    lm = load_model(info["model_spec"], random_weights=bool(info.get("random_weights")))
+    w = vision_weights(lm)
+    layers = list(info["layers"])
+    n_heads = int(info["n_heads"])
+    last = layers[-1]
+    prop_heads = [(last, h) for h in range(min(4, n_heads))]
+    img_heads = [(layers[-2] if len(layers) > 1 else last, h) for h in range(min(3, n_heads))]
+    text_head = (last, 0)
+    wanted = sorted(set(prop_heads + img_heads + [text_head]))
+    banks = {}  # warm dashboard: per-head matrices already cached
+    for lay, h in wanted:
+        li = layers.index(lay)
+        banks[(lay, h)] = analysis.HeadBank.from_head_out(s.head_out_array[:, li, h, :])
+    t_red, t_blue = encode_text(lm, list(TEXTS)).numpy()  # cached texts
+    mask = np.ones((len(layers), n_heads), dtype=bool)
+
+    def one(data: bytes) -> None:
+        img = load_upload(data)
+        pixels = lm.preprocess(img)[None]  # [image=1, 3, H, W]
+        cap = capture(lm, pixels, layers)
+        dec = decompose(w, cap, layers)
+        head_out = dec.head_out[0].numpy()  # [layer, head, d_embed]
+        crop = np.asarray(img.resize((384, 384)))
+        q = np.stack([head_out[layers.index(lay), h] for lay, h in prop_heads])
+        ids = [analysis.top_k(analysis.property_scores(q, [banks[x] for x in prop_heads]), 8)]
+        for direction in (t_red, analysis.contrast_direction(t_red, t_blue)):
+            maps = patch_maps(w, cap, 0, layers, None, torch.from_numpy(direction)).numpy()
+            analysis.heat_overlay(crop, analysis.aggregate_maps(maps, mask))
+        q = np.stack([head_out[layers.index(lay), h] for lay, h in img_heads])
+        ids += analysis.head_image_neighbours(q, [banks[x] for x in img_heads], 8)
+        ids.append(analysis.top_k(banks[text_head].dot(t_red), 8))
+        s.thumbnails(np.concatenate([r.index for r in ids]))
+
+    uploads = [png(world.render_image(world.sample_codes(i, 7), [7, i])) for i in range(trials + 1)]
+    one(uploads[-1])  # warm-up (first-call allocations), a different image
+    times, bases = [], []
+    for data in uploads[:trials]:  # interleaved with the baseline: same load for both
+        t = time.perf_counter()
+        one(data)
+        times.append((time.perf_counter() - t) * 1000)
+        pixels = lm.preprocess(load_upload(data))[None]
+        with torch.no_grad():
+            bases.append(median_ms(lambda px=pixels: lm.model.encode_image(px), 1, warm=0))
+    s.close()
+    total, base = statistics.median(times), statistics.median(bases)
+    return {
+        "model": info["model_spec"] + (" (random init)" if info.get("random_weights") else ""),
+        "n_images": int(info["n_images"]),
+        "all_analyses_ms": round(total, 1),
+        "encode_image_ms": round(base, 1),
+        "ratio": round(total / base, 1),
+    }
+
+
+# ---------------------------------------------------------------------- 2. top-k over 50,000
+
+
+def bench_topk(n_images: int, d_embed: int = 512) -> dict:
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(n_images, d_embed)).astype(np.float16)  # stored head_out, fp16
+    bank = analysis.HeadBank.from_head_out(raw)
+    q = rng.normal(size=d_embed).astype(np.float32)
+    dense = raw.astype(np.float32)
+    # interleaved, so both see the same load on a shared machine
+    pairs = [
+        (median_ms(lambda: analysis.top_k(bank.cosine(q), 8), 5), median_ms(lambda: dense @ q, 5))
+        for _ in range(10)
+    ]
+    topk = statistics.median(p[0] for p in pairs)
+    base = statistics.median(p[1] for p in pairs)
+    return {
+        "n_images": n_images,
+        "topk_warm_ms": round(topk, 2),
+        "numpy_fp32_matvec_ms": round(base, 2),
+        "ratio": round(topk / base, 2),
+    }
+
+
+# ------------------------------------------------------------------ 3. synthetic big store
+
+
+def build_synthetic_store(link: Path, n_images: int) -> Path:
+    """A ViT-B-32-shaped store (last 4 layers, 12 heads, d_embed 512) of random fp16
+    contributions, written and published through engine.store (thumbnails left blank)."""
+    layers, n_heads, d_embed = [8, 9, 10, 11], 12, 512
+    chunk = schema.image_chunk_for(len(layers), n_heads, d_embed)
+    sizes = {
+        "image": n_images,
+        "layer": len(layers),
+        "head": n_heads,
+        "d_embed": d_embed,
+        "y": schema.THUMB_SIZE,
+        "x": schema.THUMB_SIZE,
+        "rgb": 3,
+        "image_chunk": chunk,
+    }
+    staging = store.staging_dir(link, uuid.uuid4().hex[:8])
+    staging.mkdir(parents=True)
+    arrays = store.create_arrays(staging, sizes, attrs={"layers": layers, "synthetic": True})
+    rng = np.random.default_rng(0)
+    for start in range(0, n_images, chunk):
+        n = min(chunk, n_images - start)
+        head_out = rng.standard_normal((n, len(layers), n_heads, d_embed), dtype=np.float32)
+        head_out *= 0.05
+        store.write_rows(
+            arrays,
+            start,
+            {
+                "head_out": head_out.astype(np.float16),
+                "output": head_out.sum(axis=(1, 2)),
+            },
+        )
+    dims = {
+        "n_layers": 12,
+        "n_heads": n_heads,
+        "d_model": 768,
+        "d_head": 64,
+        "d_embed": d_embed,
+        "image_size": 224,
+        "patch_size": 32,
+        "grid": 7,
+    }
+    tables = {
+        "models": pd.DataFrame(
+            [
+                {
+                    "model_spec": "ViT-B-32",
+                    "arch": "ViT-B-32",
+                    "weights_hash": "random:seed0",
+                    "random_weights": True,
+                    **dims,
+                }
+            ]
+        ),
+        "images": pd.DataFrame(
+            {
+                "image_id": np.arange(n_images, dtype=np.int32),
+                "path": [f"synthetic-bench:{i}" for i in range(n_images)],
+                "sha256": ["0" * 64] * n_images,
+                "width": 224,
+                "height": 224,
+                "class": None,
+            }
+        ),
+    }
+    meta = {
+        "model_spec": "ViT-B-32",
+        "arch": "ViT-B-32",
+        "layers": layers,
+        **dims,
+        "built_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "run_id": "bench-" + uuid.uuid4().hex,
+        "images_source": f"synthetic benchmark data ({n_images} random rows)",
+        "schema_version": schema.SCHEMA_VERSION,
+        "thumb_size": schema.THUMB_SIZE,
+    }
+    store.write_database(staging, tables, meta)
+    store.finish_staging(staging)
+    return store.publish(link, staging)
+
+
+MEMORY_PROBE = r"""
+import json, os, sys
+from pathlib import Path
+def rss():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+sys.path.insert(0, sys.argv[1])
+import streamlit, torch, numpy, pandas, altair  # the dashboard's imports
+from streamlit.testing.v1 import AppTest
+import engine.analysis, engine.store, engine.registry, engine.decompose, engine.imageio
+out = {"imports": rss()}
+at = AppTest.from_file(os.path.join(sys.argv[1], "dashboard", "Home.py"), default_timeout=600)
+at.run(); assert not at.exception, at.exception
+out["home (store open)"] = rss()
+for page in ["head_image_neighbours", "property_neighbours", "topic_segmentation",
+             "head_text_neighbours", "heads"]:
+    at.switch_page(f"pages/{page}.py"); at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    out[page] = rss()
+print(json.dumps(out))
+"""
+
+
+def bench_memory(artifacts: Path) -> dict:
+    env = {**os.environ, "CLIP_INTERPRET_ARTIFACTS": str(artifacts), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(ROOT)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if r.returncode != 0:
+        raise SystemExit(f"memory probe failed:\n{r.stderr[-3000:]}")
+    return {k: round(v) for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
+
+
+def demo_store(tmp: Path) -> str:
+    """artifacts/demo when built, else a 500-image store of the demo model built by the CLI."""
+    if (ROOT / "artifacts" / "demo" / schema.STORE_DB).is_file():
+        return str(ROOT / "artifacts" / "demo")
+    path = tmp / "demo-bench"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "build",
+            "--model",
+            "demo",
+            "--images",
+            "synthetic:500",
+            "--store",
+            str(path),
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        check=True,
+    )
+    return str(path)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=50_000, help="images of the big store")
+    ap.add_argument("--keep", default=None, help="folder for the big store (kept; reused)")
+    ap.add_argument("--trials", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
+    results: dict = {"host_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+    results["topk"] = bench_topk(args.images)
+    print(json.dumps(results["topk"]), flush=True)
+
+    big_root = Path(args.keep) if args.keep else tmp / "artifacts"
+    big = big_root / "vitb32-synthetic"
+    if not (big / schema.STORE_DB).is_file():
+        big_root.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        build_synthetic_store(big, args.images)
+        print(f"synthetic store written in {time.perf_counter() - t:.0f} s", flush=True)
+
+    analyses = []
+    try:
+        analyses.append(bench_analyses(demo_store(tmp), args.trials))
+    except Exception as e:  # the demo model may not be bundled yet
+        print(f"demo model: skipped ({type(e).__name__}: {e})", file=sys.stderr)
+    analyses.append(bench_analyses(str(big), args.trials))
+    results["analyses"] = analyses
+    for a in analyses:
+        print(json.dumps(a), flush=True)
+
+    results["memory_mb"] = bench_memory(big_root)
+    print(json.dumps(results["memory_mb"]), flush=True)
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "dashboard.json").write_text(json.dumps(results, indent=2))
+    print(f"wrote {out / 'dashboard.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
