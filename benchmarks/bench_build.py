@@ -31,7 +31,7 @@ import zarr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import registry, schema  # noqa: E402
+from engine import decompose, registry, schema  # noqa: E402
 from engine.build import BuildParams, RandomSource, build_store, env_info  # noqa: E402
 from engine.store import open_store  # noqa: E402
 
@@ -49,6 +49,32 @@ def encode_rate(lm, batches: list[torch.Tensor]) -> tuple[float, float]:
         lm.model.encode_image(px)
         n += len(px)
     return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
+
+
+@torch.no_grad()
+def paired(lm, batches: list[torch.Tensor], layers: list[int], reps: int) -> dict:
+    """Batch by batch, alternately: plain encode_image, then the build's per-batch path
+    (hooks + decomposition + fp16 copy to host). Pairing cancels drifts in machine load."""
+    weights = registry.vision_weights(lm)
+    t_enc = t_dec = 0.0
+    n = 0
+    for _ in range(reps):
+        for px in batches:
+            t0 = time.perf_counter()
+            lm.model.encode_image(px)
+            t1 = time.perf_counter()
+            cap = registry.capture(lm, px, layers)
+            dec = decompose.decompose(weights, cap, layers)
+            dec.head_out.to(torch.float16).cpu().numpy()
+            t2 = time.perf_counter()
+            t_enc += t1 - t0
+            t_dec += t2 - t1
+            n += len(px)
+    return {
+        "encode_images_per_s": round(n / t_enc, 2),
+        "decompose_path_images_per_s": round(n / t_dec, 2),
+        "ratio": round(t_enc / t_dec, 3),
+    }
 
 
 def overhead(model: str, n: int, batch: int, reps: int, tmp: Path) -> dict:
@@ -80,6 +106,8 @@ def overhead(model: str, n: int, batch: int, reps: int, tmp: Path) -> dict:
         bld_e2e.append(n / t["wall_s"])
         bld_cpu.append(n / t["cpu_after_setup_s"])  # CPU time is robust to other processes
         timings.append(t)
+    layers = list(range(max(0, lm.dims.n_layers - 4), lm.dims.n_layers))  # as the build stores
+    pair = paired(lm, batches, layers, reps)
     store_path = tmp / "bench0"
     version = Path(store_path).resolve()
     zdir = version / schema.STORE_ZARR
@@ -107,6 +135,7 @@ def overhead(model: str, n: int, batch: int, reps: int, tmp: Path) -> dict:
         "overhead_ratio_with_model_load": round(
             statistics.median(bld_e2e) / statistics.median(enc), 3
         ),
+        "paired_per_batch": pair,
         "build_timings": timings,
         "bytes_per_image": {k: round(v, 1) for k, v in per_image.items()},
         "image_chunk": chunk,
