@@ -157,8 +157,11 @@ def run_interpretation(
         eta: dict[tuple[int, int], np.ndarray] = {}
         t = time.perf_counter()
         bar = tqdm(heads, desc="TextSpan", unit="head", disable=not progress)
+        arr = r.head_out_array  # [image, layer (stored), head, d_embed] fp16, lazy
         for lay, h in bar:
-            c = r.head_out(lay, h)  # [image, d_embed]
+            # read around StoreReader.head_out's LRU cache: 48 heads of a 50,000-image store
+            # would keep ~5 GB alive; each head is needed once here
+            c = np.asarray(arr[:, r.layers.index(lay), h, :], dtype=np.float32)  # [image, d_embed]
             spans[(lay, h)] = textspan.textspan(c, emb, rank=rank, n_texts=texts_per_head)
             if factors is not None:
                 eta[(lay, h)] = groundtruth.head_eta2(c, factors[1])  # [factor]
