@@ -44,6 +44,7 @@ STAGING_PREFIX = "staging-"
 TMP_PREFIX = ".tmp-"
 BUILD_DIR = "build"  # per-chunk records of a build in progress, inside a staging folder
 KEEP_VERSIONS = 2  # the current one and the previous one
+STALE_STAGING_S = 7 * 24 * 3600  # unfinished builds untouched this long are deleted by gc
 
 
 # ---------------------------------------------------------------- paths and versions
@@ -146,7 +147,16 @@ def gc(link: str | os.PathLike, keep: int = KEEP_VERSIONS) -> list[Path]:
     for p in vdir.iterdir():  # mutations interrupted by a crash (the lock proves none is live)
         if p.name.startswith(TMP_PREFIX):
             shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(STAGING_PREFIX) and _age_s(p / BUILD_DIR) > STALE_STAGING_S:
+            shutil.rmtree(p, ignore_errors=True)  # a build abandoned long ago
     return deleted
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _try_delete(version: Path) -> bool:

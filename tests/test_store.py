@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import duckdb
 import numpy as np
@@ -209,3 +210,14 @@ def test_publish_refuses_to_replace_a_real_folder(tmp_path):
         p.name.startswith(store.STAGING_PREFIX)
         for p in store.versions_dir(tmp_path / "s").iterdir()
     )
+
+
+def test_gc_removes_only_long_abandoned_staging(tmp_path):
+    link = tmp_path / "s"
+    old, fresh = store.staging_dir(link, "old"), store.staging_dir(link, "fresh")
+    for d in (old, fresh):
+        store.save_build_state(d, {"key": d.name})
+    week = time.time() - 8 * 24 * 3600
+    os.utime(old / store.BUILD_DIR, (week, week))
+    publish_fake(link, 2, 0.0)
+    assert not old.exists() and fresh.exists()
