@@ -42,10 +42,11 @@ def run(args) -> int:
         )
         spec = r.info.get("model_spec", "")
         interp = r.info.get("interpretation")
+        random_weights = bool(r.info.get("random_weights"))
     if df.empty:
         raise UserError(f"{args.store} has no scores yet; run `python -m engine interpret` first")
     rows = df.to_dict("records")
-    ref = _reference(spec)
+    ref = [] if random_weights else _reference(spec)
     if args.json:
         print(json.dumps({"store": str(args.store), "model_spec": spec, "interpretation": interp,
                           "scores": rows, "published_labels": ref}, indent=2, default=str))  # fmt: skip
