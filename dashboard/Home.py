@@ -108,6 +108,8 @@ def sidebar_image(store) -> None:
         st.sidebar.error(str(e))
         return
     q = st.session_state["query"]
+    if q is not None and q.notes:
+        st.sidebar.info("Upload converted: " + "; ".join(q.notes))
     if q is not None:
         st.sidebar.image(q.crop(192), caption=f"{q.label} (the model's centre crop)", width=192)
 

@@ -28,8 +28,8 @@ from engine.errors import UserError  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 BUILD_COMMANDS = (
-    "make demo",
-    "python -m engine demo-store --store artifacts/demo",
+    "make demo  # sets up .venv, builds artifacts/demo on first use, opens the dashboard",
+    "python -m engine demo-store  # builds (and interprets) artifacts/demo",
 )
 DISPLAY_SIZE = 384  # side of the square crop the heatmaps are drawn on
 OTHER_PATH = "another folder…"
@@ -133,24 +133,28 @@ def _model(spec: str, random_weights: bool):
     return lm, vision_weights(lm)
 
 
+def _model_of(store):
+    i = info(store)
+    return _model(i["model_spec"], bool(i.get("random_weights", False)))
+
+
 def model_for(store):
     """(LoadedModel, ViTWeights) of the store's model, loaded once per process."""
-    i = info(store)
-    random_weights = bool(i.get("random_weights", False))
-    with st.spinner(f"Loading model {i['model_spec']}…"):
-        return _model(i["model_spec"], random_weights)
+    with st.spinner(f"Loading model {info(store)['model_spec']}…"):
+        return _model_of(store)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _text_embedding(key: str, texts: tuple[str, ...]) -> np.ndarray:
     from engine.registry import encode_text
 
-    lm, _ = model_for(_open(key))
+    lm, _ = _model_of(_open(key))
     return encode_text(lm, list(texts)).numpy()  # [text, d_embed]
 
 
 def text_embedding(store, texts: list[str]) -> np.ndarray:
     """Unit-norm text embeddings ``[text, d_embed]`` from the store's model (cached)."""
+    model_for(store)
     return _text_embedding(store_key(store_path(store)), tuple(texts))
 
 
@@ -216,6 +220,7 @@ class QueryImage:
     sha: str
     label: str
     store_index: int | None = None
+    notes: tuple[str, ...] = ()
 
     def crop(self, size: int = DISPLAY_SIZE) -> np.ndarray:
         """The square centre crop the model sees, for drawing maps on: uint8 [size, size, 3]."""
@@ -231,11 +236,33 @@ def sample_paths() -> list[Path]:
     return sorted(SAMPLES.glob("*.png"))
 
 
+def conversion_notes(data: bytes) -> tuple[str, ...]:
+    """What decoding changed about an (already accepted) upload, read from its header."""
+    notes = []
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if getattr(im, "n_frames", 1) > 1:
+                notes.append(f"animated ({im.n_frames} frames): the first frame is analysed")
+            mode = im.mode
+            if "A" in mode or (mode == "P" and "transparency" in im.info):
+                notes.append("transparency composited on white")
+            elif mode == "CMYK":
+                notes.append("CMYK converted to RGB")
+            elif mode.startswith("I") or mode == "F":
+                notes.append(f"{mode} (high bit depth) scaled to 8-bit RGB")
+            elif mode in ("L", "1", "P", "LA"):
+                notes.append(f"mode {mode} converted to RGB")
+    except Exception:  # the decoder already accepted it; notes are best effort
+        pass
+    return tuple(notes)
+
+
 def query_from_bytes(data: bytes, label: str) -> QueryImage:
     """Decode an upload through engine.imageio; UserError with one clear reason if unusable."""
     from engine.imageio import load_upload
 
-    return QueryImage(load_upload(data), _sha(data), label)
+    image = load_upload(data)
+    return QueryImage(image, _sha(data), label, notes=conversion_notes(data))
 
 
 def query_from_store(store, index: int) -> QueryImage:
@@ -299,7 +326,7 @@ def _analyse(key: str, sha: str, _image: Image.Image) -> ImageAnalysis:
     from engine.registry import capture
 
     store = _open(key)
-    lm, w = model_for(store)
+    lm, w = _model_of(store)
     layers = store_layers(store)
     pixels = lm.preprocess(_image.convert("RGB"))[None]  # [image=1, 3, H, W]
     cap = capture(lm, pixels, layers)
@@ -314,6 +341,7 @@ def _analyse(key: str, sha: str, _image: Image.Image) -> ImageAnalysis:
 
 def analyse(store, q: QueryImage) -> ImageAnalysis:
     """The query image's decomposition, computed once per (store version, image)."""
+    model_for(store)
     with st.spinner("Decomposing the image…"):
         return _analyse(store_key(store_path(store)), q.sha, q.image)
 
@@ -335,7 +363,7 @@ def _maps(key: str, sha: str, layers: tuple[int, ...], direction: bytes, _q) -> 
     from engine.decompose import patch_maps
 
     store = _open(key)
-    _, w = model_for(store)
+    _, w = _model_of(store)
     a = _analyse(key, sha, _q.image)
     d = torch.from_numpy(np.frombuffer(direction, dtype=np.float32).copy())
     return patch_maps(w, a.capture, 0, list(layers), None, d).numpy()  # [layer, head, grid, grid]

@@ -298,8 +298,16 @@ def test_bad_upload_gives_clear_error(monkeypatch, store_env, name):
     assert not _images(at)
 
 
-@pytest.mark.parametrize("mode", ["CMYK", "RGBA", "I;16", "animated"])
-def test_unusual_but_valid_uploads_work(monkeypatch, store_env, mode):
+@pytest.mark.parametrize(
+    ("mode", "note"),
+    [
+        ("CMYK", "CMYK"),
+        ("RGBA", "transparency"),
+        ("I;16", "high bit depth"),
+        ("animated", "first frame"),
+    ],
+)
+def test_unusual_but_valid_uploads_work(monkeypatch, store_env, mode, note):
     root, _, _ = store_env
     rgb = np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)
     buf = io.BytesIO()
@@ -316,6 +324,7 @@ def test_unusual_but_valid_uploads_work(monkeypatch, store_env, mode):
     _upload(at, f"x.{mode}", buf.getvalue())
     _ok(at)
     assert not at.sidebar.error
+    assert note in " ".join(i.value for i in at.sidebar.info), "the conversion is stated"
     _page(at, "pages/topic_segmentation.py")
     assert len(_images(at)) >= 2
 
