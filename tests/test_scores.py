@@ -128,3 +128,13 @@ def test_docs_table_is_computed_from_shipped_labels():
     assert "| ViT-B-32 openai | 48 | 21 | 21 / 27 | 21 / 27 | 21 / 27 |" in table
     assert "| ViT-B-32 datacomp_m_s128m_b4k | 48 | 25 | 28 / 20 | 28 / 20 | 25 / 23 |" in table
     assert "| ViT-B-16 laion2b_s34b_b88k | 48 | 26 | 29 / 19 | 29 / 19 | 26 / 22 |" in table
+
+
+def test_scores_command_published_rows():
+    from engine.commands.scores import _reference
+
+    rows = {(r["metric"], r["scope"], r["layer_from"]): r for r in _reference("ViT-B-32/openai")}
+    assert rows[("entanglement_unique", "range", 8)]["count"] == 21
+    assert rows[("entanglement_unique", "range", 8)]["total"] == 48
+    assert ("association", "range", 8) not in rows  # published labels come without their texts
+    assert _reference("demo") == [] and _reference("ViT-B-32/laion400m_e31") == []
