@@ -222,14 +222,18 @@ def diverging_rgb(values: np.ndarray, vmax: float) -> np.ndarray:
     return np.where(t >= 0, pos, neg)
 
 
-def high_cells(grid_map: np.ndarray, fraction: float = 0.5) -> np.ndarray:
-    """Cells at or above ``fraction`` of the map's positive maximum -> bool ``[grid, grid]``
-    (all False when nothing is positive)."""
+def high_cells(grid_map: np.ndarray, fraction: float = 0.5, top: float = 0.1) -> np.ndarray:
+    """Cells marked as high similarity -> bool ``[grid, grid]``: positive, at least ``fraction``
+    of the map's maximum, and among the top ``top`` share of cells (at least one cell), so a
+    map that is positive everywhere still marks only its peaks. All False when nothing is
+    positive."""
     g = np.asarray(grid_map, dtype=np.float32)
-    top = float(g.max())
-    if top <= 0:
+    peak = float(g.max())
+    if peak <= 0:
         return np.zeros(g.shape, dtype=bool)
-    return g >= fraction * top
+    n_top = max(1, int(round(top * g.size)))
+    kth = np.sort(g, axis=None)[-n_top]  # the n_top-th largest value
+    return (g >= fraction * peak) & (g >= kth) & (g > 0)
 
 
 def heat_overlay(

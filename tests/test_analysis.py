@@ -170,6 +170,9 @@ def test_high_cells_and_overlay_marks_the_hot_cell():
     mark = an.high_cells(g)
     assert mark.sum() == 1 and mark[1, 2]
     assert not an.high_cells(-np.abs(g)).any()
+    # positive everywhere: only the top 10% of cells (here 2 of 16) are marked
+    ramp = np.arange(1, 17, dtype=np.float32).reshape(4, 4)
+    assert an.high_cells(ramp).sum() == 2 and an.high_cells(ramp)[3, 3]
     img = np.full((128, 128, 3), 128, dtype=np.uint8)
     out = an.heat_overlay(img, g)
     assert out.shape == img.shape and out.dtype == np.uint8
