@@ -61,7 +61,8 @@ def sidebar_store():
         + f"  \n**Images** {int(i.get('n_images', 0)):,}"
         + f"  \n**Heads** layers {common.store_layers(store)} × {i.get('n_heads')} heads"
         + f"  \n**Built** {str(i.get('built_at', '?'))[:19]}"
-        + f"  \n**Run** `{str(i.get('run_id', '?'))[:12]}`"
+        + f"  \n**Run** `{str(i.get('run_id', '?'))[:12]}` · code `{i.get('code_version', '?')}`"
+        + f"  \n**Images from** {i.get('images_source', '?')}"
         + f"  \n**Interpreted** {'yes' if common.interpreted(store) else 'no — run `python -m engine interpret --store ' + path + '`'}"  # noqa: E501
     )
     return store

@@ -531,8 +531,8 @@ def show_heatmap(q: QueryImage, grid_map: np.ndarray, high: str, low: str, note:
         )
         st.caption(
             "Colour scale: blue (−) → white (0) → red (+), symmetric around 0; opacity grows "
-            "with |value|. Cells outlined in yellow/black are at least half the maximum: the "
-            "strongest positive evidence."
+            "with |value|. Cells outlined in yellow/black mark the peaks of high similarity: "
+            "the top 10% of cells that reach at least half the maximum."
         )
     with right:
         n = grid_map.shape[0]

@@ -120,7 +120,7 @@ def test_dashboard_in_chromium(server):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page = browser.new_page(viewport={"width": 1500, "height": 1700})
             page.goto(server, wait_until="domcontentloaded")
             page.get_by_text("CLIP-InterpreT", exact=True).first.wait_for(timeout=60_000)
             _settle(page)
