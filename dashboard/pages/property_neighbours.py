@@ -6,6 +6,7 @@ import common
 import streamlit as st
 
 from engine import analysis
+from engine.labels import MIXED, NON_LABELS
 
 st.title("Property neighbours")
 store = common.current_store()
@@ -18,7 +19,8 @@ labels = common.head_labels(store)
 stored = set(common.store_heads(store))
 properties: dict[str, list[tuple[int, int]]] = {}
 for hd, lab in labels.items():
-    properties.setdefault(f"{lab} (label)", []).append(hd)
+    if lab not in (MIXED, *NON_LABELS):  # "mixed" heads carry no single property
+        properties.setdefault(f"{lab} (label)", []).append(hd)
 if not properties:
     gt = common.table(store, "ground_truth")
     if not gt.empty:

@@ -161,8 +161,21 @@ def test_heads_table_filter_and_exports(monkeypatch, store_env):
 
 
 def test_property_neighbours_on_sample(monkeypatch, store_env):
-    root, _, _ = store_env
+    root, store, interpreted = store_env
     at = _page(_app(monkeypatch, root), "pages/property_neighbours.py")
+    if interpreted:  # a property combines exactly the heads carrying it
+        from engine.store import open_store
+
+        with open_store(store) as s:
+            labels = s.query("SELECT layer, head, label FROM head_labels")
+            gt = s.query("SELECT layer, head, factor FROM ground_truth WHERE is_dominant")
+        prop = at.selectbox(key="prop_name").value
+        name, source = prop.rsplit(" (", 1)
+        table = labels if source == "label)" else gt
+        assert source in ("label)", "ground truth)") and name != "mixed"
+        col = "label" if source == "label)" else "factor"
+        want = {(int(r.layer), int(r.head)) for r in table.itertuples() if getattr(r, col) == name}
+        assert want and set(at.multiselect(key=f"prop_heads_{prop}").value) == want
     ids = _neighbour_ids(at)
     assert len(ids) == 8 and len(set(ids)) == 8
     s = _scores(at)
