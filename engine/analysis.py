@@ -51,10 +51,15 @@ class HeadBank:
     @classmethod
     def from_head_out(cls, head_out: np.ndarray) -> HeadBank:
         """From stored ``head_out [image, d_embed]`` (any float dtype)."""
-        x = np.asarray(head_out, dtype=np.float32)
-        norm = np.linalg.norm(x, axis=-1)
-        unit = x / np.maximum(norm, EPS)[:, None]
-        return cls(unit=torch.from_numpy(unit.astype(np.float16)), norm=norm)
+        n = head_out.shape[0]
+        unit = np.empty(head_out.shape, dtype=np.float16)
+        norm = np.empty(n, dtype=np.float32)
+        step = 8192  # rows per block: float32 temporaries stay small for 50,000+ images
+        for a in range(0, n, step):
+            x = np.asarray(head_out[a : a + step], dtype=np.float32)  # [block, d_embed]
+            norm[a : a + step] = np.linalg.norm(x, axis=-1)
+            unit[a : a + step] = x / np.maximum(norm[a : a + step], EPS)[:, None]
+        return cls(unit=torch.from_numpy(unit), norm=norm)
 
     def __len__(self) -> int:
         return int(self.unit.shape[0])
@@ -93,12 +98,14 @@ def top_k(scores: np.ndarray, k: int, exclude: Sequence[int] = ()) -> Ranking:
     ``exclude`` removes stored images from the ranking (e.g. the query itself when it was
     picked from the store). O(image) with ``argpartition``.
     """
-    s = np.asarray(scores, dtype=np.float64).copy()
+    s = np.array(scores, dtype=np.float32)  # a copy: excluded entries are overwritten
     if s.ndim != 1:
         raise ValueError(f"scores must be [image], got shape {s.shape}")
+    n_valid = len(s)
     if len(exclude):
-        s[np.asarray(exclude, dtype=np.int64)] = -np.inf
-    n_valid = int(np.isfinite(s).sum())
+        ex = np.unique(np.asarray(exclude, dtype=np.int64))
+        s[ex] = -np.inf
+        n_valid -= len(ex)
     k = max(0, min(int(k), n_valid))
     if k == 0:
         return Ranking(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
