@@ -21,6 +21,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -313,7 +314,19 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
-    results: dict = {"host_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    try:
+        return _run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the 50k store is ~2.5 GB
+
+
+def _run(args, tmp: Path) -> int:
+    results: dict = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_avg_1min_at_start": round(os.getloadavg()[0], 2),
+        "host_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
     results["topk"] = bench_topk(args.images)
     print(json.dumps(results["topk"]), flush=True)
