@@ -70,6 +70,12 @@ def test_interpret_and_scores_cli(store, capsys):
     assert main(["scores", "--store", str(store), "--json"]) == 0
     js = json.loads(capsys.readouterr().out)
     assert len(js["scores"]) == len(sc)
+    # any other layer range, scored now from the stored labels
+    assert main(["scores", "--store", str(store), "--json", "--range", "1-2"]) == 0
+    extra = [x for x in json.loads(capsys.readouterr().out)["scores"] if x["layer_from"] == 1
+             and x["layer_to"] == 2]  # fmt: skip
+    assert len(extra) == 3 and all(x["total"] == 2 * n_heads for x in extra)
+    assert main(["scores", "--store", str(store), "--range", "2-1"]) == 2
     # a rerun replaces the previous interpretation
     assert main(["interpret", "--store", str(store), "--no-progress", "--layers", "last1",
                  "--bank", "general", "--texts-per-head", "5"]) == 0  # fmt: skip

@@ -14,6 +14,42 @@ HELP = "print entanglement (shared and unique) and association scores of an inte
 def add_arguments(p):
     p.add_argument("--store", required=True, help="store link, e.g. artifacts/demo")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--range", dest="ranges", action="append", default=[], metavar="LO-HI",
+        help="also score the stored labels over layers LO..HI (repeatable)",
+    )  # fmt: skip
+
+
+def _parse_range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in text.split("-", 1))
+    except ValueError:
+        raise UserError(f"bad --range {text!r}: use LO-HI, e.g. 8-11") from None
+    if lo > hi:
+        raise UserError(f"bad --range {text!r}: LO must not exceed HI")
+    return lo, hi
+
+
+def _ranges(r, ranges: list[tuple[int, int]]) -> list[dict]:
+    """Scores of the stored labels over extra layer ranges (computed now, not stored)."""
+    from engine import scores
+
+    labels = r.query("SELECT layer, head, label, labeller FROM head_labels ORDER BY layer, head")
+    ts = r.query('SELECT layer, head, "rank", category FROM textspan ORDER BY layer, head, "rank"')
+    cats = {k: g["category"].tolist() for k, g in ts.groupby(["layer", "head"])}
+    out = []
+    for lo, hi in ranges:
+        sel = labels[(labels["layer"] >= lo) & (labels["layer"] <= hi)]
+        if sel.empty:
+            raise UserError(f"no labelled heads in layers {lo}-{hi}")
+        rows = scores.score_rows(
+            sel["layer"].tolist(), sel["label"].tolist(),
+            [cats.get((a, b), []) for a, b in zip(sel["layer"], sel["head"], strict=True)],
+            ranges=[(lo, hi)],
+        )  # fmt: skip
+        labeller = str(sel["labeller"].iloc[0])
+        out += [dict(x.__dict__, labeller=labeller) for x in rows if x.scope == "range"]
+    return out
 
 
 def _reference(model_spec: str) -> list[dict]:
@@ -43,9 +79,15 @@ def run(args) -> int:
         spec = r.info.get("model_spec", "")
         interp = r.info.get("interpretation")
         random_weights = bool(r.info.get("random_weights"))
+        extra = _ranges(r, [_parse_range(x) for x in args.ranges]) if not df.empty else []
     if df.empty:
         raise UserError(f"{args.store} has no scores yet; run `python -m engine interpret` first")
     rows = df.to_dict("records")
+    rows = (
+        [x for x in rows if x["scope"] == "range"]
+        + extra
+        + [x for x in rows if x["scope"] != "range"]
+    )
     ref = [] if random_weights else _reference(spec)
     if args.json:
         print(json.dumps({"store": str(args.store), "model_spec": spec, "interpretation": interp,
