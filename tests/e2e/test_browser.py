@@ -91,8 +91,9 @@ def server(tmp_path_factory):
 def _settle(page, timeout_ms: int = 120_000) -> None:
     """Wait until the app has finished running the script."""
     page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+    page.wait_for_function(  # no "running" widget and no element left faded from the last run
+        """() => !document.querySelector('[data-testid="stStatusWidget"]') &&
+               !document.querySelector('[data-stale="true"]')""",
         timeout=timeout_ms,
     )
     page.wait_for_timeout(300)
@@ -174,5 +175,15 @@ def test_dashboard_in_chromium(server):
                     assert grid.first.bounding_box()["height"] > 60, "heads table is empty"
                 else:
                     main.locator("[data-testid='stVegaLiteChart']").first.wait_for(timeout=30_000)
+            # a bad upload: one clear message, no traceback
+            side.locator("input[type='file']").set_input_files(
+                files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"}]
+            )
+            side.locator("[data-testid='stAlert']").filter(
+                has_text="cannot use this upload"
+            ).first.wait_for(timeout=60_000)
+            _settle(page)
+            _no_exception(page)
+            page.screenshot(path=str(RESULTS / "08-bad-upload.png"), full_page=True)
         finally:
             browser.close()
