@@ -119,6 +119,7 @@ def run_interpretation(
     llm_model: str | None = None,
     llm_timeout: float = 30.0,
     llm_retries: int = 3,
+    normalize: str = "case+plurals",
     progress: bool = True,
     text_embeddings_fn=None,
 ) -> InterpretResult:
@@ -130,6 +131,10 @@ def run_interpretation(
 
     if labeller not in LABELLERS:
         raise UserError(f"unknown labeller {labeller!r}; use one of {', '.join(LABELLERS)}")
+    if normalize not in labels.NORMALIZATIONS:
+        raise UserError(
+            f"unknown normalisation {normalize!r}; use {', '.join(labels.NORMALIZATIONS)}"
+        )
     if texts_per_head < 1:
         raise UserError("--texts-per-head must be at least 1")
     if rank < 1:
@@ -210,8 +215,9 @@ def run_interpretation(
     # ---- scores and ground truth
     layer_of = [lay for lay, _ in heads]
     rows = scores.score_rows(
-        layer_of, [head_labels[k] for k in heads], [top_cats[k] for k in heads]
-    )
+        layer_of, [head_labels[k] for k in heads], [top_cats[k] for k in heads],
+        normalize=labels.NORMALIZATIONS[normalize],
+    )  # fmt: skip
     gt_rows, clear, matched = [], 0, 0
     if factors is not None:
         names = factors[0]
@@ -264,7 +270,7 @@ def run_interpretation(
     )
     params = {
         "labeller": labeller_name, "bank": b.name, "n_texts_bank": len(b), "layers": chosen,
-        "texts_per_head": texts_per_head, "rank": rank,
+        "texts_per_head": texts_per_head, "rank": rank, "normalize": normalize,
     }  # fmt: skip
     with mutate_store(store_path) as con:
         for table in ("textspan", "head_labels", "scores", "ground_truth"):

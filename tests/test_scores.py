@@ -138,3 +138,7 @@ def test_scores_command_published_rows():
     assert rows[("entanglement_unique", "range", 8)]["total"] == 48
     assert ("association", "range", 8) not in rows  # published labels come without their texts
     assert _reference("demo") == [] and _reference("ViT-B-32/laion400m_e31") == []
+    syn = {
+        (r["metric"], r["scope"]): r for r in _reference("ViT-B-32/openai", "case+plurals+synonyms")
+    }
+    assert syn[("entanglement_unique", "range")]["count"] == 9  # the docs table's value

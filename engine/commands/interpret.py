@@ -24,6 +24,11 @@ def add_arguments(p):
     p.add_argument("--llm-model", default=None, help="chat model for --labeller llm")
     p.add_argument("--llm-timeout", type=float, default=30.0, help="seconds per LLM request")
     p.add_argument("--llm-retries", type=int, default=3, help="retries on 429/5xx/timeouts")
+    p.add_argument(
+        "--normalize", default="case+plurals",
+        choices=["none", "case", "case+plurals", "case+plurals+synonyms"],
+        help="label normalisation before scoring (default case+plurals)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -43,6 +48,7 @@ def run(args) -> int:
         llm_model=args.llm_model,
         llm_timeout=args.llm_timeout,
         llm_retries=args.llm_retries,
+        normalize=args.normalize,
         progress=not args.no_progress,
     )
     summary = {

@@ -18,6 +18,13 @@ def add_arguments(p):
         "--range", dest="ranges", action="append", default=[], metavar="LO-HI",
         help="also score the stored labels over layers LO..HI (repeatable)",
     )  # fmt: skip
+    p.add_argument(
+        "--normalize", default="case+plurals",
+        choices=["none", "case", "case+plurals", "case+plurals+synonyms"], help=NORMALIZE_HELP,
+    )  # fmt: skip
+
+
+NORMALIZE_HELP = "label normalisation for --range and the published labels (default case+plurals)"
 
 
 def _parse_range(text: str) -> tuple[int, int]:
@@ -30,9 +37,10 @@ def _parse_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-def _ranges(r, ranges: list[tuple[int, int]]) -> list[dict]:
+def _ranges(r, ranges: list[tuple[int, int]], normalize: str = "case+plurals") -> list[dict]:
     """Scores of the stored labels over extra layer ranges (computed now, not stored)."""
     from engine import scores
+    from engine.labels import NORMALIZATIONS
 
     labels = r.query("SELECT layer, head, label, labeller FROM head_labels ORDER BY layer, head")
     ts = r.query('SELECT layer, head, "rank", category FROM textspan ORDER BY layer, head, "rank"')
@@ -45,16 +53,17 @@ def _ranges(r, ranges: list[tuple[int, int]]) -> list[dict]:
         rows = scores.score_rows(
             sel["layer"].tolist(), sel["label"].tolist(),
             [cats.get((a, b), []) for a, b in zip(sel["layer"], sel["head"], strict=True)],
-            ranges=[(lo, hi)],
+            ranges=[(lo, hi)], normalize=NORMALIZATIONS[normalize],
         )  # fmt: skip
         labeller = str(sel["labeller"].iloc[0])
         out += [dict(x.__dict__, labeller=labeller) for x in rows if x.scope == "range"]
     return out
 
 
-def _reference(model_spec: str) -> list[dict]:
+def _reference(model_spec: str, normalize: str = "case+plurals") -> list[dict]:
     """Scores of the paper's published labels when the store's model is one of its six."""
     from engine import banks, scores
+    from engine.labels import NORMALIZATIONS
 
     if "/" not in (model_spec or ""):
         return []
@@ -62,7 +71,9 @@ def _reference(model_spec: str) -> list[dict]:
     ref = banks.reference_labels(arch, tag)
     if ref is None:
         return []
-    rows = scores.score_rows(ref["layer"].tolist(), ref["label"].tolist(), None)
+    rows = scores.score_rows(
+        ref["layer"].tolist(), ref["label"].tolist(), None, normalize=NORMALIZATIONS[normalize]
+    )
     return [dict(r.__dict__, labeller="published") for r in rows]
 
 
@@ -79,7 +90,11 @@ def run(args) -> int:
         spec = r.info.get("model_spec", "")
         interp = r.info.get("interpretation")
         random_weights = bool(r.info.get("random_weights"))
-        extra = _ranges(r, [_parse_range(x) for x in args.ranges]) if not df.empty else []
+        extra = (
+            _ranges(r, [_parse_range(x) for x in args.ranges], args.normalize)
+            if not df.empty
+            else []
+        )
     if df.empty:
         raise UserError(f"{args.store} has no scores yet; run `python -m engine interpret` first")
     rows = df.to_dict("records")
@@ -88,7 +103,7 @@ def run(args) -> int:
         + extra
         + [x for x in rows if x["scope"] != "range"]
     )
-    ref = [] if random_weights else _reference(spec)
+    ref = [] if random_weights else _reference(spec, args.normalize)
     if args.json:
         print(json.dumps({"store": str(args.store), "model_spec": spec, "interpretation": interp,
                           "scores": rows, "published_labels": ref}, indent=2, default=str))  # fmt: skip
