@@ -48,14 +48,20 @@ def head_name(layer: int, head: int) -> str:
 
 
 def list_store_paths() -> list[str]:
-    """Every store under the artifacts folder, as paths (may be empty)."""
-    from engine.store import list_stores
-
+    """Every store under the artifacts folder, as paths (may be empty); `demo` first."""
     root = artifacts_root()
     if not root.is_dir():
         return []
+    paths = _list_store_paths(str(root))
+    return sorted(paths, key=lambda p: (Path(p).name != "demo", p))
+
+
+@st.cache_data(show_spinner=False, ttl=15)  # listing opens every store: not on every rerun
+def _list_store_paths(root: str) -> list[str]:
+    from engine.store import list_stores
+
     out = []
-    for s in list_stores(str(root)):
+    for s in list_stores(root):
         path = s.get("path") if isinstance(s, dict) else getattr(s, "path", s)
         out.append(str(path))
     return out
