@@ -79,7 +79,8 @@ def paired(lm, batches: list[torch.Tensor], layers: list[int], reps: int) -> dic
 
 def overhead(model: str, n: int, batch: int, reps: int, tmp: Path) -> dict:
     lm = registry.load_model(model, random_weights=True)
-    src = RandomSource(n, 99, max(lm.dims.image_size, 32))
+    src = RandomSource(n, 99)
+    src.image_size = lm.dims.image_size
     pixels = torch.stack([src.load(i, lm.preprocess).pixels for i in range(n)])
     batches = list(pixels.split(batch))  # [image, 3, H, W] per batch
     encode_rate(lm, batches[:1])  # warm-up

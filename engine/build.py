@@ -98,19 +98,23 @@ class Item:
 
 
 class Source:
-    """An ordered list of images; `load(i)` decodes item i (thread-safe)."""
+    """An ordered list of images; `load(i)` decodes item i (thread-safe).
+
+    image_size: the model's input size, set once the model is loaded (decoding hints).
+    """
 
     n_items: int
     fingerprint: str
     describe: str
     factors: dict[str, tuple[str, ...]] | None = None
+    image_size: int | None = None
 
     def load(self, i: int, preprocess: Callable) -> Item:
         raise NotImplementedError
 
 
 class FolderSource(Source):
-    def __init__(self, root: str, max_side: int | None = None):
+    def __init__(self, root: str):
         self.root = Path(root)
         if not self.root.exists():
             raise UserError(f"image folder {root} does not exist")
@@ -121,7 +125,6 @@ class FolderSource(Source):
             exts = ", ".join(sorted(e.lstrip(".") for e in imageio.IMAGE_EXTENSIONS))
             raise UserError(f"no image files ({exts}) found under {root}")
         self.n_items = len(self.files)
-        self.max_side = max_side
         h = hashlib.sha256()
         for p in self.files:  # cheap fingerprint: relative path, size, mtime
             st = p.stat()
@@ -135,7 +138,7 @@ class FolderSource(Source):
         path = self.files[i]
         rel = path.relative_to(self.root).as_posix()
         try:
-            d = imageio.decode_file(path, max_side=self.max_side)
+            d = imageio.decode_file(path, max_side=self.image_size)
         except imageio.ImageRejected as e:
             return Item(None, None, {"path": rel}, reason=str(e))
         meta = {
@@ -156,7 +159,9 @@ class SyntheticSource(Source):
 
         self.world = world
         self.n_items, self.seed = n, seed
-        self.fingerprint = f"synthetic:{n}:{seed}:world{len(world.FACTORS)}"
+        probe = world.generate(0, 1, seed)  # changes if the world's renderer changes
+        digest = hashlib.sha256(probe.images.tobytes() + probe.codes.tobytes()).hexdigest()[:12]
+        self.fingerprint = f"synthetic:{n}:{seed}:{digest}"
         self.describe = f"synthetic:{n}:{seed}"
         self.factors = dict(world.FACTORS)
 
@@ -178,10 +183,14 @@ class SyntheticSource(Source):
 class RandomSource(Source):
     """Uniform-noise images (for benchmarks); image i depends only on (seed, i)."""
 
-    def __init__(self, n: int, seed: int, size: int):
-        self.n_items, self.seed, self.size = n, seed, size
-        self.fingerprint = f"random:{n}:{seed}:{size}"
+    def __init__(self, n: int, seed: int):
+        self.n_items, self.seed = n, seed
+        self.fingerprint = f"random:{n}:{seed}"
         self.describe = f"random:{n}:{seed}"
+
+    @property
+    def size(self) -> int:
+        return max(self.image_size or 224, 32)  # noise at the model's input size
 
     def load(self, i: int, preprocess: Callable) -> Item:
         rng = np.random.default_rng([self.seed, i])
@@ -197,7 +206,7 @@ class RandomSource(Source):
         return Item(preprocess(img), imageio.thumbnail(img, schema.THUMB_SIZE), meta)
 
 
-def parse_source(images: str, image_size: int) -> Source:
+def parse_source(images: str) -> Source:
     """A folder, `synthetic:N[:seed]` or `random:N[:seed]`."""
     for kind in ("synthetic", "random"):
         if images.startswith(kind + ":"):
@@ -214,8 +223,8 @@ def parse_source(images: str, image_size: int) -> Source:
                 ) from None
             if kind == "synthetic":
                 return SyntheticSource(n, seed)
-            return RandomSource(n, seed, max(image_size, 32))
-    return FolderSource(images, max_side=image_size)
+            return RandomSource(n, seed)
+    return FolderSource(images)
 
 
 def ordered_stream(
@@ -274,15 +283,16 @@ def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) ->
     if link.exists() and not link.is_symlink():
         raise UserError(f"{link} exists and is not a store link; choose another --store")
 
+    source = parse_source(params.images)  # bad input fails before the (slow) model load
     lm = registry.load_model(
         params.model, device=params.device, random_weights=params.random_weights
     )
+    source.image_size = lm.dims.image_size
     dims = lm.dims
     layers_arg = params.layers
     if str(layers_arg) == str(schema.DEFAULT_LAST_LAYERS) and dims.n_layers < int(layers_arg):
         layers_arg = "all"  # the default on a model shallower than it
     layers = parse_layers(layers_arg, dims.n_layers)
-    source = parse_source(params.images, dims.image_size)
     chunk = params.image_chunk or schema.image_chunk_for(len(layers), dims.n_heads, dims.d_embed)
     if chunk < 1:
         raise UserError(f"bad --image-chunk {chunk}: must be >= 1")
