@@ -326,7 +326,6 @@ def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) ->
             return BuildResult(link, version, r.info["n_images"], r.info.get("n_skipped", 0))
     staging.mkdir(parents=True, exist_ok=True)
     state = store.load_build_state(staging)
-    records = store.load_chunk_records(staging)
     sizes = {
         "image": source.n_items,
         "layer": len(layers),
@@ -338,16 +337,16 @@ def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) ->
         "image_chunk": chunk,
     }
     if state is None or not (staging / schema.STORE_ZARR).is_dir():
-        records = []
         store.create_arrays(staging, sizes, attrs={"build_key": key, "layers": layers})
         state = {"key": key, "started_at": _now(), "attempts": 0, "run_id": uuid.uuid4().hex}
     state["attempts"] += 1
     store.save_build_state(staging, state)
     arrays = store.open_arrays(staging, mode="r+")
 
-    cursor = records[-1]["cursor"] if records else 0
-    n_done = sum(r["n"] for r in records)
-    resumed = len(records)
+    n_records, cursor, n_done = 0, 0, 0  # resume after the last recorded chunk
+    for rec in store.iter_chunk_records(staging):
+        n_records, cursor, n_done = n_records + 1, rec["cursor"], n_done + rec["n"]
+    resumed = n_records
     weights = registry.vision_weights(lm)
     timings = {"decode_wait_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
     timings["setup_s"] = time.perf_counter() - t_start  # model load, discovery, staging
@@ -400,33 +399,25 @@ def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) ->
             timings["write_s"] += time.perf_counter() - t0
             if n or skipped:
                 record = {"n": n, "cursor": cursor, "images": metas, "skipped": skipped}
-                store.save_chunk_record(staging, len(records), record)
-                records.append(record)
+                store.save_chunk_record(staging, n_records, record)
+                n_records += 1
             n_done += n
             n_new += n
             if cursor >= source.n_items:
                 exhausted = True
-            if (
-                fail_after_chunks is not None
-                and len(records) >= fail_after_chunks
-                and not exhausted
-            ):
-                raise RuntimeError(f"injected failure after {len(records)} chunks")
+            if fail_after_chunks is not None and n_records >= fail_after_chunks and not exhausted:
+                raise RuntimeError(f"injected failure after {n_records} chunks")
     if bar is not None:
         bar.close()
 
     if n_done == 0:
+        first = next((r["skipped"][0]["reason"] for r in store.iter_chunk_records(staging)), "-")
         raise UserError(
             f"no usable images in {params.images}: all {source.n_items} files were skipped "
-            f"(first reason: {records[0]['skipped'][0]['reason'] if records else 'none'})"
+            f"(first reason: {first})"
         )
     # ---- finish: shrink arrays to the good images, write the database, publish
     store.resize_images(arrays, n_done)
-    images = [m for r in records for m in r["images"]]
-    skipped = [s for r in records for s in r["skipped"]]
-    image_set_hash = hashlib.sha256(
-        "".join(f"{m['path']}\t{m['sha256']}\n" for m in images).encode()
-    ).hexdigest()
     stream_s = time.perf_counter() - t_stream  # decode + decompose + write of every chunk
     timings.update(
         stream_s=stream_s,
@@ -435,9 +426,6 @@ def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) ->
     )
     timings = {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
     run_id = state["run_id"]
-    tables = _tables(
-        lm, params, layers, images, skipped, source, run_id, state, timings, chunk, key
-    )
     meta = {
         "model_spec": lm.spec,
         "arch": lm.arch,
@@ -452,16 +440,45 @@ def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) ->
         "thumb_size": schema.THUMB_SIZE,
         "image_chunk": chunk,
         "images_source": source.describe,
-        "image_set_hash": image_set_hash,
         "built_at": _now(),
         "run_id": run_id,
         "code_version": code_version(),
         "build_key": key,
         "schema_version": schema.SCHEMA_VERSION,
         "factors": list(source.factors) if source.factors else None,
-        "n_skipped": len(skipped),
     }
-    store.write_database(staging, tables, meta)
+    params_json = {
+        "images": params.images,
+        "batch_size": params.batch_size,
+        "device": params.device,
+        "layers": layers,
+        "layers_arg": params.layers,
+        "random_weights": params.random_weights,
+        "workers": params.workers,
+        "image_chunk": chunk,
+        "build_key": key,
+        "attempts": state["attempts"],
+    }
+    with store.new_database(staging) as db:
+        image_set_hash, skipped = _write_images(db, staging, source, run_id)
+        meta.update(image_set_hash=image_set_hash, n_skipped=len(skipped))
+        db.set_meta(meta)
+        db.append("models", _models_row(lm, params))
+        run = {
+            "run_id": run_id,
+            "kind": "build",
+            "model_spec": lm.spec,
+            "weights_hash": lm.weights_hash,
+            "code_version": meta["code_version"],
+            "image_set_hash": image_set_hash,
+            "parameters": json.dumps(params_json),
+            "timings": json.dumps(timings),
+            "started_at": pd.Timestamp(state["started_at"]),
+            "finished_at": pd.Timestamp(_now()),
+            "skipped_files": json.dumps(skipped),
+            "host": socket.gethostname(),
+        }
+        db.append("runs", pd.DataFrame([run]))
     store.finish_staging(staging)
     version = store.publish(link, staging)
     timings["wall_s"] = round(time.perf_counter() - t_start, 3)  # everything, model load included
@@ -495,19 +512,8 @@ def _progress(enabled: bool, total: int, initial: int, name: str):
     return tqdm(total=total, initial=initial, unit="img", desc=f"build {name}", smoothing=0.1)
 
 
-def _tables(lm, params, layers, images, skipped, source, run_id, state, timings, chunk, key):
-    dims = lm.dims
-    images_df = pd.DataFrame(
-        {
-            "image_id": np.arange(len(images), dtype=np.int32),
-            "path": [m["path"] for m in images],
-            "sha256": [m["sha256"] for m in images],
-            "width": [m["width"] for m in images],
-            "height": [m["height"] for m in images],
-            "class": pd.Series([m["class"] for m in images], dtype=object),
-        }
-    )
-    models_df = pd.DataFrame(
+def _models_row(lm, params) -> pd.DataFrame:
+    return pd.DataFrame(
         [
             {
                 "model_spec": lm.spec,
@@ -515,69 +521,68 @@ def _tables(lm, params, layers, images, skipped, source, run_id, state, timings,
                 "weights_hash": lm.weights_hash,
                 "random_weights": bool(params.random_weights)
                 or lm.weights_hash.startswith("random"),
-                **asdict(dims),
+                **asdict(lm.dims),
             }
         ]
     )
-    parameters = {
-        "images": params.images,
-        "batch_size": params.batch_size,
-        "device": params.device,
-        "layers": layers,
-        "layers_arg": params.layers,
-        "random_weights": params.random_weights,
-        "workers": params.workers,
-        "image_chunk": chunk,
-        "build_key": key,
-        "attempts": state["attempts"],
-    }
-    runs_df = pd.DataFrame(
-        [
-            {
-                "run_id": run_id,
-                "kind": "build",
-                "model_spec": lm.spec,
-                "weights_hash": lm.weights_hash,
-                "code_version": code_version(),
-                "image_set_hash": hashlib.sha256(
-                    "".join(f"{m['path']}\t{m['sha256']}\n" for m in images).encode()
-                ).hexdigest(),
-                "parameters": json.dumps(parameters),
-                "timings": json.dumps(timings),
-                "started_at": pd.Timestamp(state["started_at"]),
-                "finished_at": pd.Timestamp(_now()),
-                "skipped_files": json.dumps(skipped),
-                "host": socket.gethostname(),
-            }
-        ]
-    )
-    skipped_df = pd.DataFrame(
-        {
-            "run_id": [run_id] * len(skipped),
-            "path": [s["path"] for s in skipped],
-            "reason": [s["reason"] for s in skipped],
-        }
-    )
-    tables = {
-        "models": models_df,
-        "images": images_df,
-        "runs": runs_df,
-        "skipped_files": skipped_df,
-    }
-    if source.factors:
-        names = list(source.factors)
-        codes = np.array([m["codes"] for m in images], dtype=np.int64)  # [image, factor]
-        n_img, n_fac = codes.shape
-        values = [[source.factors[f][c] for c in codes[:, j]] for j, f in enumerate(names)]
-        tables["image_factors"] = pd.DataFrame(
-            {
-                "image_id": np.repeat(np.arange(n_img, dtype=np.int32), n_fac),
-                "factor": np.tile(np.array(names, dtype=object), n_img),
-                "value_code": codes.reshape(-1),  # [image * factor], image-major
-                "value": np.array(values, dtype=object).T.reshape(-1),  # same order
-            }
+
+
+def _write_images(db, staging: Path, source: Source, run_id: str) -> tuple[str, list[dict]]:
+    """images, image_factors and skipped_files from the chunk records, one chunk at a time.
+
+    Returns (image-set hash over (path, sha256) in image order, skipped files)."""
+    h = hashlib.sha256()
+    skipped: list[dict] = []
+    offset = 0
+    for rec in store.iter_chunk_records(staging):
+        imgs = rec["images"]
+        ids = np.arange(offset, offset + len(imgs), dtype=np.int32)
+        db.append(
+            "images",
+            pd.DataFrame(
+                {
+                    "image_id": ids,
+                    "path": [m["path"] for m in imgs],
+                    "sha256": [m["sha256"] for m in imgs],
+                    "width": [m["width"] for m in imgs],
+                    "height": [m["height"] for m in imgs],
+                    "class": pd.Series([m["class"] for m in imgs], dtype=object),
+                }
+            ),
         )
-    return tables
+        if source.factors and imgs:
+            names = list(source.factors)
+            codes = np.array([m["codes"] for m in imgs], dtype=np.int64)  # [image, factor]
+            values = np.array(
+                [[source.factors[f][c] for f, c in zip(names, row, strict=True)] for row in codes],
+                dtype=object,
+            )  # [image, factor]
+            db.append(
+                "image_factors",
+                pd.DataFrame(
+                    {
+                        "image_id": np.repeat(ids, len(names)),  # image-major, like reshape(-1)
+                        "factor": np.tile(np.array(names, dtype=object), len(imgs)),
+                        "value_code": codes.reshape(-1),  # [image * factor]
+                        "value": values.reshape(-1),
+                    }
+                ),
+            )
+        for m in imgs:
+            h.update(f"{m['path']}\t{m['sha256']}\n".encode())
+        skipped.extend(rec["skipped"])
+        offset += len(imgs)
+    db.append(
+        "skipped_files",
+        pd.DataFrame(
+            {
+                "run_id": [run_id] * len(skipped),
+                "path": [s["path"] for s in skipped],
+                "reason": [s["reason"] for s in skipped],
+            }
+        ),
+    )
+    return h.hexdigest(), skipped
 
 
 def env_info() -> dict:

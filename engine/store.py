@@ -237,13 +237,17 @@ def save_chunk_record(folder: Path, k: int, record: dict) -> None:
     os.replace(tmp, d / f"chunk-{k:06d}.json")
 
 
-def load_chunk_records(folder: Path) -> list[dict]:
-    """Records of the consecutive completed chunks 0..k of a build in progress."""
+def iter_chunk_records(folder: Path) -> Iterator[dict]:
+    """Records of the consecutive completed chunks 0, 1, ... of a build, read one at a time."""
     d = folder / BUILD_DIR
-    out = []
-    while (p := d / f"chunk-{len(out):06d}.json").is_file():
-        out.append(json.loads(p.read_text()))
-    return out
+    k = 0
+    while (p := d / f"chunk-{k:06d}.json").is_file():
+        yield json.loads(p.read_text())
+        k += 1
+
+
+def load_chunk_records(folder: Path) -> list[dict]:
+    return list(iter_chunk_records(folder))
 
 
 def save_build_state(folder: Path, state: dict) -> None:
@@ -259,25 +263,46 @@ def load_build_state(folder: Path) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def write_database(folder: Path, tables: dict[str, pd.DataFrame], meta: dict) -> None:
-    """Create `folder/store.duckdb` with every schema table, filled from DataFrames by name."""
+class DatabaseWriter:
+    """Appends DataFrames to the tables of a new store database (columns matched by name)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+
+    def append(self, table: str, df: pd.DataFrame | None) -> None:
+        if df is None or len(df) == 0:
+            return
+        self.con.register("_rows", df)
+        try:
+            self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
+        finally:
+            self.con.unregister("_rows")
+
+    def set_meta(self, meta: dict) -> None:
+        for key, value in meta.items():
+            self.con.execute("INSERT INTO store_meta VALUES (?, ?)", [key, json.dumps(value)])
+
+
+@contextmanager
+def new_database(folder: Path) -> Iterator[DatabaseWriter]:
+    """Create `folder/store.duckdb` with every schema table; checkpointed and closed on exit."""
     db = folder / schema.STORE_DB
-    if db.exists():
-        db.unlink()
+    db.unlink(missing_ok=True)
     con = duckdb.connect(str(db))
     try:
         create_tables(con)
-        for name, df in tables.items():
-            if df is None or len(df) == 0:
-                continue
-            con.register("_rows", df)
-            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _rows")
-            con.unregister("_rows")
-        for key, value in meta.items():
-            con.execute("INSERT INTO store_meta VALUES (?, ?)", [key, json.dumps(value)])
+        yield DatabaseWriter(con)
         con.execute("CHECKPOINT")
     finally:
         con.close()
+
+
+def write_database(folder: Path, tables: dict[str, pd.DataFrame], meta: dict) -> None:
+    """Create `folder/store.duckdb` with every schema table, filled from DataFrames by name."""
+    with new_database(folder) as db:
+        for name, df in tables.items():
+            db.append(name, df)
+        db.set_meta(meta)
 
 
 def finish_staging(folder: Path) -> None:
