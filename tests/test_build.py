@@ -178,15 +178,25 @@ def test_folder_build_skips_bad_files(tmp_path):
         Image.new("RGB", (40 + i, 30), (200, 10, 10)).save(imgs / "red" / f"r{i}.png")
         Image.new("RGBA", (30, 30), (10, 10, 200, 128)).save(imgs / "blue" / f"b{i}.png")
     Image.new("CMYK", (20, 20)).save(imgs / "cmyk.jpg")
+    Image.fromarray(np.full((12, 16), 40000, np.uint16)).save(imgs / "g16.png")  # 16-bit grey
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: stored 40x20, shown 20x40
+    Image.new("RGB", (40, 20), (0, 200, 0)).save(imgs / "rot.jpg", exif=exif.tobytes())
+    frames = [Image.new("RGB", (8, 6), c) for c in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(imgs / "anim.gif", save_all=True, append_images=frames[1:])
     res = build_store(params(tmp_path / "s", images=str(imgs), image_chunk=4, batch_size=3))
-    assert res.n_images == 7 and res.n_skipped == len(bad)
+    assert res.n_images == 10 and res.n_skipped == len(bad)
     with store.open_store(tmp_path / "s") as r:
         df = r.images()
-        assert df["path"].tolist() == [f"blue/b{i}.png" for i in range(3)] + ["cmyk.jpg"] + [
-            f"red/r{i}.png" for i in range(3)
-        ]
-        assert df["class"].tolist()[:4] == ["blue", "blue", "blue", None]
-        assert df["width"].tolist()[-3:] == [40, 41, 42]
+        good = [f"blue/b{i}.png" for i in range(3)] + ["cmyk.jpg", "anim.gif", "g16.png"]
+        good += [f"red/r{i}.png" for i in range(3)] + ["rot.jpg"]
+        assert df["path"].tolist() == sorted(good)
+        by_path = df.set_index("path")
+        assert by_path.loc["blue/b0.png", "class"] == "blue"
+        assert by_path.loc["g16.png", "class"] is None
+        assert by_path.loc["rot.jpg", ["width", "height"]].tolist() == [20, 40]
+        assert by_path.loc["anim.gif", ["width", "height"]].tolist() == [8, 6]
+        assert [by_path.loc[f"red/r{i}.png", "width"] for i in range(3)] == [40, 41, 42]
         skipped = r.query("SELECT path, reason FROM skipped_files ORDER BY path")
         assert sorted(skipped["path"]) == sorted(bad)
         for path, reason in skipped.itertuples(index=False):
@@ -194,8 +204,11 @@ def test_folder_build_skips_bad_files(tmp_path):
         run = r.query("SELECT skipped_files FROM runs").iloc[0, 0]
         assert sorted(s["path"] for s in json.loads(run)) == sorted(bad)
         assert r.factors() is None
-        thumbs = r.thumbnails([6])  # red image, letterboxed
+        red = int(np.flatnonzero(df["path"] == "red/r0.png")[0])
+        thumbs = r.thumbnails([red])  # 40x30, letterboxed
         assert thumbs[0, 32, 32, 0] > 150 and thumbs[0, 0, 32].tolist() == [0, 0, 0]
+        anim = int(np.flatnonzero(df["path"] == "anim.gif")[0])
+        assert r.thumbnails([anim])[0, 32, 32].tolist() == [255, 0, 0]  # first frame
 
 
 @pytest.mark.parametrize(
