@@ -14,8 +14,8 @@ if store is None:
 q = common.require_query()
 
 c1, c2 = st.columns(2)
-t1 = c1.text_input("Text 1 (red)", value="a red object", key="contrast_t1").strip()
-t2 = c2.text_input("Text 2 (blue)", value="a blue object", key="contrast_t2").strip()
+t1 = c1.text_input("Text 1 (map: red, +)", value="a blue shape", key="contrast_t1").strip()
+t2 = c2.text_input("Text 2 (map: blue, −)", value="a red shape", key="contrast_t2").strip()
 mask = common.head_mask_picker(store, key="contrast")
 if not t1 or not t2:
     st.warning("Type both texts.")

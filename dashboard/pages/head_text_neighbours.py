@@ -37,7 +37,7 @@ if source == "TextSpan text":
         ),  # noqa: E501
     )
 else:
-    text = st.text_input("Text", value="a red object", key="htn_typed").strip()
+    text = st.text_input("Text", value="a red shape", key="htn_typed").strip()
 if not text:
     st.warning("Type a text.")
     st.stop()

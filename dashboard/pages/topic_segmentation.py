@@ -13,7 +13,7 @@ if store is None:
     st.stop()
 q = common.require_query()
 
-text = st.text_input("Text", value="a red object", key="topic_text")
+text = st.text_input("Text", value="a blue shape", key="topic_text")
 mask = common.head_mask_picker(store, key="topic")
 if not text.strip():
     st.warning("Type a text.")

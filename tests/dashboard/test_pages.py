@@ -223,6 +223,8 @@ def test_contrastive_is_difference_of_topics_and_truly_aggregates(monkeypatch, s
         _ok(at)
         sums[t] = _sum_over_patches(at)
     _page(at, "pages/contrastive_segmentation.py")
+    at.text_input(key="contrast_t1").set_value("a red object")
+    at.text_input(key="contrast_t2").set_value("a blue object")
     at.radio(key="contrast_mode").set_value("Aggregate").run()
     _ok(at)
     agg = _sum_over_patches(at)
