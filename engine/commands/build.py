@@ -60,4 +60,13 @@ def run(args: argparse.Namespace) -> int:
         f"{res.n_skipped} skipped{resumed}; {rate} images/s",
         file=sys.stdout,
     )
+    if res.n_skipped:
+        from engine.store import open_store
+
+        with open_store(res.store) as r:
+            rows = r.query("SELECT path, reason FROM skipped_files ORDER BY path LIMIT 5")
+        for path, reason in rows.itertuples(index=False):
+            print(f"  skipped {path}: {reason}")
+        if res.n_skipped > len(rows):
+            print(f"  ... {res.n_skipped - len(rows)} more (table skipped_files of the store)")
     return 0
