@@ -145,9 +145,17 @@ def _model_of(store):
 
 
 def model_for(store):
-    """(LoadedModel, ViTWeights) of the store's model, loaded once per process."""
+    """(LoadedModel, ViTWeights) of the store's model, loaded once per process. When it cannot
+    be loaded (e.g. pretrained weights not on this machine) the page says why and stops."""
     with st.spinner(f"Loading model {info(store)['model_spec']}…"):
-        return _model_of(store)
+        try:
+            return _model_of(store)
+        except UserError as e:
+            st.error(
+                f"{e}. Live analyses need the model; the store's own images still work "
+                "where no new decomposition is needed (pick one **From the store**)."
+            )
+            st.stop()
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

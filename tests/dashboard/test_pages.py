@@ -362,3 +362,29 @@ def test_every_page_leaves_the_store_untouched(monkeypatch, store_env):
     for page in PAGES:
         _page(at, page)
     assert tree_digest(store) == before
+
+
+# ------------------------------------------------------- a paper model without its weights
+
+
+def test_paper_model_store_without_weights(monkeypatch, tmp_path):
+    """Reference labels and the paper demo's properties appear; analyses that need the model
+    say why they cannot run (weights not on this machine) instead of failing; analyses of a
+    stored image need no model."""
+    from tests.dashboard.conftest import paper_shaped_store
+
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    paper_shaped_store(root / "vitb32")
+    at = _page(_app(monkeypatch, root), "pages/heads.py")
+    df = at.dataframe[0].value
+    assert len(df) == 48 and df["reference_label"].notna().all()
+    _page(at, "pages/topic_segmentation.py")
+    assert at.error and "ViT-B-32/openai" in at.error[0].value
+    at = _app(monkeypatch, root)
+    at.sidebar.radio(key="image_source").set_value("From the store").run()
+    _page(at, "pages/property_neighbours.py")
+    prop = at.selectbox(key="prop_name").value
+    assert prop.endswith("(paper demo)")
+    ids = _neighbour_ids(at)
+    assert len(ids) == 8 and 0 not in ids  # stored image #0 is the query
