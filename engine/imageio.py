@@ -120,6 +120,9 @@ def decode_bytes(data: bytes, *, max_side: int | None = None) -> DecodedImage:
         except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ImageRejected(f"unreadable image: {msg}") from None
+        except Exception as e:  # a decoder plugin failing in any other way: still just a skip
+            msg = str(e).splitlines()[0] if str(e) else ""
+            raise ImageRejected(f"unreadable image: {type(e).__name__} {msg}".strip()) from None
     ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)  # these orientations transpose
     return DecodedImage(image=rgb, sha256=digest, width=ow, height=oh)
 
