@@ -30,8 +30,9 @@ def eta2(c: np.ndarray, codes: np.ndarray) -> float:
     if total <= 0.0:
         return 0.0
     _, inv, counts = np.unique(codes, return_inverse=True, return_counts=True)
-    sums = np.zeros((len(counts), c.shape[1]))  # [group, d_embed]
-    np.add.at(sums, inv, c)
+    order = np.argsort(inv, kind="stable")  # images grouped by value
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    sums = np.add.reduceat(c[order], starts, axis=0)  # [group, d_embed]
     means = sums / counts[:, None]  # [group, d_embed]
     between = float((counts[:, None] * (means - mu) ** 2).sum())
     return between / total
