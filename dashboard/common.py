@@ -582,6 +582,7 @@ def head_mask_picker(store, key: str) -> np.ndarray | None:
     mode = st.radio(
         "Heads",
         ["One head", "Aggregate"],
+        index=1,  # by default the whole model's view: every stored head summed
         key=f"{key}_mode",
         horizontal=True,
         help="Aggregate: the sum of the per-head maps of every chosen head.",

@@ -206,10 +206,11 @@ def test_topic_segmentation_single_and_aggregate(monkeypatch, store_env):
     at = _page(_app(monkeypatch, root), "pages/topic_segmentation.py")
     assert len(_images(at)) >= 2  # overlay + colour bar
     assert at.get("vega_lite_chart")
-    single = _sum_over_patches(at)
-    at.radio(key="topic_mode").set_value("Aggregate").run()
-    _ok(at)
+    assert at.radio(key="topic_mode").value == "Aggregate"  # the default
     total = _sum_over_patches(at)
+    at.radio(key="topic_mode").set_value("One head").run()
+    _ok(at)
+    single = _sum_over_patches(at)
     assert total != pytest.approx(single)  # all heads, not the single one
 
 
