@@ -92,6 +92,8 @@ def sidebar_image(store) -> None:
             if n == 0:
                 st.sidebar.info("Pick a store first.")
                 return
+            if st.session_state.get("store_image", 0) > n - 1:  # a smaller store was picked
+                st.session_state["store_image"] = n - 1
             idx = st.sidebar.number_input("Stored image #", 0, n - 1, 0, key="store_image")
             st.session_state["query"] = common.query_from_store(store, int(idx))
         else:
