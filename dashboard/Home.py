@@ -94,7 +94,9 @@ def sidebar_image(store) -> None:
                 return
             if st.session_state.get("store_image", 0) > n - 1:  # a smaller store was picked
                 st.session_state["store_image"] = n - 1
-            idx = st.sidebar.number_input("Stored image #", 0, n - 1, 0, key="store_image")
+            idx = st.sidebar.number_input(
+                "Stored image #", min_value=0, max_value=n - 1, step=1, key="store_image"
+            )
             st.session_state["query"] = common.query_from_store(store, int(idx))
         else:
             up = st.sidebar.file_uploader(
