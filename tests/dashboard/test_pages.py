@@ -389,3 +389,24 @@ def test_paper_model_store_without_weights(monkeypatch, tmp_path):
     assert prop.endswith("(paper demo)")
     ids = _neighbour_ids(at)
     assert len(ids) == 8 and 0 not in ids  # stored image #0 is the query
+
+
+def test_one_decomposition_per_image_shared_by_every_page(monkeypatch, store_env):
+    """The uploaded image is decomposed once; every analysis page reuses it."""
+    import engine.decompose
+
+    root, _, _ = store_env
+    calls = []
+    real = engine.decompose.decompose
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.decompose, "decompose", counting)
+    rgb = np.random.default_rng(42).integers(0, 255, (64, 64, 3), dtype=np.uint8)  # a new image
+    at = _app(monkeypatch, root)
+    _upload(at, "fresh.png", _png(rgb))
+    for page in PAGES[2:]:  # the five analyses
+        _page(at, page)
+    assert len(calls) == 1
