@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import common
 import streamlit as st
+import widgets
 
 from engine import analysis
 
@@ -16,7 +17,7 @@ q = common.require_query()
 c1, c2 = st.columns(2)
 t1 = c1.text_input("Text 1 (map: red, +)", value="a blue shape", key="contrast_t1").strip()
 t2 = c2.text_input("Text 2 (map: blue, −)", value="a red shape", key="contrast_t2").strip()
-mask = common.head_mask_picker(store, key="contrast")
+mask = widgets.head_mask_picker(store, key="contrast")
 if not t1 or not t2:
     st.warning("Type both texts.")
     st.stop()
@@ -27,7 +28,7 @@ emb = common.text_embedding(store, [t1, t2])  # [text, d_embed]
 direction = analysis.contrast_direction(emb[0], emb[1])
 maps = common.maps_for(store, q, direction)  # [layer, head, grid, grid]
 grid_map = analysis.aggregate_maps(maps, mask)  # every chosen head, summed
-common.show_heatmap(
+widgets.show_heatmap(
     q,
     grid_map,
     high=f"more “{t1}”",

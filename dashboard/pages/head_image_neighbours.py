@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import common
 import streamlit as st
+import widgets
 
 from engine import analysis
 
@@ -18,7 +19,7 @@ labels = common.head_labels(store)
 all_heads = common.store_heads(store)
 c1, c2 = st.columns([3, 1])
 with c1:
-    heads = common.head_picker(
+    heads = widgets.head_picker(
         store,
         "Heads (side by side)",
         key="hin_heads",
@@ -42,4 +43,4 @@ for col, hd, ranking in zip(cols, heads, rankings, strict=True):
     with col:
         name = common.head_name(*hd)
         st.markdown(f"**{name}**" + (f"  \n{labels[hd]}" if hd in labels else ""))
-        common.show_thumbs(store, ranking)
+        widgets.show_thumbs(store, ranking)

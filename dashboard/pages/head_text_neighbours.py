@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import common
 import streamlit as st
+import widgets
 
 from engine import analysis
 
@@ -46,4 +47,4 @@ direction = common.text_embedding(store, [text])[0]  # [d_embed]
 bank = common.head_bank(store, *head)
 ranking = analysis.top_k(bank.dot(direction), k)
 st.markdown(f"**{common.head_name(*head)}** · “{text}” · score = head_out · text")
-common.show_thumbs(store, ranking)
+widgets.show_thumbs(store, ranking)

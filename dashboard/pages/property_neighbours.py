@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import common
 import streamlit as st
+import widgets
 
 from engine import analysis
 from engine.labels import MIXED, NON_LABELS
@@ -47,7 +48,7 @@ combine = c2.radio(
     "cosine.",
 )
 k = c3.slider("Neighbours", 1, 16, 8, key="prop_k")
-heads = common.head_picker(
+heads = widgets.head_picker(
     store,
     "Heads combined",
     key=f"prop_heads_{prop}",
@@ -72,4 +73,4 @@ st.markdown(
 left, right = st.columns([1, 3])
 left.image(q.crop(192), caption=q.label, width=192)
 with right:
-    common.show_thumbs(store, ranking)
+    widgets.show_thumbs(store, ranking)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import common
 import streamlit as st
+import widgets
 
 from engine import analysis
 
@@ -14,7 +15,7 @@ if store is None:
 q = common.require_query()
 
 text = st.text_input("Text", value="a blue shape", key="topic_text")
-mask = common.head_mask_picker(store, key="topic")
+mask = widgets.head_mask_picker(store, key="topic")
 if not text.strip():
     st.warning("Type a text.")
     st.stop()
@@ -25,7 +26,7 @@ direction = common.text_embedding(store, [text.strip()])[0]  # [d_embed]
 maps = common.maps_for(store, q, direction)  # [layer, head, grid, grid]
 grid_map = analysis.aggregate_maps(maps, mask)
 n = int(mask.sum())
-common.show_heatmap(
+widgets.show_heatmap(
     q,
     grid_map,
     high=f"toward “{text}”",

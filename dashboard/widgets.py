@@ -1,0 +1,154 @@
+"""Dashboard widgets shared by the pages: head pickers, thumbnail strips, heatmaps.
+
+Rendering only: values come from `common` (cached handles) and `engine.analysis` (math).
+"""
+
+from __future__ import annotations
+
+import common
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from engine import analysis
+
+
+def head_picker(
+    store,
+    label: str,
+    key: str,
+    default: list[tuple[int, int]] | None = None,
+    labels: dict[tuple[int, int], str] | None = None,
+    max_selections=None,
+):
+    """Multiselect of (layer, head) pairs shown as L{l}H{h} (+ label)."""
+    heads = common.store_heads(store)
+    labels = labels or {}
+
+    def fmt(x: tuple[int, int]) -> str:
+        name = common.head_name(*x)
+        return f"{name} · {labels[x]}" if x in labels else name
+
+    return st.multiselect(
+        label,
+        heads,
+        default=default or heads[:1],
+        format_func=fmt,
+        key=key,
+        max_selections=max_selections,
+    )
+
+
+def show_thumbs(store, ranking: analysis.Ranking, caption_fmt: str = "{:.3f}") -> None:
+    """Stored thumbnails (96 px, wrapping) captioned '#image_id · score', best first."""
+    if len(ranking.index) == 0:
+        st.warning("No stored images to rank.")
+        return
+    thumbs = common.thumbnails(store, ranking.index)
+    st.image(
+        [Image.fromarray(t) for t in thumbs],
+        caption=[
+            f"#{i} · {caption_fmt.format(s)}"
+            for i, s in zip(ranking.index, ranking.score, strict=True)
+        ],
+        width=96,
+    )
+
+
+# ------------------------------------------------------------------------ heatmap rendering
+
+HEAT_RANGE = ["#2166ac", "#f7f7f7", "#b2182b"]  # the same scale as analysis.diverging_rgb
+
+
+def show_heatmap(
+    q: common.QueryImage, grid_map: np.ndarray, high: str, low: str, note: str
+) -> None:
+    """The map over the model's crop of the image, its legend, and the grid values."""
+    import altair as alt
+
+    vmax = analysis.symmetric_scale(grid_map)
+    overlay = analysis.heat_overlay(q.crop(), grid_map, vmax)
+    left, right = st.columns([3, 2])
+    with left:
+        st.image(overlay, caption=note, width=common.DISPLAY_SIZE)
+        st.image(
+            analysis.colour_bar(vmax, width=common.DISPLAY_SIZE, height=14),
+            width=common.DISPLAY_SIZE,
+        )
+        st.markdown(
+            f"<div style='display:flex;justify-content:space-between;width:{common.DISPLAY_SIZE}px;"
+            f"font-size:0.8em'><span>−{vmax:.3g} · {low}</span><span>0</span>"
+            f"<span>+{vmax:.3g} · {high}</span></div>",
+            unsafe_allow_html=True,
+        )
+        st.caption(
+            "Colour scale: blue (−) → white (0) → red (+), symmetric around 0; opacity grows "
+            "with |value|. Cells outlined in yellow/black mark the peaks of high similarity: "
+            "the top 10% of cells that reach at least half the maximum."
+        )
+    with right:
+        n = grid_map.shape[0]
+        cells = pd.DataFrame(
+            [(r, c, float(grid_map[r, c])) for r in range(n) for c in range(n)],
+            columns=["row", "col", "value"],
+        )
+        chart = (
+            alt.Chart(cells)
+            .mark_rect()
+            .encode(
+                x=alt.X("col:O", title="patch column"),
+                y=alt.Y("row:O", title="patch row"),
+                color=alt.Color(
+                    "value:Q",
+                    scale=alt.Scale(domain=[-vmax, 0, vmax], range=HEAT_RANGE),
+                    legend=alt.Legend(title=f"red: {high}"[:40]),
+                ),
+                tooltip=["row", "col", alt.Tooltip("value:Q", format=".4f")],
+            )
+            .properties(width=260, height=260, title="Per-patch values")
+        )
+        st.altair_chart(chart)
+        st.caption(f"Sum over patches: {float(grid_map.sum()):+.4f}")
+
+
+def head_mask_picker(store, key: str) -> np.ndarray | None:
+    """One head, or an aggregate over chosen layers × heads -> bool mask [layer, head] over the
+    stored layers (None, with a message, when nothing is chosen)."""
+    layers = common.store_layers(store)
+    n_heads = int(common.info(store)["n_heads"])
+    labels = common.head_labels(store)
+    mode = st.radio(
+        "Heads",
+        ["One head", "Aggregate"],
+        index=1,  # by default the whole model's view: every stored head summed
+        key=f"{key}_mode",
+        horizontal=True,
+        help="Aggregate: the sum of the per-head maps of every chosen head.",
+    )
+    mask = np.zeros((len(layers), n_heads), dtype=bool)
+    if mode == "One head":
+        heads = common.store_heads(store)
+        l, h = st.selectbox(
+            "Head",
+            heads,
+            index=len(heads) - 1,
+            key=f"{key}_head",
+            format_func=lambda x: common.head_name(*x) + (f" · {labels[x]}" if x in labels else ""),
+        )
+        mask[layers.index(l), h] = True
+        return mask
+    c1, c2 = st.columns(2)
+    chosen_layers = c1.multiselect("Layers", layers, default=layers, key=f"{key}_layers")
+    chosen_heads = c2.multiselect(
+        "Heads of each layer",
+        list(range(n_heads)),
+        default=list(range(n_heads)),
+        key=f"{key}_heads",
+    )
+    if not chosen_layers or not chosen_heads:
+        st.warning("Choose at least one layer and one head.")
+        return None
+    for l in chosen_layers:
+        mask[layers.index(l), chosen_heads] = True
+    return mask
