@@ -36,6 +36,7 @@ class InterpretResult:
     scores: list[scores.ScoreRow]
     clear_heads: int = 0  # demo stores: heads with a clear dominant factor
     matched_heads: int = 0  # ... of which labelled with that factor
+    comparable: bool = True  # the bank's categories name the world factors (else no match)
     timings: dict = field(default_factory=dict)
 
     @property
@@ -78,7 +79,7 @@ def _seed(weights_hash: str) -> int:
     return 0
 
 
-def text_embeddings(info: dict, texts: list[str]) -> np.ndarray:
+def text_embeddings(info: dict, texts: list[str], progress: bool = False) -> np.ndarray:
     """The bank embedded by the store's own model: [text, d_embed] fp32, unit rows."""
     from engine import registry
 
@@ -92,7 +93,14 @@ def text_embeddings(info: dict, texts: list[str]) -> np.ndarray:
             f"the weights of {info['model_spec']} changed since the store was built "
             f"({lm.weights_hash[:12]} != {str(stored_hash)[:12]}); rebuild the store"
         )
-    r = registry.encode_text(lm, texts).numpy().astype(np.float32)  # [text, d_embed]
+    batch = 256
+    parts = [
+        registry.encode_text(lm, texts[i : i + batch]).numpy()  # [text, d_embed]
+        for i in tqdm(
+            range(0, len(texts), batch), desc="encode bank", unit="batch", disable=not progress
+        )
+    ]
+    r = np.concatenate(parts).astype(np.float32)  # [text, d_embed]
     if r.shape[1] != int(info.get("d_embed", r.shape[1])):
         raise UserError(f"text d_embed {r.shape[1]} differs from the store's {info['d_embed']}")
     return r
@@ -155,7 +163,10 @@ def run_interpretation(
             cached = r.query("SELECT prompt_hash, response FROM llm_cache")
             cache = dict(zip(cached["prompt_hash"], cached["response"], strict=True))
         t = time.perf_counter()
-        emb = (text_embeddings_fn or text_embeddings)(info, b.texts)  # [text, d_embed]
+        if text_embeddings_fn is None:
+            emb = text_embeddings(info, b.texts, progress=progress)  # [text, d_embed]
+        else:
+            emb = text_embeddings_fn(info, b.texts)
         timings["encode_texts_s"] = round(time.perf_counter() - t, 3)
         heads = [(lay, h) for lay in chosen for h in range(n_heads)]
         spans: dict[tuple[int, int], textspan.TextSpanResult] = {}
@@ -218,20 +229,21 @@ def run_interpretation(
         layer_of, [head_labels[k] for k in heads], [top_cats[k] for k in heads],
         normalize=labels.NORMALIZATIONS[normalize],
     )  # fmt: skip
-    gt_rows, clear, matched = [], 0, 0
+    gt_rows, clear, matched, comparable = [], 0, 0, True
     if factors is not None:
         names = factors[0]
+        # labels from a bank whose categories are not the factor names cannot match (NULL)
+        comparable = set(names) <= set(b.vocabulary)
         for key in heads:
             truth = groundtruth.dominant_factor(eta[key], names)
             lab = head_labels[key]
             for name, e in zip(names, eta[key], strict=True):
                 dom = name == truth.factor
-                gt_rows.append(
-                    (*key, name, float(e), dom, lab, dom and groundtruth.label_matches(lab, name))
-                )
+                match = (dom and groundtruth.label_matches(lab, name)) if comparable else None
+                gt_rows.append((*key, name, float(e), dom, lab, match))
             if truth.is_dominant:
                 clear += 1
-                matched += groundtruth.label_matches(lab, truth.factor)
+                matched += comparable and groundtruth.label_matches(lab, truth.factor)
     timings["total_s"] = round(time.perf_counter() - t0, 3)
 
     # ---- write, replacing the previous interpretation
@@ -290,8 +302,9 @@ def run_interpretation(
             [json.dumps({"run_id": run_id, **params})],
         )
     return InterpretResult(
-        run_id, labeller_name, b.name, chosen, len(heads), rows, clear, matched, timings
-    )
+        run_id, labeller_name, b.name, chosen, len(heads), rows, clear, matched, comparable,
+        timings,
+    )  # fmt: skip
 
 
 def _insert_cache(con, entries: list[tuple[str, str, str]]) -> None:

@@ -84,6 +84,9 @@ def test_interpret_and_scores_cli(store, capsys):
     assert set(t2["textspan"].bank) == {"general"} and t2["textspan"]["rank"].max() <= 4
     assert t2["textspan"].run_id.nunique() == 1 and t2["textspan"].run_id.iloc[0] not in run_ids
     assert (t2["runs"].kind == "interpret").sum() == 2
+    # general-bank labels cannot name world factors: eta2 is kept, match is NULL
+    assert len(t2["ground_truth"]) == n_heads * len(factors[0])
+    assert t2["ground_truth"]["match"].isna().all()
 
 
 def test_bad_inputs_are_one_line_errors(store, tmp_path, capsys):

@@ -60,7 +60,7 @@ def run(args) -> int:
         "scores": {s.metric: f"{s.count}/{s.total}" for s in res.scores if s.scope == "range"},
         "timings": res.timings,
     }
-    if res.clear_heads:
+    if res.clear_heads and res.comparable:
         summary["ground_truth"] = {
             "clear_heads": res.clear_heads,
             "matched": res.matched_heads,
@@ -73,7 +73,9 @@ def run(args) -> int:
           f"bank {res.bank}; run {res.run_id[:12]}")  # fmt: skip
     for metric, v in summary["scores"].items():
         print(f"  {metric:<22} {v}")
-    if res.clear_heads:
+    if res.clear_heads and not res.comparable:
+        print(f"  ground truth: bank {res.bank} does not name the world factors; use --bank world")
+    elif res.clear_heads:
         print(f"  ground truth: {res.matched_heads}/{res.clear_heads} heads with a clear "
               f"dominant factor are labelled with it ({res.match_rate:.0%})")  # fmt: skip
     return 0
