@@ -1,5 +1,6 @@
 """Build benchmarks, each a ratio against a baseline measured in the same run.
 
+0. Decomposition overhead in single-thread CPU seconds (the stable measure on a shared machine).
 1. Decomposition overhead: `build` throughput (random images, last 4 layers stored, end to end:
    decode/preprocess threads, hooks, decomposition, fp16, Zarr + chunk records) divided by plain
    `model.encode_image` throughput on ready pixel batches, same model, batch size and device.
@@ -148,6 +149,59 @@ def overhead(model: str, n: int, batch: int, reps: int, tmp: Path) -> dict:
     }
 
 
+def single_thread_cpu(model: str, n: int, batch: int, reps: int, tmp: Path) -> dict:
+    """CPU seconds with torch on one thread and one decode worker: immune to other processes'
+    load (no OpenMP spin-waiting), so the ratio is stable on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        lm = registry.load_model(model, random_weights=True)
+        src = RandomSource(n, 5)
+        src.image_size = lm.dims.image_size
+        batches = list(
+            torch.stack([src.load(i, lm.preprocess).pixels for i in range(n)]).split(batch)
+        )
+        weights = registry.vision_weights(lm)
+        layers = list(range(max(0, lm.dims.n_layers - 4), lm.dims.n_layers))
+        enc, dec, bld = [], [], []
+        with torch.no_grad():
+            lm.model.encode_image(batches[0])  # warm-up
+            for r in range(reps):
+                c0 = time.process_time()
+                for px in batches:
+                    lm.model.encode_image(px)
+                c1 = time.process_time()
+                for px in batches:
+                    d = decompose.decompose(weights, registry.capture(lm, px, layers), layers)
+                    d.head_out.to(torch.float16).cpu().numpy()
+                c2 = time.process_time()
+                enc.append(c1 - c0)
+                dec.append(c2 - c1)
+                res = build_store(
+                    BuildParams(
+                        model=model,
+                        images=f"random:{n}:{r}",
+                        store=str(tmp / f"st{r}"),
+                        batch_size=batch,
+                        random_weights=True,
+                        workers=1,
+                        progress=False,
+                    )
+                )
+                bld.append(res.timings["cpu_after_setup_s"])  # decode .. publish, all threads
+    finally:
+        torch.set_num_threads(threads)
+    e, d_, b = statistics.median(enc), statistics.median(dec), statistics.median(bld)
+    return {
+        "n_images": n,
+        "encode_cpu_s": [round(x, 2) for x in enc],
+        "decompose_path_cpu_s": [round(x, 2) for x in dec],
+        "build_cpu_s": [round(x, 2) for x in bld],
+        "ratio_decompose_path": round(e / d_, 3),
+        "ratio_build_end_to_end": round(e / b, 3),
+    }
+
+
 def layout(n: int, n_layers: int, n_heads: int, d_embed: int, chunk: int, tmp: Path) -> dict:
     """Write [n, layer, head, d_embed] fp16 chunk by chunk, then read one head over all images."""
     rng = np.random.default_rng(0)
@@ -190,17 +244,21 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=192)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--n-cpu", type=int, default=64, help="images for the single-thread run")
     ap.add_argument("--layout-n", type=int, default=8192)
     ap.add_argument("--quick", action="store_true", help="tiny-test model, small sizes")
     args = ap.parse_args()
     if args.quick:
-        args.model, args.n, args.reps, args.layout_n = "tiny-test", 64, 2, 2048
+        args.model, args.n, args.reps, args.layout_n, args.n_cpu = "tiny-test", 64, 2, 2048, 64
     torch.manual_seed(0)
     record = {"env": {**env_info(), "torch_threads": torch.get_num_threads()}}
     with tempfile.TemporaryDirectory(
         dir=ROOT / "artifacts" if (ROOT / "artifacts").is_dir() else None
     ) as d:
         tmp = Path(d)
+        record["single_thread_cpu"] = single_thread_cpu(
+            args.model, args.n_cpu, args.batch_size, 2, tmp
+        )
         record["overhead"] = ov = overhead(args.model, args.n, args.batch_size, args.reps, tmp)
         dims = ov["dims"]
         chunk = schema.image_chunk_for(4, dims["n_heads"], dims["d_embed"])
