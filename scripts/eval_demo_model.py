@@ -210,16 +210,48 @@ def format_report(res: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_tables(res: dict) -> str:
+    """The model card's zero-shot and head-specialisation tables, in Markdown."""
+    out = [
+        "| factor | values | zero-shot accuracy | chance | bar | pass |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f, v in res["zero_shot"].items():
+        ok = "yes" if v["accuracy"] >= v["bar"] else "**no**"
+        n = len(world.FACTORS[f])
+        out.append(
+            f"| {f} | {n} | {v['accuracy']:.3f} | {v['chance']:.3f} | {v['bar']:.3f} | {ok} |"
+        )
+    names = list(world.FACTORS)
+    eta = np.array(res["eta2"])
+    out += ["", "| head | " + " | ".join(names) + " | dominant |", "|---" * (len(names) + 2) + "|"]
+    for h in res["specialisation"]["heads"]:
+        layer, head = (int(x) for x in h["head"][1:].split("H"))
+        cells = [f"{eta[layer, head, k]:.2f}" for k in range(len(names))]
+        k = int(eta[layer, head].argmax())
+        cells[k] = f"**{cells[k]}**"
+        out.append(f"| {h['head']} | " + " | ".join(cells) + f" | {h['factor'] or '—'} |")
+    spec = res["specialisation"]
+    counts = ", ".join(f"{f} {n}" for f, n in spec["counts"].items() if n)
+    out += [
+        "",
+        f"Dominant factors: {len(spec['factors_dominant'])} ({counts}); "
+        f"bar met: {'yes' if spec['pass'] else 'no'}.",
+    ]
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="open_clip local-dir folder")
     p.add_argument("--images", type=int, default=2000, help="held-out images to evaluate on")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--markdown", action="store_true", help="print the model card's tables")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     model, _, tokenizer = load_demo(args.model)
     res = evaluate(model, tokenizer, args.images)
-    print(format_report(res))
+    print(markdown_tables(res) if args.markdown else format_report(res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return 0

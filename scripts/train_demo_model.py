@@ -112,9 +112,50 @@ def save(model, cfg: dict, out: Path) -> None:
     (out / "open_clip_config.json").write_text(json.dumps(local, indent=2) + "\n")
 
 
+def train(model, tokenizer, steps: int, batch_size: int, lr: float, warmup: int, wd: float):
+    """Train `model` in place for `steps` steps on world seed TRAIN_SEED; returns the losses.
+    Deterministic given torch's seed: the data depend only on the step."""
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+    token_cache: dict[str, torch.Tensor] = {}
+    losses: list[float] = []
+    model.train()
+    bar = tqdm(range(steps), desc="train", mininterval=5)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup)
+        batch = world.generate(step * batch_size, (step + 1) * batch_size, seed=TRAIN_SEED)
+        missing = [c for c in batch.captions if c not in token_cache]
+        if missing:
+            for c, tok in zip(missing, tokenizer(missing), strict=True):
+                token_cache[c] = tok
+        tokens = torch.stack([token_cache[c] for c in batch.captions])  # [text, context]
+        pixels = ev.pixels_from_images(batch.images)  # [image, 3, H, W]
+        img = model.encode_image(pixels, normalize=True)  # [image, d_embed]
+        txt = model.encode_text(tokens, normalize=True)  # [text, d_embed]
+        logits = model.logit_scale.exp() * img @ txt.T  # [image, text]
+        loss = multi_positive_loss(logits, agreement(batch.captions, batch.codes))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    model.eval()
+    return losses
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=4800)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
@@ -139,43 +180,9 @@ def main(argv=None) -> int:
     n_vision = sum(p.numel() for p in model.visual.parameters())
     print(f"params {n_params:,} (vision {n_vision:,}); config {json.dumps(cfg)}", flush=True)
 
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr,
-        betas=(0.9, 0.98),
-        eps=1e-6,
-    )
-    token_cache: dict[str, torch.Tensor] = {}
-    losses: list[float] = []
     t0 = time.time()
-    model.train()
-    bar = tqdm(range(args.steps), desc="train", mininterval=5)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        batch = world.generate(step * args.batch, (step + 1) * args.batch, seed=TRAIN_SEED)
-        missing = [c for c in batch.captions if c not in token_cache]
-        if missing:
-            for c, tok in zip(missing, tokenizer(missing), strict=True):
-                token_cache[c] = tok
-        tokens = torch.stack([token_cache[c] for c in batch.captions])  # [text, context]
-        pixels = ev.pixels_from_images(batch.images)  # [image, 3, H, W]
-        img = model.encode_image(pixels, normalize=True)  # [image, d_embed]
-        txt = model.encode_text(tokens, normalize=True)  # [text, d_embed]
-        logits = model.logit_scale.exp() * img @ txt.T  # [image, text]
-        loss = multi_positive_loss(logits, agreement(batch.captions, batch.codes))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    losses = train(model, tokenizer, args.steps, args.batch, args.lr, args.warmup, args.wd)
     train_s = time.time() - t0
-    model.eval()
     save(model, cfg, out)
     # evaluate exactly what was saved, loaded back through open_clip's local-dir path
     loaded, _, tok = ev.load_demo(out)
