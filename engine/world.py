@@ -262,7 +262,9 @@ def generate(start: int, stop: int, seed: int = 0) -> WorldBatch:
     return WorldBatch(images=images, codes=codes, captions=captions)
 
 
-_BANK_TEMPLATES = ("{np}", "a photo of {np}.", "there is {np}.", "an image of {np}.")
+# zero-shot prompt ensemble (value_texts); the bank uses every caption template
+_PROMPT_TEMPLATES = ("{np}", "a photo of {np}.", "there is {np}.", "an image of {np}.")
+_BANK_TEMPLATES = _PROMPT_TEMPLATES + ("a picture of {np}.", "a drawing of {np}.")
 _DISTRACTORS = (
     "a photo of a dog",
     "a photo of a cat",
@@ -338,5 +340,5 @@ def value_texts(factor: str) -> list[list[str]]:
         raise ValueError(f"unknown factor {factor!r}")
     out: list[list[str]] = []
     for value in FACTORS[factor]:
-        out.append([t.format(np=noun_phrase({factor: value})) for t in _BANK_TEMPLATES])
+        out.append([t.format(np=noun_phrase({factor: value})) for t in _PROMPT_TEMPLATES])
     return out
