@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.dashboard.conftest import ROOT, tree_digest
 
-pytestmark = [pytest.mark.dashboard, pytest.mark.slow]
+pytestmark = [pytest.mark.dashboard, pytest.mark.demo, pytest.mark.slow]  # demo model when bundled
 
 HOME = str(ROOT / "dashboard" / "Home.py")
 PAGES = [

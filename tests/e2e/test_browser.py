@@ -19,7 +19,7 @@ import pytest
 
 from tests.dashboard.conftest import ROOT, build_fixture
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.demo, pytest.mark.slow]
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
