@@ -377,9 +377,13 @@ def test_paper_model_store_without_weights(monkeypatch, tmp_path):
     root = tmp_path / "artifacts"
     root.mkdir()
     paper_shaped_store(root / "vitb32")
-    at = _page(_app(monkeypatch, root), "pages/heads.py")
+    at = _page(_app(monkeypatch, root), "pages/overview.py")  # not interpreted: says how
+    assert "python -m engine interpret" in at.warning[0].value
+    assert at.get("vega_lite_chart")  # the paper's figures are shown anyway
+    _page(at, "pages/heads.py")
     df = at.dataframe[0].value
     assert len(df) == 48 and df["reference_label"].notna().all()
+    assert df["label"].isna().all() and "interpret" in at.info[0].value
     _page(at, "pages/topic_segmentation.py")
     assert at.error and "ViT-B-32/openai" in at.error[0].value
     at = _app(monkeypatch, root)
