@@ -124,13 +124,15 @@ def test_dashboard_in_chromium(server):
             page = browser.new_page(viewport={"width": 1500, "height": 1700})
             page.goto(server, wait_until="domcontentloaded")
             page.get_by_text("CLIP-InterpreT", exact=True).first.wait_for(timeout=60_000)
+            side = page.locator("[data-testid='stSidebar']")
+            side.get_by_text("the model's centre crop").wait_for(timeout=60_000)  # sample shown
+            page.get_by_text("Heads stored").wait_for(timeout=60_000)  # the store's summary
             _settle(page)
             _no_exception(page)
             page.screenshot(path=str(RESULTS / "00-home.png"), full_page=True)
+            assert page.locator("[data-testid='stMetric']").count() == 4
 
             # upload an image through the sidebar's file uploader
-            side = page.locator("[data-testid='stSidebar']")
-            side.get_by_text("the model's centre crop").wait_for(timeout=60_000)  # sample shown
             # The first click on Streamlit's react-aria radio is swallowed in headless Chromium
             # (it only focuses the group): click until the option is checked.
             upload = side.locator("[data-testid='stRadioOption']").filter(has_text="Upload")
