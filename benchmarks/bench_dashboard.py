@@ -35,13 +35,13 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from engine import analysis, schema, store, world  # noqa: E402
 from engine.decompose import decompose, patch_maps  # noqa: E402
 from engine.imageio import load_upload  # noqa: E402
+from engine.random_store import write_random_store  # noqa: E402
 from engine.registry import capture, encode_text, load_model, vision_weights  # noqa: E402
 
 TEXTS = ("a red object", "a blue object")
@@ -190,81 +190,7 @@ def bench_topk(n_images: int, d_embed: int = 512) -> dict:
 def build_synthetic_store(link: Path, n_images: int) -> Path:
     """A ViT-B-32-shaped store (last 4 layers, 12 heads, d_embed 512) of random fp16
     contributions, written and published through engine.store (thumbnails left blank)."""
-    layers, n_heads, d_embed = [8, 9, 10, 11], 12, 512
-    chunk = schema.image_chunk_for(len(layers), n_heads, d_embed)
-    sizes = {
-        "image": n_images,
-        "layer": len(layers),
-        "head": n_heads,
-        "d_embed": d_embed,
-        "y": schema.THUMB_SIZE,
-        "x": schema.THUMB_SIZE,
-        "rgb": 3,
-        "image_chunk": chunk,
-    }
-    staging = store.staging_dir(link, uuid.uuid4().hex[:8])
-    staging.mkdir(parents=True)
-    arrays = store.create_arrays(staging, sizes, attrs={"layers": layers, "synthetic": True})
-    rng = np.random.default_rng(0)
-    for start in range(0, n_images, chunk):
-        n = min(chunk, n_images - start)
-        head_out = rng.standard_normal((n, len(layers), n_heads, d_embed), dtype=np.float32)
-        head_out *= 0.05
-        store.write_rows(
-            arrays,
-            start,
-            {
-                "head_out": head_out.astype(np.float16),
-                "output": head_out.sum(axis=(1, 2)),
-            },
-        )
-    dims = {
-        "n_layers": 12,
-        "n_heads": n_heads,
-        "d_model": 768,
-        "d_head": 64,
-        "d_embed": d_embed,
-        "image_size": 224,
-        "patch_size": 32,
-        "grid": 7,
-    }
-    tables = {
-        "models": pd.DataFrame(
-            [
-                {
-                    "model_spec": "ViT-B-32",
-                    "arch": "ViT-B-32",
-                    "weights_hash": "random:seed0",
-                    "random_weights": True,
-                    **dims,
-                }
-            ]
-        ),
-        "images": pd.DataFrame(
-            {
-                "image_id": np.arange(n_images, dtype=np.int32),
-                "path": [f"synthetic-bench:{i}" for i in range(n_images)],
-                "sha256": ["0" * 64] * n_images,
-                "width": 224,
-                "height": 224,
-                "class": None,
-            }
-        ),
-    }
-    meta = {
-        "model_spec": "ViT-B-32",
-        "arch": "ViT-B-32",
-        "layers": layers,
-        **dims,
-        "built_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "run_id": "bench-" + uuid.uuid4().hex,
-        "images_source": f"synthetic benchmark data ({n_images} random rows)",
-        "schema_version": schema.SCHEMA_VERSION,
-        "thumb_size": schema.THUMB_SIZE,
-    }
-    store.write_database(staging, tables, meta)
-    store.finish_staging(staging)
-    return store.publish(link, staging)
+    return write_random_store(link, n_images, run_id="bench-" + uuid.uuid4().hex)
 
 
 MEMORY_PROBE = r"""

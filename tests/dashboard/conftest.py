@@ -83,84 +83,15 @@ def tree_digest(folder: Path) -> dict[str, str]:
 def paper_shaped_store(link: Path, n_images: int = 64) -> Path:
     """A store claiming the paper's ViT-B-32/openai (whose weights are not on this machine):
     last 4 layers x 12 heads x 512, random contributions, written through engine.store."""
-    import uuid
+    from engine.random_store import write_random_store
 
-    import numpy as np
-    import pandas as pd
-
-    from engine import schema, store
-
-    layers, n_heads, d_embed = [8, 9, 10, 11], 12, 512
-    chunk = 64
-    sizes = {
-        "image": n_images,
-        "layer": 4,
-        "head": n_heads,
-        "d_embed": d_embed,
-        "y": schema.THUMB_SIZE,
-        "x": schema.THUMB_SIZE,
-        "rgb": 3,
-        "image_chunk": chunk,
-    }
-    staging = store.staging_dir(link, uuid.uuid4().hex[:8])
-    staging.mkdir(parents=True)
-    arrays = store.create_arrays(staging, sizes, attrs={"layers": layers})
-    rng = np.random.default_rng(0)
-    head_out = rng.standard_normal((n_images, 4, n_heads, d_embed)).astype(np.float16)
-    thumbs = rng.integers(0, 255, (n_images, schema.THUMB_SIZE, schema.THUMB_SIZE, 3), np.uint8)
-    store.write_rows(
-        arrays,
-        0,
-        {
-            "head_out": head_out,
-            "thumbnail": thumbs,
-            "output": head_out.astype(np.float32).sum(axis=(1, 2)),
-        },
+    return write_random_store(
+        link,
+        n_images,
+        spec="ViT-B-32/openai",
+        weights_hash="x",
+        random_weights=False,
+        thumbnails=True,
+        image_chunk=64,
+        run_id="paper-shaped",
     )
-    dims = {
-        "n_layers": 12,
-        "n_heads": n_heads,
-        "d_model": 768,
-        "d_head": 64,
-        "d_embed": d_embed,
-        "image_size": 224,
-        "patch_size": 32,
-        "grid": 7,
-    }
-    spec = "ViT-B-32/openai"
-    tables = {
-        "models": pd.DataFrame(
-            [
-                {
-                    "model_spec": spec,
-                    "arch": "ViT-B-32",
-                    "weights_hash": "x",
-                    "random_weights": False,
-                    **dims,
-                }
-            ]
-        ),
-        "images": pd.DataFrame(
-            {
-                "image_id": np.arange(n_images, dtype=np.int32),
-                "path": [f"nowhere/{i}.jpg" for i in range(n_images)],
-                "sha256": ["0" * 64] * n_images,
-                "width": 224,
-                "height": 224,
-                "class": None,
-            }
-        ),
-    }
-    meta = {
-        "model_spec": spec,
-        "arch": "ViT-B-32",
-        "layers": layers,
-        **dims,
-        "built_at": "2026-01-01 00:00:00",
-        "run_id": "paper-shaped",
-        "images_source": "random test data",
-        "schema_version": schema.SCHEMA_VERSION,
-    }
-    store.write_database(staging, tables, meta)
-    store.finish_staging(staging)
-    return store.publish(link, staging)
