@@ -186,7 +186,7 @@ def test_demo_loads_through_the_registry():
 
     lm = registry.load_model("demo")
     assert lm.dims.image_size == world.IMAGE_SIZE
-    assert lm.dims.n_layers == 4 and lm.dims.d_embed == 64
+    assert lm.dims.n_layers == 8 and lm.dims.d_embed == 64
     emb = registry.encode_text(lm, ["a red circle", "a photo of a dog"])
     assert emb.shape == (2, 64)
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2))
