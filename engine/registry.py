@@ -153,14 +153,8 @@ def _hf_cached(hf_hub: str) -> str | None:
     """Path of a hub checkpoint in the local Hugging Face cache, or None."""
     from huggingface_hub import try_to_load_from_cache
 
-    repo, filename = (
-        os.path.split(hf_hub.rstrip("/"))
-        if not hf_hub.endswith("/")
-        else (
-            hf_hub.rstrip("/"),
-            "",
-        )
-    )
+    # open_clip's convention: 'org/repo/' (default file name) or 'org/repo/file'
+    repo, filename = os.path.split(hf_hub)
     names = (
         [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
     )
@@ -341,7 +335,7 @@ def load_model(
         preprocess=preprocess,
         tokenizer=tokenizer,
         spec=spec,
-        arch=s.arch if s.kind not in ("demo",) else "demo",
+        arch=s.arch,
         weights_hash=weights_hash,
         dims=_dims(model),
         device=torch.device(device),

@@ -177,3 +177,22 @@ def test_cli_verify_on_an_image_folder(tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["images"].startswith("2 images") and out["ok"]
+
+
+@pytest.mark.unit
+def test_weights_in_the_hub_cache_count_as_local(tmp_path, monkeypatch):
+    """A checkpoint already in the Hugging Face cache makes a paper model available offline."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    spec = "ViT-B-32/datacomp_m_s128m_b4k"  # open_clip: hf_hub 'laion/CLIP-ViT-B-32-DataComp.M-s128M-b4K/'
+    assert registry.local_weights(spec) is None
+    repo = tmp_path / "models--laion--CLIP-ViT-B-32-DataComp.M-s128M-b4K"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap / "open_clip_model.safetensors").write_bytes(b"x")
+    assert registry.local_weights(spec) == str(snap / "open_clip_model.safetensors")
+    row = next(r for r in registry.list_models() if r["spec"] == spec)
+    assert row["available"]
