@@ -15,23 +15,12 @@ from engine.errors import UserError
 COMMANDS = ["models", "verify", "build", "interpret", "scores", "demo_store"]
 
 
-def _load(name: str):
-    try:
-        return importlib.import_module(f"engine.commands.{name}")
-    except ModuleNotFoundError as e:  # a command not built yet must not break the others
-        if e.name == f"engine.commands.{name}":
-            return None
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clip-interpret", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        mod = _load(name)
-        if mod is None:
-            continue
+        mod = importlib.import_module(f"engine.commands.{name}")
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
