@@ -34,7 +34,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "unit"
 
 lint: setup
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 format: setup
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

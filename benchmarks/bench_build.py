@@ -32,9 +32,15 @@ import zarr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import decompose, registry, schema  # noqa: E402
-from engine.build import BuildParams, RandomSource, build_store, env_info  # noqa: E402
-from engine.store import open_store  # noqa: E402
+from engine.core import decompose
+from engine.model import capture, load_model, vision_weights
+from engine.pipeline.build import BuildParams, build_store  # noqa: E402
+from engine.pipeline.provenance import env_info  # noqa: E402
+from engine.sources.collection import RandomSource  # noqa: E402
+from engine.store import (
+    open_store,  # noqa: E402
+    schema,  # noqa: E402
+)
 
 
 def dir_bytes(path: Path) -> int:
@@ -56,7 +62,7 @@ def encode_rate(lm, batches: list[torch.Tensor]) -> tuple[float, float]:
 def paired(lm, batches: list[torch.Tensor], layers: list[int], reps: int) -> dict:
     """Batch by batch, alternately: plain encode_image, then the build's per-batch path
     (hooks + decomposition + fp16 copy to host). Pairing cancels drifts in machine load."""
-    weights = registry.vision_weights(lm)
+    weights = vision_weights(lm)
     t_enc = t_dec = 0.0
     n = 0
     for _ in range(reps):
@@ -64,7 +70,7 @@ def paired(lm, batches: list[torch.Tensor], layers: list[int], reps: int) -> dic
             t0 = time.perf_counter()
             lm.model.encode_image(px)
             t1 = time.perf_counter()
-            cap = registry.capture(lm, px, layers)
+            cap = capture(lm, px, layers)
             dec = decompose.decompose(weights, cap, layers)
             dec.head_out.to(torch.float16).cpu().numpy()
             t2 = time.perf_counter()
@@ -79,7 +85,7 @@ def paired(lm, batches: list[torch.Tensor], layers: list[int], reps: int) -> dic
 
 
 def overhead(model: str, n: int, batch: int, reps: int, tmp: Path) -> dict:
-    lm = registry.load_model(model, random_weights=True)
+    lm = load_model(model, random_weights=True)
     src = RandomSource(n, 99)
     src.image_size = lm.dims.image_size
     pixels = torch.stack([src.load(i, lm.preprocess).pixels for i in range(n)])
@@ -155,13 +161,13 @@ def single_thread_cpu(model: str, n: int, batch: int, reps: int, tmp: Path) -> d
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        lm = registry.load_model(model, random_weights=True)
+        lm = load_model(model, random_weights=True)
         src = RandomSource(n, 5)
         src.image_size = lm.dims.image_size
         batches = list(
             torch.stack([src.load(i, lm.preprocess).pixels for i in range(n)]).split(batch)
         )
-        weights = registry.vision_weights(lm)
+        weights = vision_weights(lm)
         layers = list(range(max(0, lm.dims.n_layers - 4), lm.dims.n_layers))
         enc, dec, bld = [], [], []
         with torch.no_grad():
@@ -172,7 +178,7 @@ def single_thread_cpu(model: str, n: int, batch: int, reps: int, tmp: Path) -> d
                     lm.model.encode_image(px)
                 c1 = time.process_time()
                 for px in batches:
-                    d = decompose.decompose(weights, registry.capture(lm, px, layers), layers)
+                    d = decompose.decompose(weights, capture(lm, px, layers), layers)
                     d.head_out.to(torch.float16).cpu().numpy()
                 c2 = time.process_time()
                 enc.append(c1 - c0)

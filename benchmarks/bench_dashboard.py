@@ -6,7 +6,7 @@
    matrices and the default texts cached). Baseline in the same run: the model's own
    `encode_image` of the same pixels. For the demo model (a store built with the CLI) and for
    ViT-B-32 at random init (the synthetic 50,000-image store of part 3).
-2. Per-head top-k over 50,000 stored images, warm: cosine + top-8 with `HeadBank`. Baseline:
+2. Per-head top-k over 50,000 stored images, warm: cosine + top-8 with `HeadContributions`. Baseline:
    a plain float32 numpy mat-vec of the same shape.
 3. Memory: RSS of the real dashboard (AppTest, in a fresh process) with a 50,000-image
    ViT-B-32-shaped store open (random fp16 contributions, written through engine.store),
@@ -32,17 +32,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "dashboard"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+import render  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from engine import analysis, schema, store, world  # noqa: E402
-from engine.decompose import decompose, patch_maps  # noqa: E402
-from engine.imageio import load_upload  # noqa: E402
-from engine.random_store import write_random_store  # noqa: E402
-from engine.registry import capture, encode_text, load_model, vision_weights  # noqa: E402
+from engine import store
+from engine.core import analysis
+from engine.core.decompose import decompose, patch_maps  # noqa: E402
+from engine.model import capture, encode_text, load_model, vision_weights  # noqa: E402
+from engine.sources import world  # noqa: E402
+from engine.sources.imageio import load_upload  # noqa: E402
+from engine.store import schema
+from engine.store.random_store import write_random_store  # noqa: E402
 
 TEXTS = ("a red object", "a blue object")
 
@@ -92,7 +97,7 @@ def bench_analyses(store_path: str, trials: int = 5) -> dict:
     for lay, h in wanted:
         li = layers.index(lay)
         t = time.perf_counter()  # what the dashboard does once per head and process
-        banks[(lay, h)] = analysis.HeadBank.from_head_out(s.head_out_array[:, li, h, :])
+        banks[(lay, h)] = analysis.HeadContributions.from_head_out(s.head_out_array[:, li, h, :])
         reads.append((time.perf_counter() - t) * 1000)
     t_red, t_blue = encode_text(lm, list(TEXTS)).numpy()  # cached texts
     mask = np.ones((len(layers), n_heads), dtype=bool)
@@ -108,7 +113,7 @@ def bench_analyses(store_path: str, trials: int = 5) -> dict:
         ids = [analysis.top_k(analysis.property_scores(q, [banks[x] for x in prop_heads]), 8)]
         for direction in (t_red, analysis.contrast_direction(t_red, t_blue)):
             maps = patch_maps(w, cap, 0, layers, None, torch.from_numpy(direction)).numpy()
-            analysis.heat_overlay(crop, analysis.aggregate_maps(maps, mask))
+            render.heat_overlay(crop, analysis.aggregate_maps(maps, mask))
         q = np.stack([head_out[layers.index(lay), h] for lay, h in img_heads])
         ids += analysis.head_image_neighbours(q, [banks[x] for x in img_heads], 8)
         ids.append(analysis.top_k(banks[text_head].dot(t_red), 8))
@@ -153,7 +158,7 @@ def bench_analyses(store_path: str, trials: int = 5) -> dict:
 def bench_topk(n_images: int, d_embed: int = 512) -> dict:
     rng = np.random.default_rng(0)
     raw = rng.normal(size=(n_images, d_embed)).astype(np.float16)  # stored head_out, fp16
-    bank = analysis.HeadBank.from_head_out(raw)
+    bank = analysis.HeadContributions.from_head_out(raw)
     q = rng.normal(size=d_embed).astype(np.float32)
     dense = raw.astype(np.float32)
     # interleaved, so both see the same load on a shared machine
@@ -203,7 +208,7 @@ def rss():
 sys.path.insert(0, sys.argv[1])
 import streamlit, torch, numpy, pandas, altair  # the dashboard's imports
 from streamlit.testing.v1 import AppTest
-import engine.analysis, engine.store, engine.registry, engine.decompose, engine.imageio
+import engine.core.analysis, engine.store, engine.model, engine.core.decompose, engine.sources.imageio
 out = {"imports": rss()}
 at = AppTest.from_file(os.path.join(sys.argv[1], "dashboard", "Home.py"), default_timeout=600)
 at.run(); assert not at.exception, at.exception

@@ -24,12 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-from engine import registry
-from engine.build import BuildParams, build_store
+from engine.model import load_model, local_weights
+from engine.pipeline.build import BuildParams, build_store
 n, model, store_path = {n}, {model!r}, {store!r}
 t0 = time.perf_counter()
 if n == 0:
-    lm = registry.load_model(model)
+    lm = load_model(model)
     d = lm.dims.__dict__
     out = {{"dims": d}}
 else:
@@ -62,9 +62,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from engine import registry
+    from engine.model import local_weights
 
-    model = args.model or ("demo" if registry.local_weights("demo") else "tiny-test")
+    model = args.model or ("demo" if local_weights("demo") else "tiny-test")
     base = child(0, model, "", args.batch_size)
     dims = base["dims"]
     record = {"model": model, "batch_size": args.batch_size, "layers": "all", "baseline": base}

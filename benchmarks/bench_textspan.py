@@ -2,7 +2,7 @@
 the literal algorithm measured in the same run.
 
 1. Target: 48 heads, each C [50,000 image, 512 d_embed] fp32 random, R [3,500 text, 512] unit
-   rows, rank 80, 10 texts per head; wall time of `engine.textspan.textspan` summed over the
+   rows, rank 80, 10 texts per head; wall time of `engine.core.textspan.textspan` summed over the
    heads (data generation not timed). Goal: under 60 s on the 2-core CPU.
 2. Ratio: `textspan_reference` (full SVD of C, explicit [image, text] scores every step, fp64)
    against `textspan` on the same smaller head (5,000 images by default), same run; both must
@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.textspan import textspan, textspan_reference  # noqa: E402
+from engine.core.textspan import textspan, textspan_reference  # noqa: E402
 
 
 def random_head(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

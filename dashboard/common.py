@@ -2,7 +2,7 @@
 
 Cached once per process (``st.cache_resource``): open stores (read-only), loaded models, one
 per-head matrix per (store version, layer, head) read from Zarr, and one decomposition per
-(store version, image hash). No math here: every analysis is in ``engine.analysis``.
+(store version, image hash). No math here: every analysis is in ``engine.core.analysis``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from engine import analysis  # noqa: E402
+from engine.core import analysis  # noqa: E402
+from engine.core.layers import head_name  # noqa: E402,F401  (pages use common.head_name)
 from engine.errors import UserError  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
@@ -38,10 +39,6 @@ OTHER_PATH = "another folder…"
 def artifacts_root() -> Path:
     """Where stores are listed: $CLIP_INTERPRET_ARTIFACTS or <repo>/artifacts."""
     return Path(os.environ.get("CLIP_INTERPRET_ARTIFACTS", ROOT / "artifacts"))
-
-
-def head_name(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
 
 
 # ------------------------------------------------------------------------------------ stores
@@ -133,7 +130,7 @@ def interpreted(store) -> bool:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _model(spec: str, random_weights: bool):
-    from engine.registry import load_model, vision_weights
+    from engine.model import load_model, vision_weights
 
     lm = load_model(spec, device="cpu", random_weights=random_weights)
     return lm, vision_weights(lm)
@@ -160,7 +157,7 @@ def model_for(store):
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _text_embedding(key: str, texts: tuple[str, ...]) -> np.ndarray:
-    from engine.registry import encode_text
+    from engine.model import encode_text
 
     lm, _ = _model_of(_open(key))
     return encode_text(lm, list(texts)).numpy()  # [text, d_embed]
@@ -186,21 +183,23 @@ def display_path() -> str:
 
 
 @st.cache_resource(show_spinner=False, max_entries=48)
-def _bank(key: str, layer: int, head: int) -> analysis.HeadBank:
+def _bank(key: str, layer: int, head: int) -> analysis.HeadContributions:
     store = _open(key)
     layers = store_layers(store)
     if layer not in layers or not 0 <= head < int(info(store)["n_heads"]):
         raise UserError(f"{head_name(layer, head)} is not in this store (layers {layers})")
     # read the fp16 column straight from Zarr (one inner chunk per shard), converted once here
-    return analysis.HeadBank.from_head_out(store.head_out_array[:, layers.index(layer), head, :])
+    return analysis.HeadContributions.from_head_out(
+        store.head_out_array[:, layers.index(layer), head, :]
+    )
 
 
-def head_bank(store, layer: int, head: int) -> analysis.HeadBank:
+def head_bank(store, layer: int, head: int) -> analysis.HeadContributions:
     """One head's stored contributions over all images, read from Zarr once per process."""
     return _bank(store_key(store_path(store)), int(layer), int(head))
 
 
-def head_banks(store, heads: list[tuple[int, int]]) -> list[analysis.HeadBank]:
+def head_banks(store, heads: list[tuple[int, int]]) -> list[analysis.HeadContributions]:
     """Several heads, with a progress bar when any must be read from disk."""
     if len(heads) <= 1:
         return [head_bank(store, l, h) for l, h in heads]
@@ -272,8 +271,8 @@ def conversion_notes(data: bytes) -> tuple[str, ...]:
 
 
 def query_from_bytes(data: bytes, label: str) -> QueryImage:
-    """Decode an upload through engine.imageio; UserError with one clear reason if unusable."""
-    from engine.imageio import load_upload
+    """Decode an upload through engine.sources.imageio; UserError with one clear reason if unusable."""
+    from engine.sources.imageio import load_upload
 
     image = load_upload(data)
     return QueryImage(image, _sha(data), label, notes=conversion_notes(data))
@@ -336,8 +335,8 @@ class ImageAnalysis:
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _analyse(key: str, sha: str, _image: Image.Image) -> ImageAnalysis:
-    from engine.decompose import decompose
-    from engine.registry import capture
+    from engine.core.decompose import decompose
+    from engine.model import capture
 
     store = _open(key)
     lm, w = _model_of(store)
@@ -374,7 +373,7 @@ def query_head_out(store, q: QueryImage, heads: list[tuple[int, int]]) -> np.nda
 def _maps(key: str, sha: str, layers: tuple[int, ...], direction: bytes, _q) -> np.ndarray:
     import torch
 
-    from engine.decompose import patch_maps
+    from engine.core.decompose import patch_maps
 
     store = _open(key)
     _, w = _model_of(store)
@@ -440,7 +439,7 @@ def reference_labels(store) -> dict[tuple[int, int], str]:
     pm = paper_model(store)
     if pm is None:
         return {}
-    from engine.banks import reference_labels as ref
+    from engine.sources.banks import reference_labels as ref
 
     df = ref(*pm)
     if df is None:
@@ -453,7 +452,7 @@ def reference_properties(store) -> dict[str, list[tuple[int, int]]]:
     pm = paper_model(store)
     if pm is None:
         return {}
-    from engine.banks import reference_property_heads
+    from engine.sources.banks import reference_property_heads
 
     df = reference_property_heads(*pm)
     if df is None:

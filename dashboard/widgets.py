@@ -1,6 +1,6 @@
 """Dashboard widgets shared by the pages: head pickers, thumbnail strips, heatmaps.
 
-Rendering only: values come from `common` (cached handles) and `engine.analysis` (math).
+Rendering only: values come from `common` (cached handles) and `engine.core.analysis` (math).
 """
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ from __future__ import annotations
 import common
 import numpy as np
 import pandas as pd
+import render
 import streamlit as st
 from PIL import Image
 
-from engine import analysis
+from engine.core import analysis
 
 
 def head_picker(
@@ -58,8 +59,6 @@ def show_thumbs(store, ranking: analysis.Ranking, caption_fmt: str = "{:.3f}") -
 
 # ------------------------------------------------------------------------ heatmap rendering
 
-HEAT_RANGE = ["#2166ac", "#f7f7f7", "#b2182b"]  # the same scale as analysis.diverging_rgb
-
 
 def show_heatmap(
     q: common.QueryImage, grid_map: np.ndarray, high: str, low: str, note: str
@@ -68,12 +67,12 @@ def show_heatmap(
     import altair as alt
 
     vmax = analysis.symmetric_scale(grid_map)
-    overlay = analysis.heat_overlay(q.crop(), grid_map, vmax)
+    overlay = render.heat_overlay(q.crop(), grid_map, vmax)
     left, right = st.columns([3, 2])
     with left:
         st.image(overlay, caption=note, width=common.DISPLAY_SIZE)
         st.image(
-            analysis.colour_bar(vmax, width=common.DISPLAY_SIZE, height=14),
+            render.colour_bar(vmax, width=common.DISPLAY_SIZE, height=14),
             width=common.DISPLAY_SIZE,
         )
         st.markdown(
@@ -101,7 +100,7 @@ def show_heatmap(
                 y=alt.Y("row:O", title="patch row"),
                 color=alt.Color(
                     "value:Q",
-                    scale=alt.Scale(domain=[-vmax, 0, vmax], range=HEAT_RANGE),
+                    scale=alt.Scale(domain=[-vmax, 0, vmax], range=render.HEAT_RANGE),
                     legend=alt.Legend(title=f"red: {high}"[:40]),
                 ),
                 tooltip=["row", "col", alt.Tooltip("value:Q", format=".4f")],

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine import world  # noqa: E402
+from engine.sources import world  # noqa: E402
 
 DEFAULT_MODEL_DIR = ROOT / "engine" / "data" / "demo_model"
 EVAL_SEED = 0  # held-out: the model trains on world seed TRAIN_SEED (train_demo_model.py)

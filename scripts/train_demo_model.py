@@ -31,7 +31,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eval_demo_model as ev  # noqa: E402
 
-from engine import world  # noqa: E402  (eval_demo_model puts the repo root on sys.path)
+from engine.sources import world  # noqa: E402  (eval_demo_model puts the repo root on sys.path)
 
 CONFIG_DIR = ev.ROOT / "engine" / "data" / "model_configs"
 MODEL_NAME = "demo-world-vit"

@@ -1,4 +1,4 @@
-"""engine.analysis: identities and known answers on synthetic arrays."""
+"""engine.core.analysis: identities and known answers on synthetic arrays."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import analysis as an
+from engine.core import analysis as an
 
 pytestmark = pytest.mark.unit
 
@@ -49,7 +49,7 @@ def test_top_k_ties_break_by_lower_index_and_exclude():
 
 def test_head_image_neighbours_finds_the_same_image_first(rng):
     stored = [rng.normal(size=(200, 16)) for _ in range(3)]  # 3 heads
-    stored_unit = [an.HeadBank.from_head_out(m) for m in stored]
+    stored_unit = [an.HeadContributions.from_head_out(m) for m in stored]
     # query = image 17's contributions, scaled (cosine is scale-free)
     query = np.stack([m[17] * 5.0 for m in stored])
     res = an.head_image_neighbours(query, stored_unit, k=8)
@@ -69,7 +69,9 @@ def test_property_concat_is_cosine_of_concatenated_normalised_vectors(rng):
     heads, n, d = 4, 50, 8
     stored = [rng.normal(size=(n, d)) for _ in range(heads)]
     query = rng.normal(size=(heads, d)) * rng.uniform(0.1, 10, size=(heads, 1))
-    got = an.property_scores(query, [an.HeadBank.from_head_out(m) for m in stored], "concat")
+    got = an.property_scores(
+        query, [an.HeadContributions.from_head_out(m) for m in stored], "concat"
+    )
     # explicit: concatenate unit-normalised per-head vectors, then cosine
     qcat = np.concatenate([an.unit_rows(q[None])[0] for q in query])
     scat = np.concatenate([an.unit_rows(m) for m in stored], axis=1)  # [image, head*d]
@@ -81,7 +83,7 @@ def test_property_sum_is_cosine_of_summed_normalised_vectors(rng):
     heads, n, d = 3, 40, 8
     stored = [rng.normal(size=(n, d)) for _ in range(heads)]
     query = rng.normal(size=(heads, d))
-    banks = [an.HeadBank.from_head_out(m) for m in stored]
+    banks = [an.HeadContributions.from_head_out(m) for m in stored]
     got = an.property_scores(query, banks, "sum")
     qsum = sum(an.unit_rows(q[None])[0] for q in query)
     ssum = sum(an.unit_rows(m) for m in stored)
@@ -151,48 +153,10 @@ def test_upsample_identity_constant_and_orientation():
     assert up[0, -1] == pytest.approx(3) and up[-1, 0] == pytest.approx(12)
 
 
-def test_diverging_scale_red_is_high_blue_is_low():
-    c = an.diverging_rgb(np.array([-1.0, 0.0, 1.0, 5.0]), vmax=1.0)
-    np.testing.assert_allclose(c[0], an.NEG_RGB)
-    np.testing.assert_allclose(c[1], an.MID_RGB)
-    np.testing.assert_allclose(c[2], an.POS_RGB)
-    np.testing.assert_allclose(c[3], an.POS_RGB)  # clipped
-    bar = an.colour_bar(2.0, width=11, height=3)
-    assert bar.shape == (3, 11, 3) and bar.dtype == np.uint8
-    assert bar[0, 0, 2] > bar[0, 0, 0]  # left end blue
-    assert bar[0, -1, 0] > bar[0, -1, 2]  # right end red
-
-
-def test_high_cells_and_overlay_marks_the_hot_cell():
-    g = np.zeros((4, 4), dtype=np.float32)
-    g[1, 2] = 3.0
-    g[3, 0] = -3.0
-    mark = an.high_cells(g)
-    assert mark.sum() == 1 and mark[1, 2]
-    assert not an.high_cells(-np.abs(g)).any()
-    # positive everywhere: only the top 10% of cells (here 2 of 16) are marked
-    ramp = np.arange(1, 17, dtype=np.float32).reshape(4, 4)
-    assert an.high_cells(ramp).sum() == 2 and an.high_cells(ramp)[3, 3]
-    img = np.full((128, 128, 3), 128, dtype=np.uint8)
-    out = an.heat_overlay(img, g)
-    assert out.shape == img.shape and out.dtype == np.uint8
-    # centre of the hot cell: red dominates; centre of the negative cell: blue dominates
-    hot = out[48, 80].astype(int)
-    cold = out[112, 16].astype(int)
-    assert hot[0] > hot[2] + 40
-    assert cold[2] > cold[0] + 40
-    # far from both, the photo is untouched
-    np.testing.assert_array_equal(out[16, 16], img[16, 16])
-    # the outline is drawn on the border of the hot cell (rows 32..64, cols 64..96)
-    assert tuple(out[32, 80]) == (0, 0, 0)
-    with pytest.raises(ValueError):
-        an.heat_overlay(np.zeros((10, 20, 3), np.uint8), g)
-
-
-def test_head_bank_dot_and_cosine_match_raw(rng):
+def test_head_contributions_dot_and_cosine_match_raw(rng):
     raw = rng.normal(size=(30, 8)).astype(np.float16)
     raw[3] = 0
-    bank = an.HeadBank.from_head_out(raw)
+    bank = an.HeadContributions.from_head_out(raw)
     assert len(bank) == 30 and bank.unit.dtype == torch.float16
     t = rng.normal(size=8).astype(np.float32)
     exact = raw.astype(np.float32) @ t

@@ -17,10 +17,12 @@ import torch
 from PIL import Image
 from test_imageio import make_bad_files
 
-import engine.build as build_mod
-from engine import registry, schema, store
-from engine.build import BuildParams, build_store
+import engine.pipeline.build as build_mod
+from engine import store
 from engine.cli import main as cli_main
+from engine.model import load_model
+from engine.pipeline.build import BuildParams, build_store
+from engine.store import schema
 
 pytestmark = pytest.mark.unit
 
@@ -59,9 +61,10 @@ def reference(tmp_path_factory):
 
 def test_build_contents_match_the_model(reference):
     """Stored rows are the model's own numbers: output = encode_image, heads within fp16."""
-    from engine import decompose, world
+    from engine.model import decompose_images
+    from engine.sources import world
 
-    lm = registry.load_model("tiny-test")
+    lm = load_model("tiny-test")
     with store.open_store(reference) as r:
         info = r.info
         assert info["layers"] == list(range(lm.dims.n_layers))  # default 4 > 3 layers: all
@@ -73,7 +76,7 @@ def test_build_contents_match_the_model(reference):
         with torch.no_grad():
             enc = lm.model.encode_image(pixels).numpy()
         np.testing.assert_allclose(r.output()[idx], enc, rtol=1e-4, atol=1e-5)
-        dec = decompose.decompose_images(lm, pixels, info["layers"])
+        dec = decompose_images(lm, pixels, info["layers"])
         np.testing.assert_allclose(
             r.head_out_array[idx].astype(np.float32), dec.head_out.numpy(), rtol=2e-3, atol=2e-3
         )
@@ -264,7 +267,7 @@ def test_kill_after_finish_before_publish_publishes_without_recompute(
 
 
 def test_demo_store_builds_once_then_interprets(tmp_path, monkeypatch, capsys):
-    import engine.interpret
+    import engine.pipeline.interpret
 
     calls = []
 
@@ -273,7 +276,7 @@ def test_demo_store_builds_once_then_interprets(tmp_path, monkeypatch, capsys):
         with store.mutate_store(store_path) as con:
             con.execute("INSERT INTO head_labels (layer, head, label) VALUES (0, 0, 'x')")
 
-    monkeypatch.setattr(engine.interpret, "run_interpretation", fake_interpretation)
+    monkeypatch.setattr(engine.pipeline.interpret, "run_interpretation", fake_interpretation)
     link = tmp_path / "demo"
     argv = ["demo-store", "--store", str(link), "--images", "40", "--model", "tiny-test"]
     argv += ["--no-progress"]

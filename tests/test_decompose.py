@@ -3,22 +3,16 @@
 import pytest
 import torch
 
-from engine import registry
-from engine.decompose import (
-    decompose,
-    decompose_images,
-    head_projection,
-    last_layers,
-    ln_projection,
-    patch_maps,
-)
+from engine.core.decompose import decompose, head_projection, ln_projection, patch_maps
+from engine.core.layers import parse_layers
+from engine.model import capture, decompose_images, load_model, vision_weights
 
 TOL = 1e-4  # max |remainder| / max ||output||
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return registry.load_model("tiny-test")
+    return load_model("tiny-test")
 
 
 def _pixels(lm, n=3, seed=0):
@@ -42,8 +36,8 @@ def test_components_sum_to_encode_image_tiny(tiny):
 def test_head_terms_match_module_attention(tiny):
     """Our per-head math (from in_proj_weight/out_proj) reproduces the attention module's output."""
     x = _pixels(tiny)
-    cap = registry.capture(tiny, x, [0, 1, 2])
-    w = registry.vision_weights(tiny)
+    cap = capture(tiny, x, [0, 1, 2])
+    w = vision_weights(tiny)
     d = decompose(w, cap, [0, 1, 2])
     P = ln_projection(w)
     for l in range(3):
@@ -74,8 +68,8 @@ def test_batch_independence(tiny):
 @pytest.mark.unit
 def test_patch_maps_sum_to_head_contribution(tiny):
     x = _pixels(tiny)
-    cap = registry.capture(tiny, x, [1, 2])
-    w = registry.vision_weights(tiny)
+    cap = capture(tiny, x, [1, 2])
+    w = vision_weights(tiny)
     d = decompose(w, cap, [1, 2])
     u = torch.randn(tiny.dims.d_embed)
     maps, cls = patch_maps(w, cap, 1, [1, 2], [0, 3], u, return_cls=True)
@@ -92,37 +86,27 @@ def test_patch_map_localises_a_planted_patch(tiny):
     flat = torch.zeros(1, 3, s, s)
     spot = flat.clone()
     spot[:, :, p : 2 * p, 2 * p : 3 * p] = 3.0  # grid cell (row 1, col 2)
-    w = registry.vision_weights(tiny)
+    w = vision_weights(tiny)
     u = torch.randn(tiny.dims.d_embed)
     # layer 0: its values are per-token functions of the token, so only that cell's value moves
-    m0 = patch_maps(w, registry.capture(tiny, flat, [0]), 0, [0], None, u)
-    m1 = patch_maps(w, registry.capture(tiny, spot, [0]), 0, [0], None, u)
+    m0 = patch_maps(w, capture(tiny, flat, [0]), 0, [0], None, u)
+    m1 = patch_maps(w, capture(tiny, spot, [0]), 0, [0], None, u)
     value_change = (m1 - m0).abs().sum(dim=(0, 1))  # [grid, grid]
     assert divmod(int(value_change.argmax()), tiny.dims.grid) == (1, 2)
 
 
 @pytest.mark.unit
 def test_head_projection_shape(tiny):
-    w = registry.vision_weights(tiny)
+    w = vision_weights(tiny)
     W = head_projection(w, 0, ln_projection(w))
     assert W.shape == (tiny.dims.n_heads, tiny.dims.d_head, tiny.dims.d_embed)
 
 
 @pytest.mark.unit
-def test_last_layers():
-    assert last_layers(12, 4) == [8, 9, 10, 11]
-    assert last_layers(3, "all") == [0, 1, 2]
-    with pytest.raises(ValueError):
-        last_layers(3, 5)
-    with pytest.raises(ValueError):
-        last_layers(3, 0)
-
-
-@pytest.mark.unit
 def test_uncaptured_layer_is_an_error(tiny):
-    cap = registry.capture(tiny, _pixels(tiny), [2])
+    cap = capture(tiny, _pixels(tiny), [2])
     with pytest.raises(ValueError, match="not captured"):
-        decompose(registry.vision_weights(tiny), cap, [1, 2])
+        decompose(vision_weights(tiny), cap, [1, 2])
 
 
 @pytest.mark.exact
@@ -130,10 +114,10 @@ def test_uncaptured_layer_is_an_error(tiny):
 @pytest.mark.parametrize("arch", ["ViT-B-32", "ViT-B-16", "ViT-L-14"])
 def test_real_architectures_sum_exactly(arch):
     """The three paper architectures at random init (fp32, CPU), several images, all layers."""
-    lm = registry.load_model(f"{arch}/openai", random_weights=True)
+    lm = load_model(f"{arch}/openai", random_weights=True)
     assert lm.quick_gelu  # OpenAI weights were trained with QuickGELU
     x = _pixels(lm, n=3)
-    d = decompose_images(lm, x, layers=last_layers(lm.dims.n_layers, "all"))
+    d = decompose_images(lm, x, layers=parse_layers("all", lm.dims.n_layers))
     assert d.head_out.shape == (3, lm.dims.n_layers, lm.dims.n_heads, lm.dims.d_embed)
     assert d.relative_error() < TOL
     # the model's own forward, not our capture, is the reference
@@ -144,7 +128,7 @@ def test_real_architectures_sum_exactly(arch):
 
 @pytest.mark.demo
 def test_demo_model_sums_exactly():
-    lm = registry.load_model("demo")
+    lm = load_model("demo")
     x = _pixels(lm, n=4)
-    d = decompose_images(lm, x, layers=last_layers(lm.dims.n_layers, "all"))
+    d = decompose_images(lm, x, layers=parse_layers("all", lm.dims.n_layers))
     assert d.relative_error() < TOL

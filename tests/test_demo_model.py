@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import world
+from engine.sources import world
 
 pytestmark = pytest.mark.demo
 
@@ -182,11 +182,11 @@ def test_head_specialisation_matches_model_card(ev, demo, card):
 
 
 def test_demo_loads_through_the_registry():
-    from engine import registry
+    from engine.model import encode_text, load_model
 
-    lm = registry.load_model("demo")
+    lm = load_model("demo")
     assert lm.dims.image_size == world.IMAGE_SIZE
     assert lm.dims.n_layers == 8 and lm.dims.d_embed == 64
-    emb = registry.encode_text(lm, ["a red circle", "a photo of a dog"])
+    emb = encode_text(lm, ["a red circle", "a photo of a dog"])
     assert emb.shape == (2, 64)
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import imageio
 from engine.errors import UserError
+from engine.sources import imageio
 
 pytestmark = pytest.mark.unit
 

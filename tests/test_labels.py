@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.banks import Bank, load_bank, reference_labels, reference_models
+from engine.core.labels import MIXED, SYNONYMS, map_answer, normalize_label, offline_label
 from engine.errors import UserError
-from engine.labels import MIXED, SYNONYMS, map_answer, normalize_label, offline_label
+from engine.sources.banks import Bank, load_bank, reference_labels, reference_models
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,9 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from engine.banks import load_llm_examples
 from engine.errors import UserError
-from engine.llm import LLMLabeller, build_messages, prompt_hash
+from engine.pipeline.llm import LLMLabeller, build_messages, prompt_hash
+from engine.sources.banks import load_llm_examples
 
 pytestmark = pytest.mark.unit
 KEY = "sk-test-SECRET-0123456789abcdef"

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine import registry
 from engine.errors import UnsupportedModel, UserError, WeightsMissing
+from engine.model import loading, specs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,13 +27,13 @@ def _cli(*args, env_extra=None):
 
 @pytest.mark.unit
 def test_parse_specs():
-    assert registry.parse_spec("demo").kind == "demo"
-    assert registry.parse_spec("tiny-test").kind == "tiny"
-    s = registry.parse_spec("ViT-B-32/openai")
+    assert specs.parse_spec("demo").kind == "demo"
+    assert specs.parse_spec("tiny-test").kind == "tiny"
+    s = specs.parse_spec("ViT-B-32/openai")
     assert (s.kind, s.arch, s.tag) == ("tag", "ViT-B-32", "openai")
-    assert registry.parse_spec("ViT-L-14/laion2b_s32b_b82k").tag == "laion2b_s32b_b82k"
-    assert registry.parse_spec("hf-hub:org/repo").kind == "hf-hub"
-    assert registry.parse_spec("ViT-B-16").kind == "arch"
+    assert specs.parse_spec("ViT-L-14/laion2b_s32b_b82k").tag == "laion2b_s32b_b82k"
+    assert specs.parse_spec("hf-hub:org/repo").kind == "hf-hub"
+    assert specs.parse_spec("ViT-B-16").kind == "arch"
 
 
 @pytest.mark.unit
@@ -50,13 +50,13 @@ def test_parse_specs():
 )
 def test_bad_specs_name_the_problem(spec, match):
     with pytest.raises(UserError, match=match):
-        registry.parse_spec(spec)
+        specs.parse_spec(spec)
 
 
 @pytest.mark.unit
 def test_paper_models_are_named_entries():
-    specs = {m.spec for m in registry.MODELS if m.paper}
-    assert specs == {
+    paper = {m.spec for m in specs.MODELS if m.paper}
+    assert paper == {
         "ViT-B-32/openai",
         "ViT-B-32/datacomp_m_s128m_b4k",
         "ViT-B-16/openai",
@@ -64,28 +64,28 @@ def test_paper_models_are_named_entries():
         "ViT-L-14/openai",
         "ViT-L-14/laion2b_s32b_b82k",
     }
-    rows = {r["spec"]: r for r in registry.list_models()}
+    rows = {r["spec"]: r for r in specs.list_models()}
     assert rows["tiny-test"]["available"]
 
 
 @pytest.mark.unit
 def test_missing_weights_offline_is_a_clear_error():
     with pytest.raises(WeightsMissing, match="--model ViT-B-32:/path/to"):
-        registry.load_model("ViT-B-32/openai")
+        loading.load_model("ViT-B-32/openai")
 
 
 @pytest.mark.unit
 def test_arch_without_weights_needs_random_flag():
     with pytest.raises(UserError, match="random-weights"):
-        registry.load_model("ViT-B-32")
+        loading.load_model("ViT-B-32")
 
 
 @pytest.mark.unit
 def test_openai_tags_load_with_quickgelu_others_without():
-    lm = registry.load_model("ViT-B-32/openai", random_weights=True)
+    lm = loading.load_model("ViT-B-32/openai", random_weights=True)
     act = lm.model.visual.transformer.resblocks[0].mlp.gelu
     assert lm.quick_gelu and type(act).__name__ == "QuickGELU"
-    lm2 = registry.load_model("ViT-B-32/datacomp_m_s128m_b4k", random_weights=True)
+    lm2 = loading.load_model("ViT-B-32/datacomp_m_s128m_b4k", random_weights=True)
     assert not lm2.quick_gelu
     assert type(lm2.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "GELU"
 
@@ -93,28 +93,28 @@ def test_openai_tags_load_with_quickgelu_others_without():
 @pytest.mark.unit
 def test_checkpoint_file_and_local_dir_round_trip(tmp_path):
     """Weights saved to disk load back through `ARCH:/file` and `local-dir:` identically."""
-    ref = registry.load_model("tiny-test", seed=7)
+    ref = loading.load_model("tiny-test", seed=7)
     sd = {k: v.contiguous() for k, v in ref.model.state_dict().items()}
     f = tmp_path / "tiny.safetensors"
     save_file(sd, str(f))
-    by_file = registry.load_model(f"{registry.TINY_ARCH}:{f}")
+    by_file = loading.load_model(f"{specs.TINY_ARCH}:{f}")
     d = tmp_path / "dir"
     d.mkdir()
     save_file(sd, str(d / "open_clip_model.safetensors"))
-    cfg = open_clip.get_model_config(registry.TINY_ARCH)
+    cfg = open_clip.get_model_config(specs.TINY_ARCH)
     (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
-    by_dir = registry.load_model(f"local-dir:{d}")
+    by_dir = loading.load_model(f"local-dir:{d}")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         want = ref.model.encode_image(x)
         assert torch.allclose(by_file.model.encode_image(x), want, atol=1e-6)
         assert torch.allclose(by_dir.model.encode_image(x), want, atol=1e-6)
     assert by_file.weights_hash.startswith("sha256:")
-    assert by_file.weights_hash != registry.load_model("tiny-test").weights_hash
+    assert by_file.weights_hash != loading.load_model("tiny-test").weights_hash
 
 
 def _tiny_cfg(**vision):
-    cfg = json.loads(json.dumps(open_clip.get_model_config(registry.TINY_ARCH)))
+    cfg = json.loads(json.dumps(open_clip.get_model_config(specs.TINY_ARCH)))
     cfg["vision_cfg"].update(vision)
     return cfg
 
@@ -132,13 +132,13 @@ def test_unsupported_vits_are_refused(vision, match):
     cfg = _tiny_cfg(**vision)
     model = open_clip.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"])
     with pytest.raises(UnsupportedModel, match=match):
-        registry.check_supported(model, "x")
+        loading.check_supported(model, "x")
 
 
 @pytest.mark.unit
 def test_non_vit_is_refused():
     with pytest.raises(UnsupportedModel, match="non-ViT"):
-        registry.load_model("RN50", random_weights=True)
+        loading.load_model("RN50", random_weights=True)
 
 
 @pytest.mark.unit
@@ -186,13 +186,13 @@ def test_weights_in_the_hub_cache_count_as_local(tmp_path, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     spec = "ViT-B-32/datacomp_m_s128m_b4k"  # open_clip: hf_hub 'laion/CLIP-ViT-B-32-DataComp.M-s128M-b4K/'
-    assert registry.local_weights(spec) is None
+    assert specs.local_weights(spec) is None
     repo = tmp_path / "models--laion--CLIP-ViT-B-32-DataComp.M-s128M-b4K"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("abc123")
     snap = repo / "snapshots" / "abc123"
     snap.mkdir(parents=True)
     (snap / "open_clip_model.safetensors").write_bytes(b"x")
-    assert registry.local_weights(spec) == str(snap / "open_clip_model.safetensors")
-    row = next(r for r in registry.list_models() if r["spec"] == spec)
+    assert specs.local_weights(spec) == str(snap / "open_clip_model.safetensors")
+    row = next(r for r in specs.list_models() if r["spec"] == spec)
     assert row["available"]

@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from engine.banks import reference_labels
-from engine.groundtruth import dominant_factor, eta2, head_eta2, label_matches
-from engine.labels import NORMALIZATIONS
-from engine.scores import (
+from engine.core.groundtruth import dominant_factor, eta2, head_eta2, label_matches
+from engine.core.labels import NORMALIZATIONS
+from engine.core.scores import (
     association,
     entanglement_shared,
     entanglement_unique,
     score_rows,
 )
+from engine.sources.banks import reference_labels
 
 pytestmark = pytest.mark.unit
 
@@ -119,7 +119,7 @@ def test_head_eta2_and_dominant_factor():
 def test_docs_table_is_computed_from_shipped_labels():
     from pathlib import Path
 
-    from engine.interpret import reference_markdown_table
+    from engine.pipeline.interpret import reference_markdown_table
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "interpretation.md").read_text()
     table = reference_markdown_table()
@@ -131,7 +131,7 @@ def test_docs_table_is_computed_from_shipped_labels():
 
 
 def test_scores_command_published_rows():
-    from engine.commands.scores import _reference
+    from engine.cli.scores import _reference
 
     rows = {(r["metric"], r["scope"], r["layer_from"]): r for r in _reference("ViT-B-32/openai")}
     assert rows[("entanglement_unique", "range", 8)]["count"] == 21

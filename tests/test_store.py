@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine import schema, store
+from engine import store
 from engine.errors import UserError
+from engine.store import schema
 
 pytestmark = pytest.mark.unit
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from engine.textspan import textspan, textspan_reference
+from engine.core.textspan import textspan, textspan_reference
 
 pytestmark = pytest.mark.unit
 

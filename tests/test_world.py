@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from engine import world
+from engine.sources import world
 
 pytestmark = pytest.mark.unit
 

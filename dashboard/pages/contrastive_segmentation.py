@@ -6,7 +6,7 @@ import common
 import streamlit as st
 import widgets
 
-from engine import analysis
+from engine.core import analysis
 
 st.title("Contrastive segmentation")
 store = common.current_store()

@@ -7,7 +7,7 @@ import common
 import streamlit as st
 import widgets
 
-from engine import analysis
+from engine.core import analysis
 
 st.title("Head image neighbours")
 store = common.current_store()

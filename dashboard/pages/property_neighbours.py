@@ -6,8 +6,8 @@ import common
 import streamlit as st
 import widgets
 
-from engine import analysis
-from engine.labels import MIXED, NON_LABELS
+from engine.core import analysis
+from engine.core.labels import MIXED, NON_LABELS
 
 st.title("Property neighbours")
 store = common.current_store()

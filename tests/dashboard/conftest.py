@@ -31,7 +31,7 @@ def _engine(*args: str) -> subprocess.CompletedProcess:
 
 
 def _model() -> str:
-    from engine.registry import DEMO_DIR
+    from engine.model import DEMO_DIR
 
     return "demo" if (DEMO_DIR / "open_clip_config.json").is_file() else "tiny-test"
 
@@ -83,7 +83,7 @@ def tree_digest(folder: Path) -> dict[str, str]:
 def paper_shaped_store(link: Path, n_images: int = 64) -> Path:
     """A store claiming the paper's ViT-B-32/openai (whose weights are not on this machine):
     last 4 layers x 12 heads x 512, random contributions, written through engine.store."""
-    from engine.random_store import write_random_store
+    from engine.store.random_store import write_random_store
 
     return write_random_store(
         link,

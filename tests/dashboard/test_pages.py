@@ -272,7 +272,7 @@ def test_head_text_neighbours(monkeypatch, store_env):
     s = _scores(at)
     assert len(s) == 8 and s == sorted(s, reverse=True)
     # the same scores from the store directly: head_out · text
-    from engine.registry import encode_text, load_model
+    from engine.model import encode_text, load_model
     from engine.store import open_store
 
     l, h = at.selectbox(key="htn_head").value
@@ -397,17 +397,17 @@ def test_paper_model_store_without_weights(monkeypatch, tmp_path):
 
 def test_one_decomposition_per_image_shared_by_every_page(monkeypatch, store_env):
     """The uploaded image is decomposed once; every analysis page reuses it."""
-    import engine.decompose
+    import engine.core.decompose
 
     root, _, _ = store_env
     calls = []
-    real = engine.decompose.decompose
+    real = engine.core.decompose.decompose
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine.decompose, "decompose", counting)
+    monkeypatch.setattr(engine.core.decompose, "decompose", counting)
     rgb = np.random.default_rng(42).integers(0, 255, (64, 64, 3), dtype=np.uint8)  # a new image
     at = _app(monkeypatch, root)
     _upload(at, "fresh.png", _png(rgb))

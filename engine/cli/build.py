@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine import schema
+from engine.core.layers import GRAMMAR
+from engine.store import schema
 
 NAME = "build"
 HELP = "decompose every image of a folder (or synthetic:N) into a store; rerun to resume"
@@ -22,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--layers",
         default=str(schema.DEFAULT_LAST_LAYERS),
-        help="K = last K layers (default %(default)s), all, or a comma list of layer indices",
+        help="layers whose heads are stored: " + GRAMMAR + " (default %(default)s)",
     )
     p.add_argument("--random-weights", action="store_true", help="random init, no checkpoint")
     p.add_argument("--workers", type=int, default=2, help="image decoding threads")
@@ -34,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.build import BuildParams, build_store
+    from engine.pipeline.build import BuildParams, build_store
 
     params = BuildParams(
         model=args.model,

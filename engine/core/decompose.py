@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.registry import VisionCapture, ViTWeights
+from engine.core.layers import head_name
+from engine.core.types import VisionCapture, ViTWeights
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Decomposition:
     def components(self) -> tuple[list[str], Tensor]:
         """All terms with labels: (labels, [image, component, d_embed]); they sum to `output`."""
         n_image, n_layer, n_head, d_embed = self.head_out.shape
-        labels = [f"L{l}H{h}" for l in self.layers for h in range(n_head)]
+        labels = [head_name(l, h) for l in self.layers for h in range(n_head)]
         parts = [self.head_out.reshape(n_image, n_layer * n_head, d_embed)]  # (layer, head) -> comp
         labels += [f"L{l}.attn_bias" for l in range(self.mlp.shape[1])]
         parts.append(self.attn_bias)
@@ -168,24 +169,6 @@ def decompose(
         resid_std=std,
         output=cap.output.to(dtype),
     )
-
-
-def decompose_images(lm, pixels: Tensor, layers: Sequence[int], weights=None) -> Decomposition:
-    """capture + decompose for pixels [image, 3, H, W]: the one call the build loop makes."""
-    from engine.registry import capture, vision_weights
-
-    w = weights if weights is not None else vision_weights(lm)
-    return decompose(w, capture(lm, pixels, layers), layers)
-
-
-def last_layers(n_layers: int, k: int | str) -> list[int]:
-    """The last k layer indices (`k='all'` -> every layer)."""
-    if k == "all":
-        return list(range(n_layers))
-    k = int(k)
-    if not 1 <= k <= n_layers:
-        raise ValueError(f"layers must be between 1 and {n_layers} (or 'all'), got {k}")
-    return list(range(n_layers - k, n_layers))
 
 
 @torch.no_grad()

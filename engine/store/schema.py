@@ -1,7 +1,7 @@
 """THE store schema, declared once: every Zarr array and every DuckDB table.
 
 A store version is a folder holding `store.duckdb` (tables below) and `contrib.zarr/` (a Zarr v3
-group with the arrays below). The writer (`engine.store`, `engine.build`), the dashboard and the
+group with the arrays below). The writer (`engine.store`, `engine.pipeline.build`), the dashboard and the
 tests all import these declarations; nothing else spells a table or an array layout.
 
 Array layout: every array's first dimension is `image` (the store's image index, equal to

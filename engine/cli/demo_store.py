@@ -20,8 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.build import BuildParams, build_store
     from engine.errors import UserError
+    from engine.pipeline.build import BuildParams, build_store
     from engine.store import open_store
 
     if args.images < 1:
@@ -45,10 +45,12 @@ def run(args: argparse.Namespace) -> int:
     if interpreted and not args.force:
         print(f"{args.store} is interpreted")
         return 0
-    if importlib.util.find_spec("engine.interpret") is None:
-        print("note: engine.interpret is not available yet; the store is built but not interpreted")
+    if importlib.util.find_spec("engine.pipeline.interpret") is None:
+        print(
+            "note: engine.pipeline.interpret is not available yet; the store is built but not interpreted"
+        )
         return 0
-    from engine.interpret import run_interpretation
+    from engine.pipeline.interpret import run_interpretation
 
     run_interpretation(args.store, labeller="offline", bank="world")
     print(f"interpreted {args.store}")

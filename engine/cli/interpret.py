@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine.core.layers import GRAMMAR
 from engine.errors import UserError
 
 NAME = "interpret"
@@ -20,7 +21,11 @@ def add_arguments(p):
     )  # fmt: skip
     p.add_argument("--texts-per-head", type=int, default=10, help="TextSpan steps per head")
     p.add_argument("--rank", type=int, default=80, help="TextSpan rank r (capped at d_embed)")
-    p.add_argument("--layers", default=None, help="all (default), lastK, 8,9,10,11 or 8-11")
+    p.add_argument(
+        "--layers",
+        default=None,
+        help="stored layers to interpret: " + GRAMMAR + " (default: every stored layer)",
+    )
     p.add_argument("--llm-model", default=None, help="chat model for --labeller llm")
     p.add_argument("--llm-timeout", type=float, default=30.0, help="seconds per LLM request")
     p.add_argument("--llm-retries", type=int, default=3, help="retries on 429/5xx/timeouts")
@@ -34,7 +39,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from engine.interpret import run_interpretation
+    from engine.pipeline.interpret import run_interpretation
 
     if not Path(args.store).exists():
         raise UserError(f"store not found: {args.store}")

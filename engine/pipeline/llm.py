@@ -2,7 +2,7 @@
 
 The prompt shows five hand-labelled example heads (engine/data/banks/llm_examples.json), then the
 head's TextSpan texts, and asks for one label from the bank's vocabulary. Free answers are mapped
-onto the vocabulary through synonyms (`engine.labels.map_answer`), else kept as new labels.
+onto the vocabulary through synonyms (`engine.core.labels.map_answer`), else kept as new labels.
 
 Responses are cached by the caller (the store's `llm_cache` table): `LLMLabeller` takes the
 cached responses as a dict and collects the new ones in `new_entries`. The API key is read from
@@ -18,8 +18,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from engine.core.labels import map_answer
 from engine.errors import UserError
-from engine.labels import map_answer
 
 DEFAULT_MODEL = "gpt-4o-mini"
 SYSTEM = (

@@ -2,7 +2,7 @@
 
 A bank is a list of short descriptions, each tagged with one property category. Built in:
 `general` (engine/data/banks/general.csv, made by scripts/make_general_bank.py) and `world` (the
-demo world's caption grammar, from `engine.world.description_bank()`). A user bank is a plain text
+demo world's caption grammar, from `engine.sources.world.description_bank()`). A user bank is a plain text
 file (one description per line, category "unknown") or a CSV with a `text` column and an optional
 `category` column.
 """
@@ -20,7 +20,7 @@ import pandas as pd
 
 from engine.errors import UserError
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 BANKS = DATA / "banks"
 REFERENCE = DATA / "reference"
 NON_LABELS = ("unknown", "distractor")  # categories that never become a head's label
@@ -60,7 +60,7 @@ def _read_csv(text: str, name: str) -> Bank:
 
 def _world_bank() -> Bank:
     try:
-        from engine.world import description_bank
+        from engine.sources.world import description_bank
     except ImportError as e:  # pragma: no cover - the world module ships with the package
         raise UserError(f"the demo world's bank is not available: {e}") from e
     return _from_rows([(t, c) for t, c in description_bank()], "world")

@@ -16,11 +16,11 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from engine import registry
+    from engine.model import list_models, list_open_clip_vits
 
-    rows = registry.list_models()
+    rows = list_models()
     if args.all:
-        rows += registry.list_open_clip_vits()
+        rows += list_open_clip_vits()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

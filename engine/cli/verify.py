@@ -6,6 +6,7 @@ import json
 
 import torch
 
+from engine.core.layers import GRAMMAR
 from engine.errors import UserError
 
 NAME = "verify"
@@ -17,7 +18,11 @@ def add_arguments(p):
     p.add_argument("--random-weights", action="store_true", help="random init, no checkpoint")
     p.add_argument("--images", help="folder of images (default: random pixels)")
     p.add_argument("-n", "--n-images", type=int, default=4, help="images to check (default 4)")
-    p.add_argument("--layers", default="all", help="per-head layers: K last layers or 'all'")
+    p.add_argument(
+        "--layers",
+        default="all",
+        help="layers whose heads are decomposed: " + GRAMMAR + " (default all)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--tolerance", type=float, default=1e-4)
     p.add_argument("--json", action="store_true")
@@ -30,7 +35,7 @@ def _pixels(lm, folder: str | None, n: int) -> tuple[torch.Tensor, str]:
         return torch.randn(n, 3, s, s, generator=g), f"{n} random-pixel images"
     from pathlib import Path
 
-    from engine.imageio import ImageRejected, decode_file, discover
+    from engine.sources.imageio import ImageRejected, decode_file, discover
 
     if not Path(folder).is_dir():
         raise UserError(f"image folder not found: {folder}")
@@ -48,18 +53,13 @@ def _pixels(lm, folder: str | None, n: int) -> tuple[torch.Tensor, str]:
 
 
 def run(args) -> int:
-    from engine import registry
-    from engine.decompose import decompose_images, last_layers
+    from engine.core.layers import parse_layers
+    from engine.model import decompose_images, load_model
 
     if args.n_images < 1:
         raise UserError("--n-images must be at least 1")
-    lm = registry.load_model(args.model, device=args.device, random_weights=args.random_weights)
-    try:
-        layers = last_layers(
-            lm.dims.n_layers, args.layers if args.layers == "all" else int(args.layers)
-        )
-    except ValueError as e:
-        raise UserError(f"bad --layers: {e}") from None
+    lm = load_model(args.model, device=args.device, random_weights=args.random_weights)
+    layers = parse_layers(args.layers, lm.dims.n_layers)
     pixels, source = _pixels(lm, args.images, args.n_images)
     d = decompose_images(lm, pixels, layers)
     rem = d.remainder()

@@ -20,8 +20,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from engine import banks, groundtruth, labels, scores, textspan
+from engine.core import groundtruth, labels, scores, textspan
+from engine.core.layers import parse_layers
 from engine.errors import UserError
+from engine.sources import banks
 
 LABELLERS = ("offline", "llm")
 
@@ -44,32 +46,6 @@ class InterpretResult:
         return self.matched_heads / self.clear_heads if self.clear_heads else float("nan")
 
 
-def parse_layers(arg: str | None, stored: list[int]) -> list[int]:
-    """`None`/`all` (every stored layer), `8,9,10,11`, `8-11`, or `last4` -> stored layers."""
-    if arg is None or str(arg).strip() in ("", "all"):
-        return list(stored)
-    s = str(arg).strip()
-    try:
-        if s.startswith("last"):
-            k = int(s[4:])
-            if k < 1:
-                raise ValueError
-            return list(stored[-k:])
-        out: list[int] = []
-        for part in s.split(","):
-            if "-" in part.strip()[1:]:
-                lo, hi = part.split("-", 1)
-                out.extend(range(int(lo), int(hi) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise UserError(f"bad --layers {arg!r}: use all, lastK, 8,9,10,11 or 8-11") from None
-    missing = sorted(set(out) - set(stored))
-    if missing:
-        raise UserError(f"layers {missing} are not stored (stored layers: {stored})")
-    return sorted(set(out))
-
-
 def _seed(weights_hash: str) -> int:
     if str(weights_hash).startswith("random:seed"):
         try:
@@ -81,10 +57,10 @@ def _seed(weights_hash: str) -> int:
 
 def text_embeddings(info: dict, texts: list[str], progress: bool = False) -> np.ndarray:
     """The bank embedded by the store's own model: [text, d_embed] fp32, unit rows."""
-    from engine import registry
+    from engine.model import encode_text, load_model
 
     random_weights = bool(info.get("random_weights", False))
-    lm = registry.load_model(
+    lm = load_model(
         info["model_spec"], random_weights=random_weights, seed=_seed(info.get("weights_hash", ""))
     )
     stored_hash = info.get("weights_hash")
@@ -95,7 +71,7 @@ def text_embeddings(info: dict, texts: list[str], progress: bool = False) -> np.
         )
     batch = 256
     parts = [
-        registry.encode_text(lm, texts[i : i + batch]).numpy()  # [text, d_embed]
+        encode_text(lm, texts[i : i + batch]).numpy()  # [text, d_embed]
         for i in tqdm(
             range(0, len(texts), batch), desc="encode bank", unit="batch", disable=not progress
         )
@@ -153,7 +129,7 @@ def run_interpretation(
     timings: dict[str, float] = {}
     with open_store(store_path) as r:
         info = dict(r.info)
-        chosen = parse_layers(layers, list(r.layers))
+        chosen = parse_layers(layers, int(info["n_layers"]), available=r.layers)
         n_heads = int(info["n_heads"])
         factors = r.factors()
         bank_spec = bank or ("world" if factors is not None else "general")
@@ -198,7 +174,7 @@ def run_interpretation(
             head_labels[key] = labels.offline_label(top_cats[key], res.variance_removed)
             votes[key] = _votes(top_cats[key], res.variance_removed)
     else:
-        from engine.llm import DEFAULT_MODEL, LLMLabeller
+        from engine.pipeline.llm import DEFAULT_MODEL, LLMLabeller
 
         model = llm_model or DEFAULT_MODEL
         labeller_name = f"llm:{model}"
@@ -316,7 +292,7 @@ def _insert_cache(con, entries: list[tuple[str, str, str]]) -> None:
 
 
 def _insert_run(con, run_id, info, params, timings, started) -> None:
-    from engine.build import code_version
+    from engine.pipeline.provenance import code_version
 
     con.execute(
         "INSERT INTO runs (run_id, kind, model_spec, weights_hash, code_version, image_set_hash, "

@@ -39,8 +39,8 @@ def _parse_range(text: str) -> tuple[int, int]:
 
 def _ranges(r, ranges: list[tuple[int, int]], normalize: str = "case+plurals") -> list[dict]:
     """Scores of the stored labels over extra layer ranges (computed now, not stored)."""
-    from engine import scores
-    from engine.labels import NORMALIZATIONS
+    from engine.core import scores
+    from engine.core.labels import NORMALIZATIONS
 
     labels = r.query("SELECT layer, head, label, labeller FROM head_labels ORDER BY layer, head")
     ts = r.query('SELECT layer, head, "rank", category FROM textspan ORDER BY layer, head, "rank"')
@@ -62,8 +62,9 @@ def _ranges(r, ranges: list[tuple[int, int]], normalize: str = "case+plurals") -
 
 def _reference(model_spec: str, normalize: str = "case+plurals") -> list[dict]:
     """Scores of the paper's published labels when the store's model is one of its six."""
-    from engine import banks, scores
-    from engine.labels import NORMALIZATIONS
+    from engine.core import scores
+    from engine.core.labels import NORMALIZATIONS
+    from engine.sources import banks
 
     if "/" not in (model_spec or ""):
         return []

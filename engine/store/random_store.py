@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine import schema, store
+from engine import store
+from engine.store import schema
 
 VIT_B_32 = {
     "n_layers": 12,

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from engine.labels import MIXED, normalize_label
+from engine.core.labels import MIXED, normalize_label
 
 METRICS = ("association", "entanglement_shared", "entanglement_unique")
 

@@ -1,4 +1,4 @@
-"""`python -m engine` / `clip-interpret`: one subcommand per module in engine/commands/.
+"""`python -m engine` / `clip-interpret`: one subcommand per module of this package.
 
 Each command module exposes `NAME`, `HELP`, `add_arguments(parser)` and `run(args) -> int`.
 """
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        mod = importlib.import_module(f"engine.commands.{name}")
+        mod = importlib.import_module(f"engine.cli.{name}")
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
-import subprocess
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,11 +23,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
-import engine
-from engine import decompose, imageio, registry, schema, store
+from engine import store
+from engine.core import decompose
+from engine.core.layers import parse_layers
 from engine.errors import UserError
+from engine.model import capture, load_model, vision_weights
+from engine.pipeline import provenance
+from engine.sources import collection
+from engine.store import schema
 
 
 @dataclass
@@ -41,7 +41,7 @@ class BuildParams:
     store: str  # artifacts/NAME (the link)
     batch_size: int = 32
     device: str = "cpu"
-    layers: str = str(schema.DEFAULT_LAST_LAYERS)  # K (last K layers), `all`, or `8,9,10,11`
+    layers: str = str(schema.DEFAULT_LAST_LAYERS)  # the layer grammar of engine.core.layers
     random_weights: bool = False
     workers: int = 2
     image_chunk: int | None = None  # images per Zarr chunk; None = schema.image_chunk_for(...)
@@ -63,207 +63,6 @@ class BuildResult:
 # ---------------------------------------------------------------- inputs
 
 
-def parse_layers(arg: str | int, n_layers: int) -> list[int]:
-    """`K` -> last K layers, `all`, or an explicit comma list of absolute indices."""
-    s = str(arg).strip().lower()
-    try:
-        if s == "all":
-            return list(range(n_layers))
-        if "," in s:
-            layers = sorted({int(x) for x in s.split(",") if x.strip()})
-            if not layers or layers[0] < 0 or layers[-1] >= n_layers:
-                raise ValueError
-            return layers
-        k = int(s)
-    except ValueError:
-        raise UserError(
-            f"bad --layers {arg!r}: use K (last K layers, 1..{n_layers}), 'all', "
-            f"or a comma list of layer indices in 0..{n_layers - 1}"
-        ) from None
-    if not 1 <= k <= n_layers:
-        raise UserError(
-            f"bad --layers {arg!r}: the model has {n_layers} layers (use 1..{n_layers})"
-        )
-    return list(range(n_layers - k, n_layers))
-
-
-@dataclass
-class Item:
-    """One image ready for the model, or a rejection."""
-
-    pixels: torch.Tensor | None  # [3, H, W]
-    thumb: np.ndarray | None  # uint8 [T, T, 3]
-    meta: dict  # path, sha256, width, height, class (+ codes for synthetic images)
-    reason: str | None = None  # set when rejected
-
-
-class Source:
-    """An ordered list of images; `load(i)` decodes item i (thread-safe).
-
-    image_size: the model's input size, set once the model is loaded (decoding hints).
-    """
-
-    n_items: int
-    fingerprint: str
-    describe: str
-    factors: dict[str, tuple[str, ...]] | None = None
-    image_size: int | None = None
-
-    def load(self, i: int, preprocess: Callable) -> Item:
-        raise NotImplementedError
-
-
-class FolderSource(Source):
-    def __init__(self, root: str):
-        self.root = Path(root)
-        if not self.root.exists():
-            raise UserError(f"image folder {root} does not exist")
-        if not self.root.is_dir():
-            raise UserError(f"{root} is not a folder (use a folder, synthetic:N or random:N)")
-        self.files = imageio.discover(self.root)
-        if not self.files:
-            exts = ", ".join(sorted(e.lstrip(".") for e in imageio.IMAGE_EXTENSIONS))
-            raise UserError(f"no image files ({exts}) found under {root}")
-        self.n_items = len(self.files)
-        h = hashlib.sha256()
-        for p in self.files:  # cheap fingerprint: relative path, size, mtime
-            st = p.stat()
-            h.update(
-                f"{p.relative_to(self.root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode()
-            )
-        self.fingerprint = "files:" + h.hexdigest()[:32]
-        self.describe = str(self.root.resolve())
-
-    def load(self, i: int, preprocess: Callable) -> Item:
-        path = self.files[i]
-        rel = path.relative_to(self.root).as_posix()
-        try:
-            d = imageio.decode_file(path, max_side=self.image_size)
-        except imageio.ImageRejected as e:
-            return Item(None, None, {"path": rel}, reason=str(e))
-        meta = {
-            "path": rel,
-            "sha256": d.sha256,
-            "width": d.width,
-            "height": d.height,
-            "class": imageio.class_of(path, self.root),
-        }
-        return Item(preprocess(d.image), imageio.thumbnail(d.image, schema.THUMB_SIZE), meta)
-
-
-class SyntheticSource(Source):
-    """The demo world (`engine.world.generate`), image i depends only on (seed, i)."""
-
-    def __init__(self, n: int, seed: int):
-        from engine import world
-
-        self.world = world
-        self.n_items, self.seed = n, seed
-        probe = world.generate(0, 1, seed)  # changes if the world's renderer changes
-        digest = hashlib.sha256(probe.images.tobytes() + probe.codes.tobytes()).hexdigest()[:12]
-        self.fingerprint = f"synthetic:{n}:{seed}:{digest}"
-        self.describe = f"synthetic:{n}:{seed}"
-        self.factors = dict(world.FACTORS)
-
-    def load(self, i: int, preprocess: Callable) -> Item:
-        batch = self.world.generate(i, i + 1, self.seed)
-        arr = batch.images[0]  # uint8 [H, W, 3]
-        img = Image.fromarray(arr)
-        meta = {
-            "path": f"synthetic:{self.seed}/{i}",
-            "sha256": hashlib.sha256(arr.tobytes()).hexdigest(),
-            "width": arr.shape[1],
-            "height": arr.shape[0],
-            "class": None,
-            "codes": [int(c) for c in batch.codes[0]],
-        }
-        return Item(preprocess(img), imageio.thumbnail(img, schema.THUMB_SIZE), meta)
-
-
-class RandomSource(Source):
-    """Uniform-noise images (for benchmarks); image i depends only on (seed, i)."""
-
-    def __init__(self, n: int, seed: int):
-        self.n_items, self.seed = n, seed
-        self.fingerprint = f"random:{n}:{seed}"
-        self.describe = f"random:{n}:{seed}"
-
-    @property
-    def size(self) -> int:
-        return max(self.image_size or 224, 32)  # noise at the model's input size
-
-    def load(self, i: int, preprocess: Callable) -> Item:
-        rng = np.random.default_rng([self.seed, i])
-        arr = rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)
-        img = Image.fromarray(arr)
-        meta = {
-            "path": f"random:{self.seed}/{i}",
-            "sha256": hashlib.sha256(arr.tobytes()).hexdigest(),
-            "width": self.size,
-            "height": self.size,
-            "class": None,
-        }
-        return Item(preprocess(img), imageio.thumbnail(img, schema.THUMB_SIZE), meta)
-
-
-def parse_source(images: str) -> Source:
-    """A folder, `synthetic:N[:seed]` or `random:N[:seed]`."""
-    for kind in ("synthetic", "random"):
-        if images.startswith(kind + ":"):
-            parts = images.split(":")[1:]
-            try:
-                if not 1 <= len(parts) <= 2:
-                    raise ValueError
-                n, seed = int(parts[0]), int(parts[1]) if len(parts) == 2 else 0
-                if n < 1 or seed < 0:
-                    raise ValueError
-            except ValueError:
-                raise UserError(
-                    f"bad --images {images!r}: use {kind}:N or {kind}:N:SEED (N >= 1)"
-                ) from None
-            if kind == "synthetic":
-                return SyntheticSource(n, seed)
-            return RandomSource(n, seed)
-    return FolderSource(images)
-
-
-def ordered_stream(
-    pool: ThreadPoolExecutor, fn: Callable[[int], Item], start: int, stop: int, lookahead: int
-) -> Iterator[tuple[int, Item]]:
-    """fn(i) for i in [start, stop) computed in the pool, yielded in order, <= lookahead ahead."""
-    pending: deque = deque()
-    nxt = start
-    while nxt < stop or pending:
-        while nxt < stop and len(pending) < lookahead:
-            pending.append((nxt, pool.submit(fn, nxt)))
-            nxt += 1
-        i, fut = pending.popleft()
-        yield i, fut.result()
-
-
-# ---------------------------------------------------------------- provenance
-
-
-def code_version() -> str:
-    """engine.__version__ plus the git commit of the checkout, when there is one."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{engine.__version__}+g{commit}" if commit else engine.__version__
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-
-
 # ---------------------------------------------------------------- the build
 
 
@@ -283,10 +82,8 @@ def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) ->
     if link.exists() and not link.is_symlink():
         raise UserError(f"{link} exists and is not a store link; choose another --store")
 
-    source = parse_source(params.images)  # bad input fails before the (slow) model load
-    lm = registry.load_model(
-        params.model, device=params.device, random_weights=params.random_weights
-    )
+    source = collection.parse_source(params.images)  # bad input fails before the (slow) model load
+    lm = load_model(params.model, device=params.device, random_weights=params.random_weights)
     source.image_size = lm.dims.image_size
     dims = lm.dims
     layers_arg = params.layers
@@ -338,7 +135,12 @@ def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) ->
     }
     if state is None or not (staging / schema.STORE_ZARR).is_dir():
         store.create_arrays(staging, sizes, attrs={"build_key": key, "layers": layers})
-        state = {"key": key, "started_at": _now(), "attempts": 0, "run_id": uuid.uuid4().hex}
+        state = {
+            "key": key,
+            "started_at": provenance.now(),
+            "attempts": 0,
+            "run_id": uuid.uuid4().hex,
+        }
     state["attempts"] += 1
     store.save_build_state(staging, state)
     arrays = store.open_arrays(staging, mode="r+")
@@ -347,7 +149,7 @@ def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) ->
     for rec in store.iter_chunk_records(staging):
         n_records, cursor, n_done = n_records + 1, rec["cursor"], n_done + rec["n"]
     resumed = n_records
-    weights = registry.vision_weights(lm)
+    weights = vision_weights(lm)
     timings = {"decode_wait_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
     timings["setup_s"] = time.perf_counter() - t_start  # model load, discovery, staging
     t_stream, cpu_stream = time.perf_counter(), time.process_time()
@@ -356,7 +158,7 @@ def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) ->
     bar = _progress(params.progress, source.n_items, cursor, link.name)
     lookahead = max(2 * params.batch_size, 4 * params.workers)
     with ThreadPoolExecutor(params.workers) as pool:
-        stream = ordered_stream(
+        stream = collection.ordered_stream(
             pool, lambda i: source.load(i, lm.preprocess), cursor, source.n_items, lookahead
         )
         exhausted = cursor >= source.n_items
@@ -440,9 +242,9 @@ def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) ->
         "thumb_size": schema.THUMB_SIZE,
         "image_chunk": chunk,
         "images_source": source.describe,
-        "built_at": _now(),
+        "built_at": provenance.now(),
         "run_id": run_id,
-        "code_version": code_version(),
+        "code_version": provenance.code_version(),
         "build_key": key,
         "schema_version": schema.SCHEMA_VERSION,
         "factors": list(source.factors) if source.factors else None,
@@ -474,7 +276,7 @@ def build_store(params: BuildParams, *, fail_after_chunks: int | None = None) ->
             "parameters": json.dumps(params_json),
             "timings": json.dumps(timings),
             "started_at": pd.Timestamp(state["started_at"]),
-            "finished_at": pd.Timestamp(_now()),
+            "finished_at": pd.Timestamp(provenance.now()),
             "skipped_files": json.dumps(skipped),
             "host": socket.gethostname(),
         }
@@ -492,7 +294,7 @@ def _run_batch(lm, weights, layers, batch, buf, n, timings) -> int:
     """Decompose one batch of items into rows [n, n + len(batch)) of the chunk buffers."""
     t0 = time.perf_counter()
     pixels = torch.stack([it.pixels for it in batch]).to(lm.device)  # [image, 3, H, W]
-    cap = registry.capture(lm, pixels, layers)
+    cap = capture(lm, pixels, layers)
     dec = decompose.decompose(weights, cap, layers)
     b = len(batch)
     buf["head_out"][n : n + b] = dec.head_out.to(torch.float16).cpu().numpy()
@@ -527,7 +329,9 @@ def _models_row(lm, params) -> pd.DataFrame:
     )
 
 
-def _write_images(db, staging: Path, source: Source, run_id: str) -> tuple[str, list[dict]]:
+def _write_images(
+    db, staging: Path, source: collection.Source, run_id: str
+) -> tuple[str, list[dict]]:
     """images, image_factors and skipped_files from the chunk records, one chunk at a time.
 
     Returns (image-set hash over (path, sha256) in image order, skipped files)."""
@@ -583,8 +387,3 @@ def _write_images(db, staging: Path, source: Source, run_id: str) -> tuple[str, 
         ),
     )
     return h.hexdigest(), skipped
-
-
-def env_info() -> dict:
-    """Host facts for benchmark records."""
-    return {"host": socket.gethostname(), "cpus": os.cpu_count(), "torch": torch.__version__}

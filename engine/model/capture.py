@@ -1,0 +1,125 @@
+"""Weights by state-dict name and inputs by forward hooks: what the decomposition reads of a model.
+
+Weights are read by their state-dict names (`in_proj_weight`, `out_proj`, `ln_1`, `ln_post`, `proj`);
+inputs are captured with forward hooks on stable module paths (`visual.ln_pre`,
+`visual.transformer.resblocks.{l}.ln_1|attn|mlp`, `visual.ln_post`). Nothing of open_clip is
+copied or patched, and nothing here depends on the attention module's internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from engine.core import decompose as core_decompose
+from engine.core.types import VisionCapture, ViTWeights
+from engine.model.loading import LoadedModel
+
+
+def vision_weights(lm: LoadedModel | torch.nn.Module) -> ViTWeights:
+    """Read the vision tower's weights from its state dict (names are stable across open_clip)."""
+    model = lm.model if isinstance(lm, LoadedModel) else lm
+    v = model.visual
+    sd = {k: t.detach() for k, t in v.state_dict().items()}
+    n_layers = len(v.transformer.resblocks)
+    d_model = v.transformer.width
+    p = "transformer.resblocks.{}."
+
+    def stack(suffix: str, default_shape=None) -> Tensor:
+        out = []
+        for i in range(n_layers):
+            key = p.format(i) + suffix
+            if key in sd:
+                out.append(sd[key])
+            else:  # a bias-free projection: zeros of the right shape
+                out.append(torch.zeros(default_shape, dtype=sd[p.format(i) + "ln_1.weight"].dtype))
+        return torch.stack(out)
+
+    return ViTWeights(
+        n_heads=v.transformer.resblocks[0].attn.num_heads,
+        w_in=stack("attn.in_proj_weight"),
+        b_in=stack("attn.in_proj_bias", (3 * d_model,)),
+        w_out=stack("attn.out_proj.weight"),
+        b_out=stack("attn.out_proj.bias", (d_model,)),
+        ln_1_weight=stack("ln_1.weight"),
+        ln_1_bias=stack("ln_1.bias", (d_model,)),
+        ln_1_eps=float(v.transformer.resblocks[0].ln_1.eps),
+        ln_post_weight=sd["ln_post.weight"],
+        ln_post_bias=sd.get("ln_post.bias", torch.zeros(d_model)),
+        ln_post_eps=float(v.ln_post.eps),
+        proj=sd["proj"],
+    )
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+@torch.no_grad()
+def capture(
+    lm: LoadedModel | torch.nn.Module, pixels: Tensor, layers: Sequence[int]
+) -> VisionCapture:
+    """Run `encode_image` on `pixels` [image, 3, H, W] with hooks on stable module paths."""
+    model = lm.model if isinstance(lm, LoadedModel) else lm
+    v = model.visual
+    blocks = v.transformer.resblocks
+    layers = sorted(set(int(i) for i in layers))
+    seen: dict[str, Tensor] = {}
+    bf = getattr(v.transformer, "batch_first", True)
+
+    def cls(t: Tensor) -> Tensor:  # class-token row, whatever the layout: [image, d_model]
+        return t[:, 0] if bf else t[0]
+
+    def bt(t: Tensor) -> Tensor:  # to [image, token, d_model]
+        return t if bf else t.transpose(0, 1)
+
+    hooks = []
+    try:
+        hooks.append(
+            v.ln_pre.register_forward_hook(lambda m, i, o: seen.__setitem__("embed", cls(o)))
+        )
+        for i, blk in enumerate(blocks):
+            hooks.append(
+                blk.attn.register_forward_hook(
+                    lambda m, inp, o, i=i: seen.__setitem__(f"attn_out{i}", cls(_first(o)))
+                )
+            )
+            hooks.append(
+                blk.mlp.register_forward_hook(
+                    lambda m, inp, o, i=i: seen.__setitem__(f"mlp_out{i}", cls(o))
+                )
+            )
+            if i in layers:
+                hooks.append(
+                    blk.ln_1.register_forward_hook(
+                        lambda m, inp, o, i=i: seen.__setitem__(f"attn_in{i}", bt(o))
+                    )
+                )
+
+        def post_hook(m, inp):
+            x = inp[0]
+            seen["resid"] = x if x.dim() == 2 else cls(x)
+
+        hooks.append(v.ln_post.register_forward_pre_hook(post_hook))
+        dtype = next(v.parameters()).dtype
+        output = model.encode_image(pixels.to(device=next(v.parameters()).device, dtype=dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+    n = len(blocks)
+    return VisionCapture(
+        embed=seen["embed"],
+        attn_in={i: seen[f"attn_in{i}"] for i in layers},
+        attn_out=torch.stack([seen[f"attn_out{i}"] for i in range(n)], dim=1),
+        mlp_out=torch.stack([seen[f"mlp_out{i}"] for i in range(n)], dim=1),
+        resid=seen["resid"],
+        output=output,
+    )
+
+
+def decompose_images(lm, pixels: Tensor, layers: Sequence[int], weights=None):
+    """capture + decompose for pixels [image, 3, H, W] -> `engine.core.decompose.Decomposition`."""
+    w = weights if weights is not None else vision_weights(lm)
+    return core_decompose.decompose(w, capture(lm, pixels, layers), layers)

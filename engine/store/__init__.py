@@ -1,0 +1,68 @@
+"""The store: all file I/O of decompositions and interpretations (Zarr arrays + DuckDB tables).
+
+schema (declared once) -> versions (paths, locks, atomic publication, gc, copy-on-write mutation)
+-> writer (new versions, build records) and reader (read-only views).
+"""
+
+from engine.store import schema
+from engine.store.reader import StoreReader, StoreSummary, list_stores, open_store
+from engine.store.versions import (
+    BUILD_DIR,
+    LOCK_FILE,
+    STAGING_PREFIX,
+    TMP_PREFIX,
+    gc,
+    mutate_store,
+    publish,
+    resolve,
+    versions_dir,
+)
+from engine.store.writer import (
+    DatabaseWriter,
+    create_arrays,
+    create_tables,
+    finish_staging,
+    iter_chunk_records,
+    load_build_state,
+    load_chunk_records,
+    new_database,
+    open_arrays,
+    resize_images,
+    save_build_state,
+    save_chunk_record,
+    staging_dir,
+    write_database,
+    write_rows,
+)
+
+__all__ = [
+    "BUILD_DIR",
+    "LOCK_FILE",
+    "STAGING_PREFIX",
+    "TMP_PREFIX",
+    "DatabaseWriter",
+    "StoreReader",
+    "StoreSummary",
+    "create_arrays",
+    "create_tables",
+    "finish_staging",
+    "gc",
+    "iter_chunk_records",
+    "list_stores",
+    "load_build_state",
+    "load_chunk_records",
+    "mutate_store",
+    "new_database",
+    "open_arrays",
+    "open_store",
+    "publish",
+    "resize_images",
+    "resolve",
+    "save_build_state",
+    "save_chunk_record",
+    "schema",
+    "staging_dir",
+    "versions_dir",
+    "write_database",
+    "write_rows",
+]
