@@ -113,3 +113,27 @@ def test_value_texts_cover_every_value():
         for code, group in enumerate(texts):
             for t in group:
                 assert world.parse_caption(t) == {f: code}
+
+
+@pytest.mark.unit
+def test_masks_are_the_object_and_leave_images_unchanged():
+    plain = world.generate(0, 12, seed=3)
+    with_masks = world.generate(0, 12, seed=3, masks=True)
+    np.testing.assert_array_equal(plain.images, with_masks.images)  # same pixels either way
+    assert plain.masks is None and with_masks.masks.shape == (
+        12,
+        world.IMAGE_SIZE,
+        world.IMAGE_SIZE,
+    )
+    quadrant = world.FACTOR_NAMES.index("position")
+    half = world.IMAGE_SIZE // 2
+    for img, mask, codes in zip(with_masks.images, with_masks.masks, with_masks.codes, strict=True):
+        assert 0 < mask.sum() < mask.size
+        # the mask lies inside the object's quadrant
+        row, col = divmod(int(codes[quadrant]), 2)
+        inside = mask[row * half : (row + 1) * half, col * half : (col + 1) * half].sum()
+        assert inside == mask.sum()
+        # object pixels differ from the background colour; background pixels match it
+        bg = np.median(img[~mask].reshape(-1, 3).astype(float), axis=0)
+        fg = img[mask].reshape(-1, 3).astype(float)
+        assert np.abs(np.median(fg, axis=0) - bg).max() > 20

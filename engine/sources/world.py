@@ -84,12 +84,14 @@ class WorldBatch:
     """Images `[start, stop)` of one world.
 
     images: uint8 [image, H, W, 3]; codes: int16 [image, factor] (order of FACTORS);
-    captions: one caption per image.
+    captions: one caption per image; masks: bool [image, H, W], the object's pixels (only when
+    asked for: `generate(..., masks=True)`).
     """
 
     images: np.ndarray
     codes: np.ndarray
     captions: list[str]
+    masks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -153,9 +155,10 @@ def _texture_mask(texture: str, dx: np.ndarray, dy: np.ndarray, phase: int) -> n
     raise ValueError(f"unknown texture {texture!r}")
 
 
-def render_image(codes: Mapping[str, int] | Sequence[int], seed) -> np.ndarray:
+def render_image(codes: Mapping[str, int] | Sequence[int], seed, return_mask: bool = False):
     """Render one image with the given factor codes; `seed` (int or sequence of ints) drives
-    the jitter and noise. Returns uint8 [H, W, 3] with H = W = IMAGE_SIZE."""
+    the jitter and noise. Returns uint8 [H, W, 3] with H = W = IMAGE_SIZE, and with
+    `return_mask` also the object's ground-truth mask, bool [H, W] (the same image either way)."""
     c = _codes_array(codes)
     v = {f: FACTORS[f][c[k]] for k, f in enumerate(FACTORS)}
     rng = np.random.default_rng(seed)
@@ -175,7 +178,8 @@ def render_image(codes: Mapping[str, int] | Sequence[int], seed) -> np.ndarray:
     img[mask] = rgb
     img[mask & dark] = rgb * 0.45
     img += rng.normal(0.0, _NOISE_STD, size=img.shape).astype(np.float32)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return (out, mask) if return_mask else out
 
 
 def _article(word: str) -> str:
@@ -245,21 +249,26 @@ def parse_caption(text: str) -> dict[str, int]:
     return out
 
 
-def generate(start: int, stop: int, seed: int = 0) -> WorldBatch:
+def generate(start: int, stop: int, seed: int = 0, masks: bool = False) -> WorldBatch:
     """Images `[start, stop)` of world `seed`: images uint8 [image, H, W, 3], codes int16
-    [image, factor], captions list[str]. Image i depends only on (seed, i)."""
+    [image, factor], captions list[str], and with `masks` the object masks bool [image, H, W].
+    Image i depends only on (seed, i)."""
     if start < 0 or stop < start:
         raise ValueError(f"bad image range [{start}, {stop})")
     n = stop - start
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     codes = np.empty((n, len(FACTORS)), dtype=np.int16)
+    mask_out = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=bool) if masks else None
     captions: list[str] = []
     for j, i in enumerate(range(start, stop)):
         c = sample_codes(i, seed)
         codes[j] = c
-        images[j] = render_image(c, [seed, i, 1])
+        if mask_out is not None:
+            images[j], mask_out[j] = render_image(c, [seed, i, 1], return_mask=True)
+        else:
+            images[j] = render_image(c, [seed, i, 1])
         captions.append(caption(c, np.random.default_rng([seed, i, 2])))
-    return WorldBatch(images=images, codes=codes, captions=captions)
+    return WorldBatch(images=images, codes=codes, captions=captions, masks=mask_out)
 
 
 # zero-shot prompt ensemble (value_texts); the bank uses every caption template
