@@ -8,12 +8,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import common` from any cwd
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the dashboard's modules from any cwd
 
 import os  # noqa: E402
 
-import common  # noqa: E402
+import query  # noqa: E402
+import settings  # noqa: E402
+import stores  # noqa: E402
 import streamlit as st  # noqa: E402
+import tables  # noqa: E402
+import uploads  # noqa: E402
 
 from engine.errors import UserError  # noqa: E402
 
@@ -23,22 +27,21 @@ st.set_page_config(page_title="CLIP-InterpreT", page_icon=":material/search:", l
 def sidebar_store():
     """Store picker; returns the open store or None. Keeps the choice in session state."""
     st.sidebar.subheader("Store")
-    paths = common.list_store_paths()
-    options = paths + [common.OTHER_PATH]
+    paths = stores.list_store_paths()
+    options = paths + [settings.OTHER_PATH]
     wanted = os.environ.get("CLIP_INTERPRET_STORE")
     index = 0
     if wanted:
-        real = common.store_key(wanted)
-        index = next((i for i, p in enumerate(paths) if common.store_key(p) == real), len(paths))
+        index = next((i for i, p in enumerate(paths) if stores.same_store(p, wanted)), len(paths))
     choice = st.sidebar.selectbox(
         "Store",
         options,
         index=index,
         key="store_choice",
-        format_func=lambda p: Path(p).name if p != common.OTHER_PATH else p,
+        format_func=lambda p: Path(p).name if p != settings.OTHER_PATH else p,
         label_visibility="collapsed",
     )
-    if choice == common.OTHER_PATH:
+    if choice == settings.OTHER_PATH:
         path = st.sidebar.text_input(
             "Store folder", value=wanted or "", key="store_typed", placeholder="artifacts/demo"
         ).strip()
@@ -48,22 +51,22 @@ def sidebar_store():
         st.session_state["store_path"] = None
         return None
     try:
-        store = common.open_store(path)
+        store = stores.open_store(path)
     except UserError as e:
         st.sidebar.error(str(e))
         st.session_state["store_path"] = None
         return None
     st.session_state["store_path"] = path
-    i = common.info(store)
+    i = store.info
     st.sidebar.markdown(
         f"**Model** `{i.get('model_spec', '?')}`"
         + (" (random weights)" if i.get("random_weights") else "")
         + f"  \n**Images** {int(i.get('n_images', 0)):,}"
-        + f"  \n**Heads** layers {common.store_layers(store)} × {i.get('n_heads')} heads"
+        + f"  \n**Heads** layers {stores.store_layers(store)} × {i.get('n_heads')} heads"
         + f"  \n**Built** {str(i.get('built_at', '?'))[:19]}"
         + f"  \n**Run** `{str(i.get('run_id', '?'))[:12]}` · code `{i.get('code_version', '?')}`"
         + f"  \n**Images from** {i.get('images_source', '?')}"
-        + f"  \n**Interpreted** {'yes' if common.interpreted(store) else 'no — run `python -m engine interpret --store ' + path + '`'}"  # noqa: E501
+        + f"  \n**Interpreted** {'yes' if tables.interpreted(store) else 'no — run `python -m engine interpret --store ' + path + '`'}"  # noqa: E501
     )
     return store
 
@@ -71,24 +74,23 @@ def sidebar_store():
 def sidebar_image(store) -> None:
     """Image picker (sample, stored image or upload) -> session_state query / query_error."""
     st.sidebar.subheader("Image")
-    st.session_state["query"] = None
-    st.session_state["query_error"] = None
+    query.set_query(None)
     sources = ["Sample", "From the store", "Upload"]
     source = st.sidebar.radio(
         "Image source", sources, key="image_source", horizontal=True, label_visibility="collapsed"
     )
     try:
         if source == "Sample":
-            samples = common.sample_paths()
+            samples = uploads.sample_paths()
             path = st.sidebar.selectbox(
                 "Sample", samples, key="sample", format_func=lambda p: p.stem.replace("_", " ")
             )
             if path is not None:
-                st.session_state["query"] = common.query_from_bytes(
+                st.session_state["query"] = uploads.query_from_bytes(
                     Path(path).read_bytes(), f"sample {Path(path).stem}"
                 )
         elif source == "From the store":
-            n = int(common.info(store).get("n_images", 0)) if store is not None else 0
+            n = int(store.info.get("n_images", 0)) if store is not None else 0
             if n == 0:
                 st.sidebar.info("Pick a store first.")
                 return
@@ -97,7 +99,7 @@ def sidebar_image(store) -> None:
             idx = st.sidebar.number_input(
                 "Stored image #", min_value=0, max_value=n - 1, step=1, key="store_image"
             )
-            st.session_state["query"] = common.query_from_store(store, int(idx))
+            st.session_state["query"] = query.query_from_store(store, int(idx))
         else:
             up = st.sidebar.file_uploader(
                 "Upload an image",
@@ -107,9 +109,9 @@ def sidebar_image(store) -> None:
                 ".streamlit/config.toml.",
             )
             if up is not None:
-                st.session_state["query"] = common.query_from_bytes(up.getvalue(), up.name)
+                st.session_state["query"] = uploads.query_from_bytes(up.getvalue(), up.name)
     except UserError as e:
-        st.session_state["query_error"] = str(e)
+        query.set_query(None, str(e))
         st.sidebar.error(str(e))
         return
     q = st.session_state["query"]
@@ -125,14 +127,14 @@ def home() -> None:
         "Interpretability workbench for CLIP vision transformers: every attention head's direct "
         "contribution to the image embedding, labelled, scored and searchable."
     )
-    store = common.current_store()
+    store = stores.current_store()
     if store is None:
         st.warning("No store is open yet.")
         st.markdown(
             "Build the demo store (the bundled demo model over the procedural demo world) with "
             "either command, from the repository root:"
         )
-        for cmd in common.BUILD_COMMANDS:
+        for cmd in settings.BUILD_COMMANDS:
             st.code(cmd, language="bash")
         st.markdown(
             "Any other model: `python -m engine build --model MODEL --images FOLDER "
@@ -140,12 +142,12 @@ def home() -> None:
             "Stores under `artifacts/` appear in the sidebar; any other folder can be typed there."
         )
         return
-    i = common.info(store)
+    i = store.info
     c = st.columns(4)
     c[0].metric("Model", str(i.get("model_spec")))
     c[1].metric("Images", f"{int(i.get('n_images', 0)):,}")
-    c[2].metric("Heads stored", len(common.store_heads(store)))
-    c[3].metric("Interpreted", "yes" if common.interpreted(store) else "no")
+    c[2].metric("Heads stored", len(stores.store_heads(store)))
+    c[3].metric("Interpreted", "yes" if tables.interpreted(store) else "no")
     st.markdown(
         """
 **Pages**

@@ -1,18 +1,23 @@
 """Dashboard widgets shared by the pages: head pickers, thumbnail strips, heatmaps.
 
-Rendering only: values come from `common` (cached handles) and `engine.core.analysis` (math).
+Rendering only: values come from the cached handles (`stores`, `head_cache`, `tables`) and `engine.core.analysis` (math).
 """
 
 from __future__ import annotations
 
-import common
+import head_cache
 import numpy as np
 import pandas as pd
+import query
 import render
+import settings
+import stores
 import streamlit as st
+import tables
 from PIL import Image
 
 from engine.core import analysis
+from engine.core.layers import head_name
 
 
 def head_picker(
@@ -24,11 +29,11 @@ def head_picker(
     max_selections=None,
 ):
     """Multiselect of (layer, head) pairs shown as L{l}H{h} (+ label)."""
-    heads = common.store_heads(store)
+    heads = stores.store_heads(store)
     labels = labels or {}
 
     def fmt(x: tuple[int, int]) -> str:
-        name = common.head_name(*x)
+        name = head_name(*x)
         return f"{name} · {labels[x]}" if x in labels else name
 
     return st.multiselect(
@@ -46,7 +51,7 @@ def show_thumbs(store, ranking: analysis.Ranking, caption_fmt: str = "{:.3f}") -
     if len(ranking.index) == 0:
         st.warning("No stored images to rank.")
         return
-    thumbs = common.thumbnails(store, ranking.index)
+    thumbs = head_cache.thumbnails(store, ranking.index)
     st.image(
         [Image.fromarray(t) for t in thumbs],
         caption=[
@@ -60,9 +65,7 @@ def show_thumbs(store, ranking: analysis.Ranking, caption_fmt: str = "{:.3f}") -
 # ------------------------------------------------------------------------ heatmap rendering
 
 
-def show_heatmap(
-    q: common.QueryImage, grid_map: np.ndarray, high: str, low: str, note: str
-) -> None:
+def show_heatmap(q: query.QueryImage, grid_map: np.ndarray, high: str, low: str, note: str) -> None:
     """The map over the model's crop of the image, its legend, and the grid values."""
     import altair as alt
 
@@ -70,13 +73,13 @@ def show_heatmap(
     overlay = render.heat_overlay(q.crop(), grid_map, vmax)
     left, right = st.columns([3, 2])
     with left:
-        st.image(overlay, caption=note, width=common.DISPLAY_SIZE)
+        st.image(overlay, caption=note, width=settings.DISPLAY_SIZE)
         st.image(
-            render.colour_bar(vmax, width=common.DISPLAY_SIZE, height=14),
-            width=common.DISPLAY_SIZE,
+            render.colour_bar(vmax, width=settings.DISPLAY_SIZE, height=14),
+            width=settings.DISPLAY_SIZE,
         )
         st.markdown(
-            f"<div style='display:flex;justify-content:space-between;width:{common.DISPLAY_SIZE}px;"
+            f"<div style='display:flex;justify-content:space-between;width:{settings.DISPLAY_SIZE}px;"
             f"font-size:0.8em'><span>−{vmax:.3g} · {low}</span><span>0</span>"
             f"<span>+{vmax:.3g} · {high}</span></div>",
             unsafe_allow_html=True,
@@ -114,9 +117,9 @@ def show_heatmap(
 def head_mask_picker(store, key: str) -> np.ndarray | None:
     """One head, or an aggregate over chosen layers × heads -> bool mask [layer, head] over the
     stored layers (None, with a message, when nothing is chosen)."""
-    layers = common.store_layers(store)
-    n_heads = int(common.info(store)["n_heads"])
-    labels = common.head_labels(store)
+    layers = stores.store_layers(store)
+    n_heads = int(store.info["n_heads"])
+    labels = tables.head_labels(store)
     mode = st.radio(
         "Heads",
         ["One head", "Aggregate"],
@@ -127,13 +130,13 @@ def head_mask_picker(store, key: str) -> np.ndarray | None:
     )
     mask = np.zeros((len(layers), n_heads), dtype=bool)
     if mode == "One head":
-        heads = common.store_heads(store)
+        heads = stores.store_heads(store)
         l, h = st.selectbox(
             "Head",
             heads,
             index=len(heads) - 1,
             key=f"{key}_head",
-            format_func=lambda x: common.head_name(*x) + (f" · {labels[x]}" if x in labels else ""),
+            format_func=lambda x: head_name(*x) + (f" · {labels[x]}" if x in labels else ""),
         )
         mask[layers.index(l), h] = True
         return mask

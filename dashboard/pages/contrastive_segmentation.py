@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import common
+import model_cache
+import query
+import stores
 import streamlit as st
 import widgets
 
 from engine.core import analysis
 
 st.title("Contrastive segmentation")
-store = common.current_store()
+store = stores.current_store()
 if store is None:
     st.stop()
-q = common.require_query()
+q = query.require_query()
 
 c1, c2 = st.columns(2)
 t1 = c1.text_input("Text 1 (map: red, +)", value="a blue shape", key="contrast_t1").strip()
@@ -24,9 +26,9 @@ if not t1 or not t2:
 if mask is None:
     st.stop()
 
-emb = common.text_embedding(store, [t1, t2])  # [text, d_embed]
+emb = model_cache.text_embedding(store, [t1, t2])  # [text, d_embed]
 direction = analysis.contrast_direction(emb[0], emb[1])
-maps = common.maps_for(store, q, direction)  # [layer, head, grid, grid]
+maps = model_cache.maps_for(store, q, direction)  # [layer, head, grid, grid]
 grid_map = analysis.aggregate_maps(maps, mask)  # every chosen head, summed
 widgets.show_heatmap(
     q,

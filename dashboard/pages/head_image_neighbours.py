@@ -3,20 +3,25 @@ most similar (cosine) to the image's."""
 
 from __future__ import annotations
 
-import common
+import head_cache
+import model_cache
+import query
+import stores
 import streamlit as st
+import tables
 import widgets
 
 from engine.core import analysis
+from engine.core.layers import head_name
 
 st.title("Head image neighbours")
-store = common.current_store()
+store = stores.current_store()
 if store is None:
     st.stop()
-q = common.require_query()
+q = query.require_query()
 
-labels = common.head_labels(store)
-all_heads = common.store_heads(store)
+labels = tables.head_labels(store)
+all_heads = stores.store_heads(store)
 c1, c2 = st.columns([3, 1])
 with c1:
     heads = widgets.head_picker(
@@ -32,8 +37,8 @@ if not heads:
     st.warning("Choose at least one head.")
     st.stop()
 
-banks = common.head_banks(store, heads)
-query = common.query_head_out(store, q, heads)  # [head, d_embed]
+banks = head_cache.many_head_contributions(store, heads)
+query = model_cache.query_head_out(store, q, heads)  # [head, d_embed]
 exclude = [q.store_index] if q.store_index is not None else []
 rankings = analysis.head_image_neighbours(query, banks, k, exclude)
 
@@ -41,6 +46,6 @@ st.image(q.crop(128), caption=q.label, width=128)
 cols = st.columns(len(heads))
 for col, hd, ranking in zip(cols, heads, rankings, strict=True):
     with col:
-        name = common.head_name(*hd)
+        name = head_name(*hd)
         st.markdown(f"**{name}**" + (f"  \n{labels[hd]}" if hd in labels else ""))
         widgets.show_thumbs(store, ranking)

@@ -3,29 +3,33 @@
 
 from __future__ import annotations
 
-import common
+import head_cache
+import model_cache
+import stores
 import streamlit as st
+import tables
 import widgets
 
 from engine.core import analysis
+from engine.core.layers import head_name
 
 st.title("Head text neighbours")
-store = common.current_store()
+store = stores.current_store()
 if store is None:
     st.stop()
 
-labels = common.head_labels(store)
-all_heads = common.store_heads(store)
+labels = tables.head_labels(store)
+all_heads = stores.store_heads(store)
 c1, c2 = st.columns([3, 1])
 head = c1.selectbox(
     "Head",
     all_heads,
     index=len(all_heads) - 1,
     key="htn_head",
-    format_func=lambda x: common.head_name(*x) + (f" · {labels[x]}" if x in labels else ""),
+    format_func=lambda x: head_name(*x) + (f" · {labels[x]}" if x in labels else ""),
 )
 k = c2.slider("Neighbours", 1, 32, 8, key="htn_k")
-texts = common.textspan_texts(store, *head)
+texts = tables.textspan_texts(store, *head)
 sources = (["TextSpan text"] if not texts.empty else []) + ["Typed text"]
 source = st.radio("Text", sources, key="htn_source", horizontal=True)
 if source == "TextSpan text":
@@ -43,8 +47,8 @@ if not text:
     st.warning("Type a text.")
     st.stop()
 
-direction = common.text_embedding(store, [text])[0]  # [d_embed]
-bank = common.head_bank(store, *head)
+direction = model_cache.text_embedding(store, [text])[0]  # [d_embed]
+bank = head_cache.head_contributions(store, *head)
 ranking = analysis.top_k(bank.dot(direction), k)
-st.markdown(f"**{common.head_name(*head)}** · “{text}” · score = head_out · text")
+st.markdown(f"**{head_name(*head)}** · “{text}” · score = head_out · text")
 widgets.show_thumbs(store, ranking)

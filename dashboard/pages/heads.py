@@ -5,12 +5,16 @@ from __future__ import annotations
 import io
 
 import altair as alt
-import common
 import pandas as pd
+import paper
+import stores
 import streamlit as st
+import tables
+
+from engine.core.layers import head_name
 
 st.title("Heads")
-store = common.current_store()
+store = stores.current_store()
 if store is None:
     st.stop()
 
@@ -18,12 +22,10 @@ if store is None:
 @st.cache_data(show_spinner=False, max_entries=8)
 def heads_table(key: str) -> pd.DataFrame:
     """One row per stored head; built from the store's tables (no math)."""
-    s = common.open_store(key)
-    df = pd.DataFrame(common.store_heads(s), columns=["layer", "head"])
-    df.insert(
-        0, "name", [common.head_name(l, h) for l, h in zip(df["layer"], df["head"], strict=True)]
-    )
-    labels = common.table(s, "head_labels")
+    s = stores.reader(key)
+    df = pd.DataFrame(stores.store_heads(s), columns=["layer", "head"])
+    df.insert(0, "name", [head_name(l, h) for l, h in zip(df["layer"], df["head"], strict=True)])
+    labels = tables.table(s, "head_labels")
     if not labels.empty:
         keep = [c for c in ("layer", "head", "label", "labeller") if c in labels]
         df = df.merge(
@@ -31,7 +33,7 @@ def heads_table(key: str) -> pd.DataFrame:
         )
     else:
         df["label"] = None
-    ts = common.table(s, "textspan")
+    ts = tables.table(s, "textspan")
     if not ts.empty:
         ts = ts.sort_values(["layer", "head", "rank"])
         top = (
@@ -46,12 +48,12 @@ def heads_table(key: str) -> pd.DataFrame:
             .rename("top_texts (variance removed)")
         )
         df = df.merge(top.reset_index(), on=["layer", "head"], how="left")
-    ref = common.reference_labels(s)
+    ref = paper.reference_labels(s)
     if ref:
         df["reference_label"] = [
             ref.get((l, h)) for l, h in zip(df["layer"], df["head"], strict=True)
         ]
-    gt = common.table(s, "ground_truth")
+    gt = tables.table(s, "ground_truth")
     if not gt.empty:
         dom = gt[gt["is_dominant"]] if "is_dominant" in gt else gt
         dom = dom.sort_values("eta2", ascending=False).drop_duplicates(["layer", "head"])
@@ -62,11 +64,11 @@ def heads_table(key: str) -> pd.DataFrame:
     return df
 
 
-df = heads_table(common.store_key(common.store_path(store)))
+df = heads_table(stores.version_key(store))
 if df["label"].isna().all():
     st.info(
         "Heads are not labelled yet: run "
-        f"`python -m engine interpret --store {common.display_path()}`."
+        f"`python -m engine interpret --store {stores.display_path()}`."
     )
 
 c1, c2, c3 = st.columns([2, 1, 1])

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import altair as alt
-import common
 import pandas as pd
+import paper
+import stores
 import streamlit as st
+import tables
 
 st.title("Overview")
-store = common.current_store()
+store = stores.current_store()
 if store is None:
     st.stop()
-info = common.info(store)
-scores = common.table(store, "scores")
+info = store.info
+scores = tables.table(store, "scores")
 st.caption(
     "**association**: share of heads with at least 3 of their top-5 TextSpan texts in their "
     "label's category (higher = heads more consistent). **entanglement_shared**: share of heads "
@@ -20,7 +22,7 @@ st.caption(
     "heads whose label no other head has — the variant that reproduces the paper's Table 1 from "
     "its published labels. Heads labelled `mixed` count in the total only."
 )
-# the paper's Table 1 "entanglement" is compared with entanglement_unique (see engine/scores.py)
+# the paper's Table 1 "entanglement" is compared with entanglement_unique (see engine/core/scores.py)
 PAPER_METRIC = {"entanglement_unique": "entanglement", "association": "association"}
 
 
@@ -38,19 +40,19 @@ def overall(df: pd.DataFrame) -> pd.DataFrame:
 if scores.empty:
     st.warning(
         "This store has no scores yet. Run "
-        f"`python -m engine interpret --store {common.display_path()}` to label heads and "
+        f"`python -m engine interpret --store {stores.display_path()}` to label heads and "
         "score them."
     )
 else:
     top = overall(scores)
     cols = st.columns(max(1, len(top)))
-    paper = common.PAPER_SCORES.set_index("model_spec")
+    published = paper.PAPER_SCORES.set_index("model_spec")
     spec = str(info.get("model_spec"))
     for col, row in zip(cols, top.itertuples(), strict=False):
         label = f"{row.metric}" + (f" ({row.labeller})" if getattr(row, "labeller", None) else "")
         delta = None
-        if common.paper_model(store) is not None and row.metric in PAPER_METRIC:
-            delta = f"paper: {paper.loc[spec, PAPER_METRIC[row.metric]]:.3f}"
+        if paper.paper_model(store) is not None and row.metric in PAPER_METRIC:
+            delta = f"paper: {published.loc[spec, PAPER_METRIC[row.metric]]:.3f}"
         col.metric(
             label,
             f"{row.value:.3f}",
@@ -91,22 +93,22 @@ else:
 
 st.subheader("All stores and the paper")
 rows = []
-for path in common.list_store_paths():
+for path in stores.list_store_paths():
     try:
-        other = common.open_store(path)
+        other = stores.open_store(path)
     except Exception:
         continue
-    o = overall(common.table(other, "scores"))
+    o = overall(tables.table(other, "scores"))
     for r in o.itertuples():
         rows.append(
             {
-                "model": f"{path.rsplit('/', 1)[-1]} ({common.info(other)['model_spec']})",
+                "model": f"{path.rsplit('/', 1)[-1]} ({other.info['model_spec']})",
                 "metric": r.metric,
                 "value": r.value,
                 "source": "computed (store)",
             }
         )
-for r in common.PAPER_SCORES.itertuples():
+for r in paper.PAPER_SCORES.itertuples():
     for metric, paper_name in PAPER_METRIC.items():
         rows.append(
             {

@@ -2,34 +2,40 @@
 
 from __future__ import annotations
 
-import common
+import head_cache
+import model_cache
+import paper
+import query
+import stores
 import streamlit as st
+import tables
 import widgets
 
 from engine.core import analysis
 from engine.core.labels import MIXED, NON_LABELS
+from engine.core.layers import head_name
 
 st.title("Property neighbours")
-store = common.current_store()
+store = stores.current_store()
 if store is None:
     st.stop()
-q = common.require_query()
+q = query.require_query()
 
 # property -> heads: the store's own labels, else the demo's ground truth, plus the paper's lists
-labels = common.head_labels(store)
-stored = set(common.store_heads(store))
+labels = tables.head_labels(store)
+stored = set(stores.store_heads(store))
 properties: dict[str, list[tuple[int, int]]] = {}
 for hd, lab in labels.items():
     if lab not in (MIXED, *NON_LABELS):  # "mixed" heads carry no single property
         properties.setdefault(f"{lab} (label)", []).append(hd)
 if not properties:
-    gt = common.table(store, "ground_truth")
+    gt = tables.table(store, "ground_truth")
     if not gt.empty:
         for r in gt[gt["is_dominant"]].itertuples():
             properties.setdefault(f"{r.factor} (ground truth)", []).append(
                 (int(r.layer), int(r.head))
             )
-for prop, heads in common.reference_properties(store).items():
+for prop, heads in paper.reference_properties(store).items():
     heads = [h for h in heads if h in stored]
     if heads:
         properties[f"{prop} (paper demo)"] = heads
@@ -59,16 +65,16 @@ if not heads:
     st.warning("Choose at least one head.")
     st.stop()
 
-banks = common.head_banks(store, heads)
-query = common.query_head_out(store, q, heads)  # [head, d_embed]
+banks = head_cache.many_head_contributions(store, heads)
+query = model_cache.query_head_out(store, q, heads)  # [head, d_embed]
 scores = analysis.property_scores(query, banks, combine)
 exclude = [q.store_index] if q.store_index is not None else []
 ranking = analysis.top_k(scores, k, exclude)
 
 st.markdown(
-    f"**{len(heads)} head(s)** {', '.join(common.head_name(*h) for h in heads)} · combined by "
+    f"**{len(heads)} head(s)** {', '.join(head_name(*h) for h in heads)} · combined by "
     f"**{combine}** of unit-normalised contributions · cosine over "
-    f"{common.info(store)['n_images']:,} stored images"
+    f"{store.info['n_images']:,} stored images"
 )
 left, right = st.columns([1, 3])
 left.image(q.crop(192), caption=q.label, width=192)

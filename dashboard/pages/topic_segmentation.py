@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import common
+import model_cache
+import query
+import stores
 import streamlit as st
 import widgets
 
 from engine.core import analysis
 
 st.title("Topic segmentation")
-store = common.current_store()
+store = stores.current_store()
 if store is None:
     st.stop()
-q = common.require_query()
+q = query.require_query()
 
 text = st.text_input("Text", value="a blue shape", key="topic_text")
 mask = widgets.head_mask_picker(store, key="topic")
@@ -22,8 +24,8 @@ if not text.strip():
 if mask is None:
     st.stop()
 
-direction = common.text_embedding(store, [text.strip()])[0]  # [d_embed]
-maps = common.maps_for(store, q, direction)  # [layer, head, grid, grid]
+direction = model_cache.text_embedding(store, [text.strip()])[0]  # [d_embed]
+maps = model_cache.maps_for(store, q, direction)  # [layer, head, grid, grid]
 grid_map = analysis.aggregate_maps(maps, mask)
 n = int(mask.sum())
 widgets.show_heatmap(

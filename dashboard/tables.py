@@ -1,0 +1,34 @@
+"""Queries on a store's tables: whole tables, head labels, one head's TextSpan texts."""
+
+from __future__ import annotations
+
+import pandas as pd
+import settings  # noqa: F401  (the repository root on sys.path)
+
+from engine.store import schema
+
+
+def table(store, name: str) -> pd.DataFrame:
+    """A DuckDB table of the store as a DataFrame (every schema table exists; may be empty)."""
+    if name not in schema.TABLES:
+        raise KeyError(f"{name} is not a store table")
+    return store.query(f"SELECT * FROM {name}")
+
+
+def interpreted(store) -> bool:
+    return bool(store.interpreted)
+
+
+def head_labels(store) -> dict[tuple[int, int], str]:
+    """(layer, head) -> label, from the store's interpretation (empty if not run)."""
+    df = table(store, "head_labels")
+    return {(int(r.layer), int(r.head)): str(r.label) for r in df.itertuples()}
+
+
+def textspan_texts(store, layer: int, head: int) -> pd.DataFrame:
+    """TextSpan texts of one head, best first: columns rank, text, variance_removed."""
+    return store.query(
+        "SELECT rank, text, variance_removed FROM textspan WHERE layer = ? AND head = ? "
+        "ORDER BY rank",
+        [int(layer), int(head)],
+    )
