@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from test_imageio import make_bad_files
 
-import engine.pipeline.build as build_mod
+import engine.pipeline.compute as compute_mod
 from engine import store
 from engine.cli import main as cli_main
 from engine.model import load_model
@@ -246,21 +246,21 @@ def test_kill_after_finish_before_publish_publishes_without_recompute(
     tmp_path, monkeypatch, reference
 ):
     link = tmp_path / "p"
-    real_publish = store.publish
+    real_publish = store.publish_locked
 
     def killed(*a, **k):
         raise RuntimeError("killed before publication")
 
-    monkeypatch.setattr(store, "publish", killed)
+    monkeypatch.setattr(store, "publish_locked", killed)
     with pytest.raises(RuntimeError, match="before publication"):
         build_store(params(link))
     assert not link.exists()
-    monkeypatch.setattr(store, "publish", real_publish)
+    monkeypatch.setattr(store, "publish_locked", real_publish)
 
     def no_compute(*a, **k):
         raise AssertionError("recomputed a finished build")
 
-    monkeypatch.setattr(build_mod, "_run_batch", no_compute)
+    monkeypatch.setattr(compute_mod, "compute_batch", no_compute)
     res = build_store(params(link))
     assert res.n_images == N
     assert_same(arrays_of(link), arrays_of(reference))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,14 +163,19 @@ def parse_source(images: str) -> Source:
 
 
 def ordered_stream(
-    pool: ThreadPoolExecutor, fn: Callable[[int], Item], start: int, stop: int, lookahead: int
+    pool: ThreadPoolExecutor, fn: Callable[[int], Item], indices: Iterable[int], lookahead: int
 ) -> Iterator[tuple[int, Item]]:
-    """fn(i) for i in [start, stop) computed in the pool, yielded in order, <= lookahead ahead."""
+    """fn(i) for i in `indices` computed in the pool, yielded in order, <= lookahead ahead."""
     pending: deque = deque()
-    nxt = start
-    while nxt < stop or pending:
-        while nxt < stop and len(pending) < lookahead:
-            pending.append((nxt, pool.submit(fn, nxt)))
-            nxt += 1
-        i, fut = pending.popleft()
-        yield i, fut.result()
+    todo = iter(indices)
+    more = True
+    while more or pending:
+        while more and len(pending) < lookahead:
+            i = next(todo, None)
+            if i is None:
+                more = False
+                break
+            pending.append((i, pool.submit(fn, i)))
+        if pending:
+            i, fut = pending.popleft()
+            yield i, fut.result()

@@ -83,6 +83,9 @@ def _store_lock(link: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+store_lock = _store_lock  # public: builds serialise staging set-up and finalisation with it
+
+
 def _swap_link(link: Path, target: Path) -> None:
     """Point `link` at `target` atomically (a temp symlink moved over it with os.replace)."""
     link = Path(link)
@@ -113,6 +116,9 @@ def _publish_locked(link: Path, folder: Path) -> Path:
     _fsync_dir(link.parent)
     gc(link)
     return version
+
+
+publish_locked = _publish_locked  # public: for callers already holding `store_lock`
 
 
 def _fsync_dir(path: Path) -> None:

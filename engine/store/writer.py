@@ -75,16 +75,32 @@ def save_chunk_record(folder: Path, k: int, record: dict) -> None:
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".chunk-{k:06d}.{uuid.uuid4().hex[:6]}.tmp"
     tmp.write_text(json.dumps(record))
-    os.replace(tmp, d / f"chunk-{k:06d}.json")
+    os.replace(tmp, _chunk_record_path(folder, k))
+
+
+def _chunk_record_path(folder: Path, k: int) -> Path:
+    return folder / BUILD_DIR / f"chunk-{k:06d}.json"
+
+
+def recorded_chunks(folder: Path) -> set[int]:
+    """The chunks of a build whose records exist (their arrays are written)."""
+    d = folder / BUILD_DIR
+    if not d.is_dir():
+        return set()
+    return {int(p.stem[6:]) for p in d.glob("chunk-*.json") if p.stem[6:].isdigit()}
+
+
+def load_chunk_record(folder: Path, k: int) -> dict | None:
+    p = _chunk_record_path(folder, k)
+    return json.loads(p.read_text()) if p.is_file() else None
 
 
 def iter_chunk_records(folder: Path) -> Iterator[dict]:
-    """Records of the consecutive completed chunks 0, 1, ... of a build, read one at a time."""
-    d = folder / BUILD_DIR
-    k = 0
-    while (p := d / f"chunk-{k:06d}.json").is_file():
-        yield json.loads(p.read_text())
-        k += 1
+    """Records of a build's completed chunks in chunk order, read one at a time."""
+    for k in sorted(recorded_chunks(folder)):
+        rec = load_chunk_record(folder, k)
+        if rec is not None:
+            yield rec
 
 
 def load_chunk_records(folder: Path) -> list[dict]:
@@ -151,3 +167,49 @@ def finish_staging(folder: Path) -> None:
     shutil.rmtree(folder / BUILD_DIR, ignore_errors=True)
     for p in (folder / schema.STORE_ZARR).rglob("*.partial"):
         p.unlink(missing_ok=True)
+
+
+COMPACT_DIR = ".compact"  # staging/.compact/contrib.zarr: the compacted arrays being written
+SPARSE_ZARR = ".sparse.zarr"  # the chunk-addressed arrays, moved aside while swapping
+
+
+def compact_rows(folder: Path, parts: list[tuple[int, int]], sizes: dict, attrs: dict) -> None:
+    """Make the rows `parts = [(start, n), ...]` of `folder/contrib.zarr` consecutive from row 0.
+
+    Streams one array at a time into a new group, writing whole shards of `sizes["image_chunk"]`
+    rows (at most two chunks of one array in memory), then swaps it in by renames. Idempotent and
+    crash-safe: rerun after a kill it finishes the swap or starts the copy over.
+    """
+    zdir, tmp, sparse = folder / schema.STORE_ZARR, folder / COMPACT_DIR, folder / SPARSE_ZARR
+    marker = folder / BUILD_DIR / "compacted"
+    if not marker.exists():
+        if not sparse.is_dir():  # nothing swapped yet: (re)write the compacted copy
+            shutil.rmtree(tmp, ignore_errors=True)
+            total = sum(n for _, n in parts)
+            src = open_arrays(folder, mode="r")
+            dst = create_arrays(tmp, {**sizes, "image": total}, attrs)
+            chunk = int(sizes["image_chunk"])
+            for name in schema.ARRAYS:
+                _copy_rows(src[name], dst[name], parts, chunk)
+            os.rename(zdir, sparse)
+        if not zdir.is_dir():
+            os.rename(tmp / schema.STORE_ZARR, zdir)
+        marker.touch()
+    shutil.rmtree(sparse, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_rows(src, dst, parts: list[tuple[int, int]], chunk: int) -> None:
+    buf = np.zeros((chunk, *src.shape[1:]), src.dtype)
+    filled, written = 0, 0
+    for start, n in parts:
+        done = 0
+        while done < n:
+            take = min(n - done, chunk - filled)
+            buf[filled : filled + take] = src[start + done : start + done + take]
+            filled, done = filled + take, done + take
+            if filled == chunk:
+                dst[written : written + chunk] = buf
+                written, filled = written + chunk, 0
+    if filled:
+        dst[written : written + filled] = buf[:filled]

@@ -1,0 +1,148 @@
+"""Planning a build: validate the parameters, load the model, choose layers and chunking, key the
+staging folder, and lay out the deterministic chunk list over the source's items.
+
+Chunk k covers the SOURCE items [k * chunk, (k + 1) * chunk) (the last one is shorter). It is
+computed and written on its own — by this process, a `--shard` process or a Ray actor — and its
+good images land at staging rows [k * chunk, k * chunk + n_good_k), one whole Zarr shard. Chunks
+therefore never depend on one another; `finalize` compacts the rows when any file was skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine import store
+from engine.core.layers import parse_layers
+from engine.core.types import ViTWeights
+from engine.errors import UserError
+from engine.model import LoadedModel, load_model, vision_weights
+from engine.sources import collection
+from engine.store import schema
+
+CHUNKING = "source-range"  # part of the key: chunk k = source items [k*C, (k+1)*C)
+
+
+@dataclass
+class BuildParams:
+    model: str
+    images: str  # a folder, `synthetic:N[:seed]` or `random:N[:seed]`
+    store: str  # artifacts/NAME (the link)
+    batch_size: int = 32
+    device: str = "cpu"
+    layers: str = str(schema.DEFAULT_LAST_LAYERS)  # the layer grammar of engine.core.layers
+    random_weights: bool = False
+    workers: int = 2
+    image_chunk: int | None = None  # images per Zarr chunk; None = schema.image_chunk_for(...)
+    force: bool = False  # rebuild even if the published store is up to date
+    progress: bool = True
+
+
+@dataclass
+class BuildPlan:
+    """Everything a worker needs to compute chunk k and everything finalize needs to publish."""
+
+    params: BuildParams
+    link: Path
+    source: collection.Source
+    lm: LoadedModel
+    layers: list[int]
+    chunk: int  # source items (and store rows) per chunk
+    key: str  # the staging key
+    staging: Path
+    weights: ViTWeights  # the vision tower's weights by name, extracted once
+    _arrays: dict | None = None
+
+    def arrays(self) -> dict:
+        """The staging Zarr arrays, opened for writing once per process."""
+        if self._arrays is None:
+            self._arrays = store.open_arrays(self.staging, mode="r+")
+        return self._arrays
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.source.n_items // self.chunk)
+
+    def chunk_range(self, k: int) -> range:
+        """The source items of chunk k."""
+        return range(k * self.chunk, min((k + 1) * self.chunk, self.source.n_items))
+
+    def sizes(self) -> dict[str, int]:
+        """Dimension sizes of the staging arrays (one row slot per source item)."""
+        d = self.lm.dims
+        return {
+            "image": self.source.n_items,
+            "layer": len(self.layers),
+            "head": d.n_heads,
+            "d_embed": d.d_embed,
+            "y": schema.THUMB_SIZE,
+            "x": schema.THUMB_SIZE,
+            "rgb": 3,
+            "image_chunk": self.chunk,
+        }
+
+
+def check_params(params: BuildParams) -> Path:
+    """Validate what needs no model; returns the store link."""
+    if params.batch_size < 1:
+        raise UserError(f"bad --batch-size {params.batch_size}: must be >= 1")
+    if params.workers < 1:
+        raise UserError(f"bad --workers {params.workers}: must be >= 1")
+    link = Path(params.store)
+    if link.name.startswith(".") or not link.name:
+        raise UserError(f"bad --store {params.store!r}: the store name must not start with '.'")
+    if link.exists() and not link.is_symlink():
+        raise UserError(f"{link} exists and is not a store link; choose another --store")
+    return link
+
+
+def plan_build(params: BuildParams) -> BuildPlan:
+    """Validate, load the model, choose layers and chunk size, and key the staging folder."""
+    link = check_params(params)
+    source = collection.parse_source(params.images)  # bad input fails before the (slow) model load
+    lm = load_model(params.model, device=params.device, random_weights=params.random_weights)
+    source.image_size = lm.dims.image_size
+    dims = lm.dims
+    layers_arg = params.layers
+    if str(layers_arg) == str(schema.DEFAULT_LAST_LAYERS) and dims.n_layers < int(layers_arg):
+        layers_arg = "all"  # the default on a model shallower than it
+    layers = parse_layers(layers_arg, dims.n_layers)
+    chunk = params.image_chunk or schema.image_chunk_for(len(layers), dims.n_heads, dims.d_embed)
+    if chunk < 1:
+        raise UserError(f"bad --image-chunk {chunk}: must be >= 1")
+    key = build_key(
+        {
+            "schema": schema.SCHEMA_VERSION,
+            "model_spec": lm.spec,
+            "weights_hash": lm.weights_hash,
+            "random_weights": bool(params.random_weights),
+            "images": source.fingerprint,
+            "layers": layers,
+            "image_chunk": chunk,
+            "chunking": CHUNKING,
+            "thumb": schema.THUMB_SIZE,
+            "batch_size": params.batch_size,  # batch shapes can change float rounding
+            "device": lm.device.type,
+        }
+    )
+    staging = store.staging_dir(link, key)
+    return BuildPlan(params, link, source, lm, layers, chunk, key, staging, vision_weights(lm))
+
+
+def build_key(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class BuildResult:
+    store: Path
+    version: Path | None
+    n_images: int
+    n_skipped: int
+    up_to_date: bool = False
+    resumed_chunks: int = 0
+    timings: dict = field(default_factory=dict)
+    chunks_done: int = 0  # chunks this call computed
+    published: bool = True  # False: a shard finished its chunks but others are still missing
