@@ -114,6 +114,7 @@ def test_checkpoint_file_and_local_dir_round_trip(tmp_path):
 
 
 def _tiny_cfg(**vision):
+    specs._open_clip()  # registers our model configs with open_clip
     cfg = json.loads(json.dumps(open_clip.get_model_config(specs.TINY_ARCH)))
     cfg["vision_cfg"].update(vision)
     return cfg
@@ -133,6 +134,46 @@ def test_unsupported_vits_are_refused(vision, match):
     model = open_clip.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"])
     with pytest.raises(UnsupportedModel, match=match):
         loading.check_supported(model, "x")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "vision, names",
+    [
+        ({"qk_norm": True}, "attn.ln_k, attn.ln_q"),
+        ({"qk_norm": True, "norm_kwargs": {"elementwise_affine": False}}, "attn.ln_k, attn.ln_q"),
+        ({"scaled_cosine_attn": True}, "attn.logit_scale"),
+        ({"scale_heads": True}, "attn.head_scale"),
+        ({"scale_attn_inner": True}, "attn.ln_inner"),
+        ({"scale_attn": True}, "ln_attn"),
+        ({"scale_fc": True}, "mlp.ln"),
+        ({"block_type": "custom", "ls_init_value": 0.1}, "ls_1, ls_2"),
+    ],
+)
+def test_custom_attention_options_are_refused_by_name(vision, names):
+    """open_clip's CustomResidualAttentionBlock options change what a head computes (or add a
+    term); a block is accepted only when its parameters and modules are exactly the plain
+    block's, and the error names the unexpected ones."""
+    cfg = _tiny_cfg(**vision)
+    model = open_clip.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"])
+    assert type(model.visual.transformer.resblocks[0]).__name__ == "CustomResidualAttentionBlock"
+    with pytest.raises(UnsupportedModel, match=f"block 0 .*does not know: {names}"):
+        loading.check_supported(model, "x")
+
+
+@pytest.mark.unit
+def test_plain_custom_block_is_accepted_and_exact():
+    """The custom block with no option enabled computes the plain block: accepted, and exact."""
+    from engine.model.capture import decompose_images
+
+    cfg = _tiny_cfg(block_type="custom")
+    torch.manual_seed(0)
+    model = open_clip.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"]).eval()
+    loading.check_supported(model, "x")
+    dec = decompose_images(model, torch.randn(2, 3, 32, 32), [1, 2])
+    _, comps = dec.components()
+    err = (comps.sum(1) - dec.output).abs().max() / dec.output.abs().max()
+    assert err < 1e-5
 
 
 @pytest.mark.unit
@@ -196,3 +237,119 @@ def test_weights_in_the_hub_cache_count_as_local(tmp_path, monkeypatch):
     assert specs.local_weights(spec) == str(snap / "open_clip_model.safetensors")
     row = next(r for r in specs.list_models() if r["spec"] == spec)
     assert row["available"]
+
+
+def _local_dir(d: Path, seed: int) -> None:
+    """An open_clip folder holding the tiny model's weights at random init `seed`."""
+    d.mkdir(exist_ok=True)
+    lm = loading.load_model("tiny-test", seed=seed)
+    save_file(
+        {k: v.contiguous() for k, v in lm.model.state_dict().items()},
+        str(d / "open_clip_model.safetensors"),
+    )
+    cfg = open_clip.get_model_config(specs.TINY_ARCH)
+    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+
+
+@pytest.mark.unit
+def test_local_dir_weights_hash_follows_the_checkpoint(tmp_path):
+    """Retrained weights in the same `local-dir:` folder give a new hash (a new build key), and
+    interpret refuses a store built from the old weights."""
+    from engine.pipeline.build import BuildParams, build_store
+    from engine.pipeline.interpret import run_interpretation
+
+    d = tmp_path / "model"
+    _local_dir(d, seed=1)
+    spec = f"local-dir:{d}"
+    first = loading.load_model(spec).weights_hash
+    assert first.startswith("sha256:") and first == loading.load_model(spec).weights_hash
+    link = tmp_path / "artifacts" / "s"
+    params = BuildParams(model=spec, images="synthetic:8", store=str(link), progress=False)
+    build_store(params)
+    _local_dir(d, seed=2)  # "retrained" in place
+    second = loading.load_model(spec).weights_hash
+    assert second.startswith("sha256:") and second != first
+    assert not build_store(params).up_to_date  # a new build key: rebuilt, not "up to date"
+    _local_dir(d, seed=3)
+    with pytest.raises(UserError, match="weights of .* changed since the store was built"):
+        run_interpretation(link, progress=False)
+
+
+@pytest.mark.unit
+def test_local_dir_without_a_checkpoint_is_refused(tmp_path):
+    d = tmp_path / "model"
+    _local_dir(d, seed=1)
+    (d / "open_clip_model.safetensors").unlink()
+    with pytest.raises(WeightsMissing, match="no checkpoint file"):
+        loading.weights_hash_of(f"local-dir:{d}")
+
+
+@pytest.mark.unit
+def test_load_model_changes_no_global_state():
+    """No global seed, no logger level or filter changed (Streamlit loads models in threads)."""
+    import logging
+
+    torch.manual_seed(1234)
+    rng = torch.get_rng_state()
+    root = logging.getLogger()
+    levels = {n: logging.getLogger(n).level for n in ("", "huggingface_hub", "open_clip")}
+    filters = list(root.filters)
+    a = loading.load_model("tiny-test", seed=5)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert {n: logging.getLogger(n).level for n in levels} == levels
+    assert root.filters == filters
+    torch.manual_seed(999)  # the random init depends on `seed` only, not on the global RNG
+    b = loading.load_model("tiny-test", seed=5)
+    c = loading.load_model("tiny-test", seed=6)
+    sa, sb, sc = (m.model.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+@pytest.mark.unit
+def test_only_open_clip_records_are_silenced_during_a_load(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO), loading._quiet_open_clip():
+        logging.getLogger("someone.else").info("kept")
+        logging.info("kept too")  # the root logger, from outside open_clip
+    assert [r.getMessage() for r in caplog.records] == ["kept", "kept too"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("cut", [0.5, 0.01])
+def test_corrupt_checkpoint_is_named_in_one_line(tmp_path, cut):
+    lm = loading.load_model("tiny-test")
+    f = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in lm.model.state_dict().items()}, str(f))
+    data = f.read_bytes()
+    f.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(UserError) as e:
+        loading.load_model(f"{specs.TINY_ARCH}:{f}")
+    assert not isinstance(e.value, WeightsMissing)
+    assert f"cannot read the checkpoint {f}" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "error, match",
+    [
+        (RuntimeError("unexpected key in state_dict"), "does not fit"),
+        (torch.OutOfMemoryError("CUDA out of memory"), "out of memory loading"),
+        (RuntimeError("something else"), "could not load .*something else"),
+    ],
+)
+def test_load_errors_say_what_happened(monkeypatch, tmp_path, error, match):
+    """A RuntimeError with the weights on the machine is not 'weights missing'."""
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"x")
+    monkeypatch.setattr(loading, "local_weights", lambda spec: str(f))
+    oc = specs._open_clip()
+
+    def fail(*a, **k):
+        raise error
+
+    monkeypatch.setattr(oc, "create_model_and_transforms", fail)
+    with pytest.raises(UserError, match=match) as e:
+        loading.load_model("ViT-B-32/openai")
+    assert not isinstance(e.value, WeightsMissing)
