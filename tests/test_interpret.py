@@ -144,3 +144,23 @@ def test_reference_score_table_matches_readme_counts():
     assert len(t) == 6 and (t.shared + t.unique == t.heads).all()
     got = {(m, p): u for m, p, u in zip(t.index, t.pretrained, t.unique, strict=True)}
     assert got[("ViT-B-32", "openai")] == 21 and got[("ViT-L-14", "laion2b_s32b_b82k")] == 23
+
+
+def test_a_rebuild_during_interpret_is_refused_not_mislabelled(store):
+    """interpret reads version V; a rebuild publishes V+1 (other images) before the write: the
+    labels of V must not land on V+1's images."""
+    from engine.pipeline.interpret import text_embeddings
+
+    with open_store(store) as r:
+        before = r.version_path
+
+    def rebuild_then_embed(info, texts):
+        build_store(BuildParams(model="tiny-test", images="synthetic:64:9", store=str(store),
+                                random_weights=True, progress=False, layers="all"))  # fmt: skip
+        return text_embeddings(info, texts)
+
+    with pytest.raises(UserError, match="republished while this ran"):
+        run_interpretation(store, progress=False, text_embeddings_fn=rebuild_then_embed)
+    with open_store(store) as r:
+        assert r.version_path != before and r.info["n_images"] == 64
+        assert not r.interpreted  # nothing written on the rebuilt store

@@ -222,3 +222,87 @@ def test_gc_removes_only_long_abandoned_staging(tmp_path):
     os.utime(old / store.BUILD_DIR, (week, week))
     publish_fake(link, 2, 0.0)
     assert not old.exists() and fresh.exists()
+
+
+def test_mutate_store_refuses_a_version_it_did_not_read(tmp_path):
+    """Results computed from version V are never written on top of a later version."""
+    link = tmp_path / "s"
+    v1 = publish_fake(link, 4, 0.0)
+    v2 = publish_fake(link, 5, 1.0)  # republished (e.g. rebuilt) after the caller read v1
+    with pytest.raises(UserError, match=f"republished while this ran .*{v1.name}.*{v2.name}"):
+        with store.mutate_store(link, expect_version=v1) as con:
+            con.execute("DELETE FROM images")
+    assert os.path.realpath(link) == str(v2)
+    with store.open_store(link) as r:
+        assert len(r.images()) == 5
+    assert not [p for p in store.versions_dir(link).iterdir() if p.name.startswith(".tmp")]
+    with store.mutate_store(link, expect_version=v2):  # the version read is current: fine
+        pass
+    assert os.path.realpath(link) != str(v2)
+
+
+def test_reader_retries_when_gc_removes_the_version_it_resolved(tmp_path, monkeypatch):
+    """A publish + gc between resolving the link and locking the version: open the new one."""
+    import shutil
+
+    import engine.store.reader as reader_mod
+
+    link = tmp_path / "s"
+    v1 = publish_fake(link, 4, 0.0)
+    real = reader_mod.resolve
+    raced = []
+
+    def racy(path):
+        version = real(path)
+        if not raced:  # after resolving: a new version is published and ours is collected
+            raced.append(version)
+            publish_fake(link, 6, 1.0)
+            shutil.rmtree(version)
+        return version
+
+    monkeypatch.setattr(reader_mod, "resolve", racy)
+    with store.open_store(link) as r:
+        assert raced == [v1] and r.version_path != v1 and r.info["n_images"] == 6
+    assert not v1.exists()  # the reader created nothing in the collected folder
+
+
+def test_nested_mutation_of_one_store_is_an_error_not_a_deadlock(tmp_path):
+    import signal
+    import threading
+
+    def timeout(*_):
+        raise TimeoutError("nested mutate_store deadlocked")
+
+    link = tmp_path / "s"
+    publish_fake(link, 4, 0.0)
+    other = tmp_path / "o"
+    publish_fake(other, 3, 0.0)
+    old = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(20)
+    try:
+        with store.mutate_store(link) as con:
+            con.execute("DELETE FROM textspan")
+            with pytest.raises(UserError, match="already being modified by this thread"):
+                with store.mutate_store(link):
+                    pass
+            with pytest.raises(UserError, match="already being modified"):
+                publish_fake(link, 2, 9.0)
+            with store.mutate_store(other):  # another store: fine
+                pass
+            done = []  # another thread waits for the lock instead of failing
+
+            def other_thread():
+                with store.mutate_store(link):
+                    done.append(True)
+
+            t = threading.Thread(target=other_thread)
+            t.start()
+            time.sleep(0.3)
+            assert not done and t.is_alive()  # waiting for the outer mutation
+        t.join(10)
+        assert done == [True]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    with store.mutate_store(link):  # released: usable again in this thread
+        pass

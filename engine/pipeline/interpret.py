@@ -128,6 +128,7 @@ def run_interpretation(
     run_id = uuid.uuid4().hex
     timings: dict[str, float] = {}
     with open_store(store_path) as r:
+        version = r.version_path  # results are written against this version only
         info = dict(r.info)
         chosen = parse_layers(layers, int(info["n_layers"]), available=r.layers)
         n_heads = int(info["n_heads"])
@@ -260,7 +261,7 @@ def run_interpretation(
         "labeller": labeller_name, "bank": b.name, "n_texts_bank": len(b), "layers": chosen,
         "texts_per_head": texts_per_head, "rank": rank, "normalize": normalize,
     }  # fmt: skip
-    with mutate_store(store_path) as con:
+    with mutate_store(store_path, expect_version=version) as con:
         for table in ("textspan", "head_labels", "scores", "ground_truth"):
             con.execute(f"DELETE FROM {table}")
         for table, df in (

@@ -40,9 +40,12 @@ class StoreReader:
         self.path = Path(path)
         for _ in range(5):  # a concurrent publish+gc may delete a version between resolve and lock
             version = resolve(self.path)
-            self._lock_file = open(version / LOCK_FILE, "a")
+            try:  # never create files in a version: gc may be deleting it right now
+                self._lock_file = open(version / LOCK_FILE, "rb")
+            except FileNotFoundError:
+                continue  # collected after we resolved it: resolve the link again
             fcntl.flock(self._lock_file, fcntl.LOCK_SH)
-            if (version / schema.STORE_DB).is_file():
+            if (version / schema.STORE_DB).is_file():  # still there once locked: it stays
                 break
             self._lock_file.close()
         else:

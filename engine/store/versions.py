@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -70,16 +71,33 @@ def _new_version_name(vdir: Path) -> str:
     return f"v{max(seqs, default=0) + 1:06d}-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime())
 
 
+_held = threading.local()  # the store locks this thread holds (flock does not nest: it would wait)
+
+
 @contextmanager
 def _store_lock(link: Path) -> Iterator[None]:
-    """Exclusive lock serialising publication/mutation of one store (blocks until free)."""
+    """Exclusive lock serialising publication/mutation of one store (blocks until free).
+
+    Taking it again in the thread that holds it (a `mutate_store` or `publish` nested in a
+    `mutate_store` of the same store) would wait for itself forever: that is an error instead.
+    Other threads and processes wait their turn.
+    """
     path = _lock_path(link)
     path.parent.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(path)
+    held: set[str] = _held.__dict__.setdefault("locks", set())
+    if key in held:
+        raise UserError(
+            f"{link} is already being modified by this thread (a nested mutate_store or publish "
+            "of the same store would wait for itself); finish the outer one first"
+        )
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
+        held.add(key)
         try:
             yield
         finally:
+            held.discard(key)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
@@ -181,17 +199,28 @@ def _try_delete(version: Path) -> bool:
 
 
 @contextmanager
-def mutate_store(path: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
+def mutate_store(
+    path: str | os.PathLike, *, expect_version: str | os.PathLike | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A writable DuckDB connection on a new copy-on-write version, published on clean exit.
 
     The DuckDB file is copied and the Zarr group hard-linked; on an exception the copy is
     discarded and the published store is untouched. Mutations of one store are serialised.
+
+    `expect_version`: the version folder the caller read (`StoreReader.version_path`). If the
+    store has been republished since (e.g. rebuilt over other images), nothing is written and a
+    UserError says so: results computed from one version never land on another.
     """
     link = Path(path)
     if not link.is_symlink():
         raise UserError(f"{path} is not a store link (expected artifacts/NAME)")
     with _store_lock(link):
         current = resolve(link)
+        if expect_version is not None and Path(os.path.realpath(expect_version)) != current:
+            raise UserError(
+                f"{path} was republished while this ran (read {Path(expect_version).name}, now "
+                f"{current.name}); nothing was written: run it again on the new version"
+            )
         tmp = versions_dir(link) / f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
