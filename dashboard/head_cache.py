@@ -1,7 +1,12 @@
 """Per-head matrices and thumbnails read from the store, cached per (store version, head).
 
-One head's contributions over all images are read straight from Zarr (one inner chunk per
-shard) and converted once; pages get them as `analysis.HeadContributions`.
+One head's contributions over all images are read straight from Zarr in the head's own
+coordinates (`[image, d_head]`, one inner chunk per shard) and converted once to float16 unit rows
+plus norms and the head's basis; pages get them as `analysis.HeadContributions`. The cache is
+bounded by bytes, not entries (`CLIP_INTERPRET_CACHE_MB`, default
+`engine.store.cache.DEFAULT_CACHE_MB`): least recently used heads are evicted, so memory stays
+bounded whatever the store's size (a 1,000,000-image ViT-B head is ~132 MB, a 50,000-image one
+~6.6 MB).
 """
 
 from __future__ import annotations
@@ -14,22 +19,29 @@ import streamlit as st
 from engine.core import analysis
 from engine.core.layers import head_name
 from engine.errors import UserError
+from engine.store.cache import ByteBudgetCache
 
 
-@st.cache_resource(show_spinner=False, max_entries=48)
-def _contributions(key: str, layer: int, head: int) -> analysis.HeadContributions:
+@st.cache_resource(show_spinner=False)
+def head_cache() -> ByteBudgetCache:
+    """The process's per-head cache (one for every session and store version)."""
+    return ByteBudgetCache()
+
+
+def _read(key: str, layer: int, head: int) -> analysis.HeadContributions:
     store = stores.reader(key)
     layers = stores.store_layers(store)
     if layer not in layers or not 0 <= head < int(store.info["n_heads"]):
         raise UserError(f"{head_name(layer, head)} is not in this store (layers {layers})")
-    return analysis.HeadContributions.from_head_out(
-        store.head_out_array[:, layers.index(layer), head, :]
-    )
+    # straight from Zarr, around the reader's float32 cache: float16 unit rows are kept here
+    coord = store.coord_array[:, layers.index(layer), head, :]  # [image, d_head] fp16
+    return analysis.HeadContributions.from_coords(coord, store.basis(layer, head))
 
 
 def head_contributions(store, layer: int, head: int) -> analysis.HeadContributions:
-    """One head's stored contributions over all images, read from Zarr once per process."""
-    return _contributions(stores.version_key(store), int(layer), int(head))
+    """One head's stored contributions over all images, read from Zarr once while cached."""
+    key = stores.version_key(store)
+    return head_cache().get((key, int(layer), int(head)), lambda: _read(key, int(layer), int(head)))
 
 
 def many_head_contributions(

@@ -170,3 +170,99 @@ def test_head_contributions_dot_and_cosine_match_raw(rng):
         np.testing.assert_allclose(
             bank.dot(t * scale), exact * scale, rtol=0, atol=2e-3 * np.abs(exact).max() * scale
         )
+
+
+# ---- in head coordinates: the same numbers and rankings as the d_embed computation
+
+
+def _heads_in_coordinates(rng, heads=4, n=3000, d_head=6, d_embed=24, rank=None):
+    """Stored heads as coordinates in random orthonormal bases (heads' spans overlap: the bases
+    of different heads are NOT orthogonal to each other), and the same heads in d_embed."""
+    out = []
+    for h in range(heads):
+        q, _ = np.linalg.qr(rng.normal(size=(d_embed, d_head)))
+        basis = q.T.astype(np.float32)  # [d_head, d_embed]
+        if rank is not None:
+            basis[rank:] = 0  # rank-deficient head: zero rows
+        coord = (rng.normal(size=(n, d_head)) * rng.uniform(0.2, 3, size=d_head)).astype(np.float32)
+        coord[5 * h] = 0  # a zero contribution
+        if rank is not None:
+            coord[:, rank:] = 0  # as stored: U S has zero columns past the rank
+        out.append((coord, basis, coord @ basis))
+    return out
+
+
+def _reference_property(query, stored, combine):
+    """The d_embed definition, fp64: cosine of concatenated / summed unit contributions."""
+    q = an.unit_rows(query).astype(np.float64)
+    s = [an.unit_rows(m).astype(np.float64) for m in stored]
+    if combine == "concat":
+        return sum(si @ qi for si, qi in zip(s, q, strict=True)) / len(s)
+    total = sum(s)
+    norm = np.maximum(np.linalg.norm(total, axis=1), an.EPS)
+    return (total @ q.sum(axis=0)) / norm / max(np.linalg.norm(q.sum(axis=0)), an.EPS)
+
+
+def _same_ranking(got, want, k=10, tol=3e-3):
+    """Same top-k as the reference, up to swaps of scores closer than the fp16 tolerance."""
+    a, b = an.top_k(got, k), an.top_k(want, k)
+    np.testing.assert_allclose(a.score, b.score, atol=tol)
+    for i in range(k):
+        if a.index[i] != b.index[i]:
+            assert abs(float(want[a.index[i]]) - float(want[b.index[i]])) < 2 * tol
+
+
+@pytest.mark.parametrize("combine", ["concat", "sum"])
+@pytest.mark.parametrize("rank", [None, 4])
+def test_property_scores_in_coordinates_equal_d_embed(rng, combine, rank):
+    """`sum` uses the heads' cross-Gram matrices basis_h basis_gᵀ: derived, and equal here to the
+    d_embed computation (up to float16 storage of the unit rows)."""
+    heads = _heads_in_coordinates(rng, rank=rank)
+    banks = [an.HeadContributions.from_coords(c, b) for c, b, _ in heads]
+    dense = [h for _, _, h in heads]
+    query = np.stack([h[11] for h in dense]) * 3.0  # image 11's heads, scaled
+    query[1] += rng.normal(size=query.shape[1]) * 0.1  # partly outside that head's span
+    got = an.property_scores(query, banks, combine)
+    want = _reference_property(query, dense, combine)
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    _same_ranking(got, want)
+
+
+def test_head_neighbours_and_text_scores_in_coordinates_equal_d_embed(rng):
+    heads = _heads_in_coordinates(rng, heads=3)
+    banks = [an.HeadContributions.from_coords(c, b) for c, b, _ in heads]
+    dense = [h for _, _, h in heads]
+    query = np.stack([h[123] for h in dense])
+    ours = an.head_image_neighbours(query, banks, k=10)
+    for r, bank, q, d in zip(ours, banks, query, dense, strict=True):
+        want = an.unit_rows(d) @ an.unit_rows(q[None])[0]  # cosines in d_embed
+        assert r.index[0] == 123
+        _same_ranking(bank.cosine(q), want)
+        np.testing.assert_allclose(r.score, want[r.index], atol=3e-3)
+    text = an.unit_rows(rng.normal(size=(1, heads[0][2].shape[1])))[0]  # any direction
+    for bank, d in zip(banks, dense, strict=True):
+        want = d @ text
+        got = bank.dot(text)
+        np.testing.assert_allclose(got, want, atol=2e-3 * np.abs(want).max())
+        _same_ranking(got, want, tol=2e-3 * float(np.abs(want).max()))
+        np.testing.assert_allclose(bank.row(7), d[7], atol=2e-3 * np.abs(d).max())
+
+
+def test_from_head_out_finds_the_basis_of_a_low_rank_head(rng):
+    coord, basis, dense = _heads_in_coordinates(rng, heads=1, n=200)[0]
+    bank = an.HeadContributions.from_head_out(dense)
+    assert bank.basis.shape == (6, 24) and bank.unit.shape == (200, 6)
+    np.testing.assert_allclose(bank.norm, np.linalg.norm(dense, axis=1), rtol=1e-5, atol=1e-6)
+    assert bank.nbytes == 200 * 6 * 2 + 200 * 4 + 6 * 24 * 4
+
+
+def test_ground_truth_eta2_is_the_same_in_coordinates(rng):
+    from engine.core.groundtruth import head_eta2
+
+    coord, basis, dense = _heads_in_coordinates(rng, heads=1, n=400)[0]
+    codes = rng.integers(0, 5, size=(400, 3))
+    codes[:, 0] = np.arange(400) % 4
+    coord[:, 0] += 3.0 * codes[:, 0]  # factor 0 explains most of the variance
+    dense = coord @ basis
+    np.testing.assert_allclose(head_eta2(coord, codes), head_eta2(dense, codes), rtol=1e-5)
+    assert head_eta2(coord, codes).argmax() == 0

@@ -17,11 +17,13 @@ import torch
 from PIL import Image
 from test_imageio import make_bad_files
 
+import engine.pipeline.build_plan as plan_mod
 import engine.pipeline.compute as compute_mod
 from engine import store
 from engine.cli import main as cli_main
 from engine.model import load_model
 from engine.pipeline.build import BuildParams, build_store
+from engine.pipeline.rows import ReconstructionError
 from engine.store import schema
 
 pytestmark = pytest.mark.unit
@@ -77,10 +79,25 @@ def test_build_contents_match_the_model(reference):
             enc = lm.model.encode_image(pixels).numpy()
         np.testing.assert_allclose(r.output()[idx], enc, rtol=1e-4, atol=1e-5)
         dec = decompose_images(lm, pixels, info["layers"])
-        np.testing.assert_allclose(
-            r.head_out_array[idx].astype(np.float32), dec.head_out.numpy(), rtol=2e-3, atol=2e-3
-        )
-        np.testing.assert_allclose(r.array("ln_scale")[idx], dec.resid_std.numpy(), rtol=1e-5)
+        coord = r.coord_array.get_orthogonal_selection((idx,)).astype(np.float32)
+        np.testing.assert_allclose(coord, dec.coord.numpy(), rtol=2e-3, atol=2e-3)
+        np.testing.assert_array_equal(r.array("basis"), dec.basis.numpy())
+        for name in ("mlp", "attn_rest", "embed"):
+            got = r.lazy(name).get_orthogonal_selection((idx,)).astype(np.float32)
+            np.testing.assert_allclose(got, getattr(dec, name).numpy(), rtol=2e-3, atol=2e-3)
+        # std is what it says: ln_post's statistic of the final residual (the model's own)
+        with torch.no_grad():
+            x = lm.model.visual
+            resid = {}
+            h = x.ln_post.register_forward_pre_hook(lambda m, i: resid.setdefault("r", i[0]))
+            lm.model.encode_image(pixels)
+            h.remove()
+        cls = resid["r"] if resid["r"].dim() == 2 else resid["r"][:, 0]  # class-token row
+        want = (cls.var(dim=-1, unbiased=False) + x.ln_post.eps).sqrt()
+        np.testing.assert_allclose(r.std()[idx], want.numpy(), rtol=1e-5)
+        assert "resid_norm" not in schema.ARRAYS and "ln_scale" not in schema.ARRAYS
+        assert info["rest_layers"] == [] and r.rest_layers == []
+        assert info["reconstruction_error"] < 1e-5
         names, codes = r.factors()
         assert names == list(world.FACTORS) and np.array_equal(codes, batch.codes)
         imgs = r.images()
@@ -145,7 +162,7 @@ def test_reader_survives_rebuild_and_other_builds(tmp_path):
         f"r = store.open_store({str(a)!r})\n"
         "x = r.head_out(r.layers[-1], 0).copy(); n = len(r.images())\n"
         "print('ready', flush=True); sys.stdin.readline()\n"
-        "y = r.head_out_array[:, -1, 0, :].astype(np.float32)\n"
+        "y = r.coord_array[:, -1, 0, :].astype(np.float32) @ r.basis(r.layers[-1], 0)\n"
         "print('same' if np.array_equal(x, y) and len(r.images()) == n == 40 else 'changed')\n"
     )
     proc = subprocess.Popen(
@@ -288,3 +305,62 @@ def test_demo_store_builds_once_then_interprets(tmp_path, monkeypatch, capsys):
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert "exists and is complete" in out and len(calls) == 1
+
+
+def test_build_stops_before_storing_a_wrong_decomposition(tmp_path, monkeypatch):
+    """A block computing what the decomposition does not model (here: one layer's attention
+    output scaled, as open_clip's `head_scale` would) stops the build: nothing is published."""
+    real = plan_mod.load_model
+
+    def scaled(*a, **k):
+        lm = real(*a, **k)
+        lm.model.visual.transformer.resblocks[1].attn.register_forward_hook(
+            lambda m, i, o: (o[0] * 1.5, *o[1:]) if isinstance(o, tuple) else o * 1.5
+        )
+        return lm
+
+    monkeypatch.setattr(plan_mod, "load_model", scaled)
+    link = tmp_path / "bad"
+    with pytest.raises(ReconstructionError, match="does not reproduce encode_image"):
+        build_store(params(link, images="synthetic:16:0", image_chunk=8, batch_size=8))
+    assert not link.exists()
+    staging = list(store.versions_dir(link).glob("staging-*"))
+    assert staging and not list(store.iter_chunk_records(staging[0]))  # no chunk recorded
+
+
+def test_small_collection_is_one_chunk_of_its_size(tmp_path):
+    """40 images are one 40-image chunk, not padded to a power of two or 1,024 images."""
+    res = build_store(params(tmp_path / "s", images="synthetic:40:0", image_chunk=None))
+    with store.open_store(res.store) as r:
+        assert r.info["image_chunk"] == 40
+        assert r.coord_array.shards[0] == 40
+        sizes = schema.array_sizes(40, 3, r.layers, r.n_heads, 16, 32, 40)
+    zarr_dir = Path(os.path.realpath(res.store)) / schema.STORE_ZARR
+    on_disk = sum(p.stat().st_size for p in zarr_dir.rglob("*") if p.is_file())
+    raw = schema.bytes_per_image(sizes) * 40 + 64 * 1024  # + constants and metadata
+    assert on_disk <= raw
+
+
+def test_verify_store_bounds_the_stored_sum(reference, tmp_path, capsys):
+    assert cli_main(["verify", "--store", str(reference), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and out["n_images"] == N
+    assert 0 < out["worst_error_over_bound"] <= 1.0
+    assert out["relative_error"] < 1e-3  # fp16 rounding of the terms
+    # a stored term off by more than fp16 rounding is caught, and named by its image
+    import shutil
+
+    import zarr
+
+    shutil.copytree(os.path.realpath(reference), tmp_path / "v", symlinks=True)
+    link = tmp_path / "v"  # a version folder opens like a store
+
+    g = zarr.open_group(str(tmp_path / "v" / schema.STORE_ZARR), mode="r+")
+    mlp = g["mlp"][77]
+    mlp[0, 0] += np.float16(0.05) * np.abs(mlp).max()
+    g["mlp"][77] = mlp
+    assert cli_main(["verify", "--store", str(link), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert not out["ok"] and out["worst_image"] == 77
+    assert cli_main(["verify"]) == 2  # neither --model nor --store: one line, exit 2
+    assert "exactly one of" in capsys.readouterr().err

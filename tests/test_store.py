@@ -10,6 +10,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine import store
 from engine.errors import UserError
@@ -17,27 +19,31 @@ from engine.store import schema
 
 pytestmark = pytest.mark.unit
 
-SIZES = {"layer": 2, "head": 3, "d_embed": 8, "y": 64, "x": 64, "rgb": 3, "image_chunk": 4}
 LAYERS = [5, 7]
+SIZES = schema.array_sizes(0, 8, LAYERS, n_heads=3, d_head=4, d_embed=8, image_chunk=4)
 
 
-def publish_fake(link, n_images: int, fill: float, factors: bool = False):
-    """Publish a store with known values: head_out[i, l, h, :] = fill + i + 10 l + 100 h."""
+def publish_fake(link, n_images: int, fill: float, factors: bool = False, meta_extra=None):
+    """Publish a store with known values: coord[i, l, h, 0] = fill + i + 10 l + 100 h (other
+    coordinates 0), basis[l, h] = the first 4 unit vectors, so head_out[.., 0] = coord[.., 0]."""
     staging = store.staging_dir(link, f"test{fill}")
     staging.mkdir(parents=True)
     sizes = {**SIZES, "image": n_images + 3}  # created larger, shrunk like a build does
     arrays = store.create_arrays(staging, sizes)
     i, l, h = np.meshgrid(np.arange(n_images), np.arange(2), np.arange(3), indexing="ij")
-    head = (fill + i + 10 * l + 100 * h).astype(np.float16)[..., None]  # [image, layer, head, 1]
+    coord = np.zeros((n_images, 2, 3, 4), np.float16)
+    coord[..., 0] = fill + i + 10 * l + 100 * h
     data = {
-        "head_out": np.broadcast_to(head, (n_images, 2, 3, 8)),
+        "coord": coord,
         "output": np.full((n_images, 8), fill, np.float32),
-        "resid_norm": np.arange(n_images, dtype=np.float32),
-        "ln_scale": np.ones(n_images, np.float32),
+        "std": np.ones(n_images, np.float32),
         "thumbnail": np.arange(n_images, dtype=np.uint8)[:, None, None, None]
         * np.ones((1, 64, 64, 3), np.uint8),
     }
     store.write_rows(arrays, 0, data)
+    store.write_constants(
+        arrays, {"basis": np.broadcast_to(np.eye(4, 8, dtype=np.float32), (2, 3, 4, 8))}
+    )
     store.resize_images(arrays, n_images)
     tables = {
         "images": pd.DataFrame(
@@ -61,7 +67,13 @@ def publish_fake(link, n_images: int, fill: float, factors: bool = False):
                 "value": "x",
             }
         )
-    meta = {"layers": LAYERS, "model_spec": "fake", "factors": ["colour", "shape"]}
+    meta = {
+        "layers": LAYERS,
+        "model_spec": "fake",
+        "factors": ["colour", "shape"],
+        "schema_version": schema.SCHEMA_VERSION,
+        **(meta_extra or {}),
+    }
     store.write_database(staging, tables, meta)
     return store.publish(link, staging)
 
@@ -73,9 +85,11 @@ def test_schema_round_trip(tmp_path):
         assert a.metadata.dimension_names == spec.dims
         assert a.dtype == np.dtype(spec.dtype)
         assert a.shape == spec.shape({**SIZES, "image": 10})
-    head = arrays["head_out"]
-    assert head.chunks == (4, 1, 1, 8)  # one (layer, head) per inner chunk
-    assert head.shards == (4, 2, 3, 8)  # one shard per image chunk
+    head = arrays["coord"]
+    assert head.chunks == (4, 1, 1, 4)  # one (layer, head) per inner chunk
+    assert head.shards == (4, 2, 3, 4)  # one shard per image chunk
+    assert arrays["basis"].shape == (2, 3, 4, 8) and arrays["mlp"].shape == (10, 8, 8)
+    assert arrays["attn_rest"].shape == (10, 6, 8) and arrays["attn_bias"].shape == (2, 8)
     assert arrays["thumbnail"].chunks == (1, 64, 64, 3)  # one thumbnail per inner chunk
     assert arrays["thumbnail"].shards == (4, 64, 64, 3)
     store.write_database(tmp_path, {}, {"k": [1, 2]})
@@ -93,11 +107,42 @@ def test_schema_round_trip(tmp_path):
     con.close()
 
 
-def test_image_chunk_bounds():
-    assert schema.image_chunk_for(4, 12, 512) == 1024  # ViT-B, last 4 layers: 48 MiB chunk
-    assert schema.image_chunk_for(24, 16, 768) == 64  # ViT-L, all layers: floor
-    c = schema.image_chunk_for(12, 12, 512)
-    assert c * 12 * 12 * 512 * 2 <= schema.HEAD_OUT_CHUNK_BUDGET and c & (c - 1) == 0
+def vit_sizes(n_layers, n_stored, n_heads, d_embed, n_images=10**6, d_head=64):
+    layers = list(range(n_layers - n_stored, n_layers))
+    return schema.array_sizes(n_images, n_layers, layers, n_heads, d_head, d_embed, 1)
+
+
+def test_bytes_per_image_of_the_compact_store():
+    """The issue's targets: ViT-B-32 last 4 layers' heads <= 6.5 KB, ViT-L-14 <= 8.5 KB, the
+    complete ViT-B-32 decomposition (everything but the thumbnail) <= 30 KB."""
+    b32, l14 = vit_sizes(12, 4, 12, 512), vit_sizes(24, 4, 16, 768)
+    assert schema.bytes_per_image(b32, ["coord"]) == 6144  # vs 49,152 as head_out [.., 512]
+    assert schema.bytes_per_image(l14, ["coord"]) == 8192  # vs 98,304
+    complete = [n for n in schema.ARRAYS if n != "thumbnail"]
+    assert schema.bytes_per_image(b32, complete) == 6144 + 12 * 1024 + 8 * 1024 + 1024 + 4 + 2048
+    assert schema.bytes_per_image(b32, complete) <= 30_000
+
+
+@given(
+    n_layers=st.integers(1, 32),
+    heads=st.integers(1, 16),
+    d_head=st.sampled_from([4, 16, 64, 128]),
+    n_images=st.integers(1, 3_000_000),
+)
+def test_image_chunk_bounds(n_layers, heads, d_head, n_images):
+    """A chunk fits the budget (or is one image), never exceeds the collection, and is a power
+    of two unless it is the whole (small) collection."""
+    sizes = vit_sizes(n_layers, min(4, n_layers), heads, heads * d_head // 2, n_images, d_head)
+    c = schema.image_chunk_for(sizes, n_images)
+    assert 1 <= c <= min(n_images, schema.MAX_IMAGE_CHUNK)
+    assert c == 1 or c * schema.bytes_per_image(sizes) <= schema.CHUNK_BUDGET
+    assert c & (c - 1) == 0 or c == n_images
+
+
+def test_image_chunk_examples():
+    assert schema.image_chunk_for(vit_sizes(12, 4, 12, 512), 10**6) == 1024
+    assert schema.image_chunk_for(vit_sizes(12, 4, 12, 512), 64) == 64  # not padded to 1,024
+    assert schema.image_chunk_for(vit_sizes(12, 4, 12, 512), 5000) == 1024
 
 
 def test_reader_reads_what_was_written(tmp_path):
@@ -105,11 +150,16 @@ def test_reader_reads_what_was_written(tmp_path):
     publish_fake(link, 10, 0.0, factors=True)
     with store.open_store(link) as r:
         assert r.info["n_images"] == 10 and r.layers == LAYERS
-        h = r.head_out(7, 2)  # absolute layer 7 = stored index 1
-        assert h.dtype == np.float32 and h.shape == (10, 8)
-        np.testing.assert_array_equal(h[:, 0], np.arange(10) + 10 + 200)
-        assert r.head_out(7, 2) is h  # cached
-        assert r.head_out_array.shape == (10, 2, 3, 8)
+        c = r.coords(7, 2)  # absolute layer 7 = stored index 1
+        assert c.dtype == np.float32 and c.shape == (10, 4)
+        np.testing.assert_array_equal(c[:, 0], np.arange(10) + 10 + 200)
+        assert r.coords(7, 2) is c  # cached
+        assert r.coords(7, 2, cache=False) is not c
+        assert r.basis(7, 2).shape == (4, 8)
+        h = r.head_out(7, 2)
+        assert h.shape == (10, 8) and np.array_equal(h[:, 0], c[:, 0])
+        assert r.coord_array.shape == (10, 2, 3, 4)
+        assert r.layers == LAYERS and r.rest_layers == [0, 1, 2, 3, 4, 6]
         assert r.output().shape == (10, 8)
         t = r.thumbnails([7, 2, 7])
         assert t.shape == (3, 64, 64, 3) and t[:, 0, 0, 0].tolist() == [7, 2, 7]
@@ -147,11 +197,11 @@ def test_reader_keeps_its_version_across_publishes_and_gc(tmp_path):
     v2 = publish_fake(link, 6, 1000.0)
     v3 = publish_fake(link, 7, 2000.0)  # gc keeps current + previous, and v1 (held by `old`)
     assert old.version_path == v1 and v1.exists() and old.is_stale
-    assert old.head_out(5, 0)[0, 0] == 0.0 and old.info["n_images"] == 5
+    assert old.coords(5, 0)[0, 0] == 0.0 and old.info["n_images"] == 5
     assert len(old.images()) == 5
     with store.open_store(link) as new:
         assert not new.is_stale
-        assert new.version_path == v3 and new.head_out(5, 0)[0, 0] == 2000.0
+        assert new.version_path == v3 and new.coords(5, 0)[0, 0] == 2000.0
     old.close()
     v4 = publish_fake(link, 8, 3000.0)  # now v1 and v2 go
     assert not v1.exists() and not v2.exists() and v3.exists() and v4.exists()
@@ -175,7 +225,7 @@ def test_mutate_store_publishes_copy_or_nothing(tmp_path):
     with store.open_store(link) as r:
         assert r.interpreted and r.version_path != v1
         assert r.query("SELECT text FROM textspan")["text"].tolist() == ["a red object"]
-        np.testing.assert_array_equal(r.head_out(5, 1)[:, 0], np.arange(4) + 100)  # zarr shared
+        np.testing.assert_array_equal(r.coords(5, 1)[:, 0], np.arange(4) + 100)  # zarr shared
         v2 = r.version_path
     with pytest.raises(RuntimeError, match="boom"):
         with store.mutate_store(link) as con:
@@ -306,3 +356,61 @@ def test_nested_mutation_of_one_store_is_an_error_not_a_deadlock(tmp_path):
         signal.signal(signal.SIGALRM, old)
     with store.mutate_store(link):  # released: usable again in this thread
         pass
+
+
+def test_a_store_of_the_old_format_is_refused_with_the_rebuild_command(tmp_path):
+    link = tmp_path / "photos"
+    publish_fake(link, 3, 0.0, meta_extra={"schema_version": 1})
+    with store.mutate_store(link) as con:
+        con.execute(
+            "INSERT INTO runs (run_id, kind, parameters) VALUES ('r', 'build', ?)",
+            [json.dumps({"images": "/data/photos", "layers_arg": "4", "random_weights": False})],
+        )
+    with pytest.raises(UserError) as e:
+        store.open_store(link)
+    msg = str(e.value)
+    assert "\n" not in msg and "format 1" in msg and "format 2" in msg
+    assert msg.endswith(
+        f"python -m engine build --model fake --images /data/photos --layers 4 --store {link}"
+    )
+    publish_fake(tmp_path / "demo", 3, 0.0, meta_extra={"schema_version": 1})
+    with pytest.raises(UserError, match="python -m engine demo-store --store"):
+        store.open_store(tmp_path / "demo")
+    assert store.list_stores(tmp_path) == []  # listing skips what cannot be read
+
+
+def test_reader_cache_stays_within_its_byte_budget(tmp_path):
+    publish_fake(tmp_path / "s", 10, 0.0)
+    one = 10 * 4 * 4  # one head's float32 coordinates
+    with store.open_store(tmp_path / "s", cache_bytes=2 * one) as r:
+        a = r.coords(5, 0)
+        r.coords(5, 1)
+        assert r.coords(5, 0) is a and len(r.cache) == 2  # hit: (5, 0) is now the newest
+        r.coords(5, 2)  # evicts the least recently used, (5, 1)
+        assert len(r.cache) == 2 and r.cache.used <= 2 * one and r.cache.evictions == 1
+        assert ("coord", 5, 0) in r.cache and ("coord", 5, 1) not in r.cache
+        for h in range(3):
+            for lay in LAYERS:
+                r.coords(lay, h)
+                assert r.cache.used <= 2 * one
+        cache = r.cache
+    assert len(cache) == 0  # closing the reader frees what it cached
+    with store.open_store(tmp_path / "s", cache_bytes=one - 1) as r:
+        r.coords(5, 0)
+        assert len(r.cache) == 0  # larger than the budget: returned, never kept
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    budget=st.integers(0, 400),
+    ops=st.lists(st.tuples(st.integers(0, 9), st.integers(1, 200)), max_size=60),
+)
+def test_byte_budget_cache_never_exceeds_its_budget(budget, ops):
+    from engine.store.cache import ByteBudgetCache
+
+    c = ByteBudgetCache(budget)
+    for key, size in ops:
+        v = c.get(key, lambda size=size: np.zeros(size, np.uint8))
+        assert c.used <= budget and c.used == sum(c._items[k][1] for k in c._items)
+        if size <= budget and key in c:
+            assert c.get(key, lambda: None) is v

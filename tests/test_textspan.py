@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from engine.core.textspan import textspan, textspan_reference
+from engine.core.textspan import project_bank, textspan, textspan_reference
 
 pytestmark = pytest.mark.unit
 
@@ -133,3 +135,30 @@ def test_rank_capped_at_numerical_rank_of_low_rank_fp16_head():
     )
     ref = textspan_reference(c, r, rank=80)
     assert ref.indices.tolist() == capped.indices.tolist()
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    d_head=st.sampled_from([4, 8, 16]),
+    rank=st.sampled_from([3, 10, 80]),
+    offset=st.floats(0.0, 3.0),
+)
+def test_in_head_coordinates_equals_d_embed(seed, d_head, rank, offset):
+    """A stored head is C = X B (X [image, d_head], B [d_head, d_embed] orthonormal rows):
+    TextSpan on (X, R Bᵀ) picks the same texts with the same shares as on (C, R)."""
+    rng = np.random.default_rng(seed)
+    d_embed, n = 64, 500
+    q, _ = np.linalg.qr(rng.normal(size=(d_embed, d_head)))
+    basis = q.T  # [d_head, d_embed]
+    r = unit_rows(rng, 200, d_embed)
+    # a head whose variance follows a few texts' directions inside its span, plus an offset
+    x = rng.normal(size=(n, d_head)) * np.geomspace(3.0, 0.1, d_head) + offset
+    c = x @ basis  # [image, d_embed]
+    want = textspan(c.astype(np.float32), r, rank=rank, n_texts=6)
+    got = textspan(x.astype(np.float32), project_bank(r, basis), rank=rank, n_texts=6)
+    assert got.indices.tolist() == want.indices.tolist()
+    np.testing.assert_allclose(got.variance_removed, want.variance_removed, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(got.total_var, want.total_var, rtol=1e-5)
+    ref = textspan_reference(c, r, rank=rank, n_texts=6)  # and the literal algorithm agrees
+    assert got.indices.tolist() == ref.indices.tolist()

@@ -1,4 +1,10 @@
-"""`python -m engine verify`: check that the decomposition sums to `encode_image` for a model."""
+"""`python -m engine verify`: check that the decomposition sums to `encode_image`.
+
+`--model SPEC`: decompose a few images now (fp32) and compare with the model's own forward.
+`--store S`: sum every image's stored terms (fp16 coordinates, MLP, rest-attention and embedding
+terms; fp32 constants) and compare with the stored `output`, against the fp16 rounding bound of
+`engine.core.reconstruct` (OK when every image's error is within its bound).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ HELP = "check that per-head contributions + MLP/embedding/bias terms sum to enco
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="model spec, e.g. ViT-B-32/openai or demo")
+    p.add_argument("--model", help="model spec, e.g. ViT-B-32/openai or demo")
+    p.add_argument("--store", help="check a built store's stored terms instead of a model")
     p.add_argument("--random-weights", action="store_true", help="random init, no checkpoint")
     p.add_argument("--images", help="folder of images (default: random pixels)")
     p.add_argument("-n", "--n-images", type=int, default=4, help="images to check (default 4)")
@@ -53,6 +60,10 @@ def _pixels(lm, folder: str | None, n: int) -> tuple[torch.Tensor, str]:
 
 
 def run(args) -> int:
+    if bool(args.model) == bool(args.store):
+        raise UserError("give exactly one of --model SPEC or --store PATH")
+    if args.store:
+        return run_store(args)
     from engine.core.layers import parse_layers
     from engine.model import decompose_images, load_model
 
@@ -82,5 +93,60 @@ def run(args) -> int:
             f"{status}: {result['n_components']} components over {source} sum to encode_image "
             f"with max |error| / max ||output|| = {result['relative_error']:.2e} "
             f"(max |error| {result['max_abs_error']:.2e}; tolerance {args.tolerance:g})"
+        )
+    return 0 if result["ok"] else 1
+
+
+def verify_store(path) -> dict:
+    """Sum every image's stored terms, chunk by chunk; compare with `output` and the fp16 bound."""
+    import numpy as np
+
+    from engine.core.reconstruct import stored_sum
+    from engine.store import open_store
+
+    with open_store(path) as r:
+        n = int(r.info["n_images"])
+        const = {k: r.array(k) for k in ("basis", "attn_bias", "ln_bias")}
+        step = int(r.info.get("image_chunk") or 1024)
+        worst_ratio, max_abs, max_norm, worst_image = 0.0, 0.0, 0.0, -1
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            rows = {k: r.lazy(k)[a:b] for k in ("coord", "std", "mlp", "attn_rest", "embed")}
+            out = r.lazy("output")[a:b]
+            s = stored_sum(
+                rows["coord"], const["basis"], const["attn_bias"], rows["std"], rows["mlp"],
+                rows["attn_rest"], rows["embed"], const["ln_bias"], out,
+            )  # fmt: skip
+            ratio = s.error / np.maximum(s.bound, 1e-30)
+            i = int(np.argmax(ratio))
+            if ratio[i] > worst_ratio:
+                worst_ratio, worst_image = float(ratio[i]), a + i
+            max_abs = max(max_abs, float(np.abs(out - s.total).max()))
+            max_norm = max(max_norm, float(np.linalg.norm(out, axis=1).max()))
+        return {
+            "store": str(path),
+            "n_images": n,
+            "layers": r.layers,
+            "rest_layers": r.rest_layers,
+            "max_abs_error": max_abs,
+            "max_output_norm": max_norm,
+            "relative_error": max_abs / max(max_norm, 1e-30),
+            "worst_error_over_bound": worst_ratio,
+            "worst_image": worst_image,
+            "ok": bool(worst_ratio <= 1.0),
+        }
+
+
+def run_store(args) -> int:
+    result = verify_store(args.store)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        status = "OK" if result["ok"] else "FAILED"
+        print(
+            f"{status}: the stored terms of {result['n_images']} images sum to the stored output "
+            f"with max |error| / max ||output|| = {result['relative_error']:.2e}; worst image's "
+            f"error is {result['worst_error_over_bound']:.2f}x its fp16 rounding bound "
+            "(must be <= 1)"
         )
     return 0 if result["ok"] else 1

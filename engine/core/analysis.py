@@ -15,6 +15,10 @@ Math on numpy arrays and torch tensors; touches no files, no model, and renders 
    contribution of that head.
 5. Head text neighbours: per head, score = ``head_out · text`` (the head's direct contribution
    to the image-text similarity logit), ranked over the store.
+
+Every stored head is held in its own coordinates (``HeadContributions``: ``[image, d_head]``
+plus the head's orthonormal basis ``[d_head, d_embed]``); queries and texts are projected onto
+the basis once, so each ranking costs image x d_head, not image x d_embed.
 """
 
 from __future__ import annotations
@@ -39,51 +43,77 @@ class Ranking:
 
 @dataclass(frozen=True)
 class HeadContributions:
-    """One (layer, head)'s stored contributions, ready for ranking.
+    """One (layer, head)'s stored contributions in the head's own coordinates, ready for ranking.
 
-    ``unit [image, d_embed]``: unit rows as a float16 torch tensor (half the memory of float32;
-    torch's CPU half matmul accumulates in float32 and is ~4x faster than numpy float32 here);
-    ``norm [image]`` float32, so ``unit * norm[:, None]`` is ``head_out``.
+    ``unit [image, d_head]``: unit rows of the coordinates as a float16 torch tensor (torch's CPU
+    half matmul accumulates in float32); ``norm [image]`` float32; ``basis [d_head, d_embed]``
+    float32 with orthonormal (or zero) rows, so ``unit * norm[:, None] @ basis`` is ``head_out``.
+    A vector v of embedding space meets the head only through its projection ``basis @ v``:
+    every dot product and norm below is taken in coordinates (d_head, not d_embed).
     """
 
     unit: torch.Tensor
     norm: np.ndarray
+    basis: np.ndarray
+
+    @classmethod
+    def from_coords(cls, coord: np.ndarray, basis: np.ndarray) -> HeadContributions:
+        """From stored ``coord [image, d_head]`` (any float dtype) and ``basis [d_head, d_embed]``."""
+        n = coord.shape[0]
+        unit = np.empty(coord.shape, dtype=np.float16)
+        norm = np.empty(n, dtype=np.float32)
+        step = 65536  # rows per block: float32 temporaries stay small for 1,000,000+ images
+        for a in range(0, n, step):
+            x = np.asarray(coord[a : a + step], dtype=np.float32)  # [block, d_head]
+            norm[a : a + step] = np.linalg.norm(x, axis=-1)
+            unit[a : a + step] = x / np.maximum(norm[a : a + step], EPS)[:, None]
+        return cls(unit=torch.from_numpy(unit), norm=norm, basis=np.asarray(basis, np.float32))
 
     @classmethod
     def from_head_out(cls, head_out: np.ndarray) -> HeadContributions:
-        """From stored ``head_out [image, d_embed]`` (any float dtype)."""
-        n = head_out.shape[0]
-        unit = np.empty(head_out.shape, dtype=np.float16)
-        norm = np.empty(n, dtype=np.float32)
-        step = 8192  # rows per block: float32 temporaries stay small for 50,000+ images
-        for a in range(0, n, step):
-            x = np.asarray(head_out[a : a + step], dtype=np.float32)  # [block, d_embed]
-            norm[a : a + step] = np.linalg.norm(x, axis=-1)
-            unit[a : a + step] = x / np.maximum(norm[a : a + step], EPS)[:, None]
-        return cls(unit=torch.from_numpy(unit), norm=norm)
+        """From contributions in embedding space ``[image, d_embed]`` (an orthonormal basis of
+        their row space is found by SVD; for tests and data without a stored basis)."""
+        x = np.asarray(head_out, dtype=np.float64)
+        _, s, vh = np.linalg.svd(x, full_matrices=False)
+        keep = s > 1e-6 * max(float(s[0]) if len(s) else 0.0, EPS)
+        basis = vh[keep]  # [rank, d_embed]
+        return cls.from_coords((x @ basis.T).astype(np.float32), basis)
 
     def __len__(self) -> int:
         return int(self.unit.shape[0])
 
-    def _dot_unit(self, v: np.ndarray) -> np.ndarray:
-        """``unit @ v`` for ``v [d_embed]`` -> ``[image]`` float32."""
+    @property
+    def nbytes(self) -> int:
+        return int(self.unit.numel() * 2 + self.norm.nbytes + self.basis.nbytes)
+
+    def project(self, v: np.ndarray) -> np.ndarray:
+        """Embedding-space vector(s) ``[..., d_embed]`` -> coordinates ``[..., d_head]``."""
+        return np.asarray(v, dtype=np.float32) @ self.basis.T
+
+    def _dot_unit(self, c: np.ndarray) -> np.ndarray:
+        """``unit @ c`` for coordinates ``c [d_head]`` -> ``[image]`` float32."""
         # scale into float16's comfortable range, multiply, undo the scale in float32
-        v = np.asarray(v, dtype=np.float32)
-        scale = float(max(np.abs(v).max(), EPS))
-        q = torch.from_numpy((v / scale).astype(np.float16))
+        c = np.asarray(c, dtype=np.float32)
+        scale = float(max(np.abs(c).max(), EPS))
+        q = torch.from_numpy((c / scale).astype(np.float16))
         return (self.unit @ q).float().numpy() * scale
 
     def cosine(self, query: np.ndarray) -> np.ndarray:
-        """Cosine of ``query [d_embed]`` with every stored image -> ``[image]``."""
-        return self._dot_unit(unit_rows(np.asarray(query, dtype=np.float32)[None])[0])
+        """Cosine of ``query [d_embed]`` with every stored image's contribution -> ``[image]``."""
+        q = np.asarray(query, dtype=np.float32)
+        return self._dot_unit(self.project(q) / max(float(np.linalg.norm(q)), EPS))
 
     def dot(self, direction: np.ndarray) -> np.ndarray:
         """``head_out · direction`` for every stored image -> ``[image]``."""
-        return self._dot_unit(direction) * self.norm
+        return self._dot_unit(self.project(direction)) * self.norm
+
+    def coord_row(self, index: int) -> np.ndarray:
+        """Stored coordinates of one image -> ``[d_head]`` float32."""
+        return self.unit[int(index)].float().numpy() * self.norm[int(index)]
 
     def row(self, index: int) -> np.ndarray:
         """Stored ``head_out`` of one image -> ``[d_embed]`` float32."""
-        return self.unit[int(index)].float().numpy() * self.norm[int(index)]
+        return self.coord_row(index) @ self.basis
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -160,10 +190,31 @@ def property_scores(
         for q, b in zip(query, banks, strict=True):
             total += b.cosine(q)
         return total / len(banks)
-    summed = torch.zeros(banks[0].unit.shape, dtype=torch.float32)  # [image, d_embed]
-    for b in banks:
-        summed += b.unit.float()
-    return cosine_scores(query.sum(axis=0), unit_rows(summed.numpy()))
+    return _sum_scores(query, banks)
+
+
+def _sum_scores(query: np.ndarray, banks: Sequence[HeadContributions]) -> np.ndarray:
+    """``"sum"`` in coordinates: cos(Σ_h q̂_h, Σ_h û_ih) with û_ih = unit_ih @ basis_h.
+
+    Numerator Σ_h unit_ih · (basis_h Q), Q = Σ_h q̂_h. Squared norm of the stored sum:
+    Σ_h |unit_ih|² + 2 Σ_{h<g} unit_ih (basis_h basis_gᵀ) unit_igᵀ — the heads' cross-Gram
+    matrices ``[d_head, d_head]``; nothing of size ``[image, d_embed]`` is formed."""
+    total_q = query.sum(axis=0)  # [d_embed]
+    qn = max(float(np.linalg.norm(total_q)), EPS)
+    n = len(banks[0])
+    num = np.zeros(n, dtype=np.float32)
+    sq = np.zeros(n, dtype=np.float32)
+    step = 65536
+    for a in range(0, n, step):
+        units = [b.unit[a : a + step].float() for b in banks]  # [block, d_head] each
+        for b, u in zip(banks, units, strict=True):
+            num[a : a + step] += (u @ torch.from_numpy(b.project(total_q))).numpy()
+            sq[a : a + step] += (u * u).sum(dim=1).numpy()
+        for i in range(len(banks)):
+            for j in range(i + 1, len(banks)):
+                g = torch.from_numpy(banks[i].basis @ banks[j].basis.T)  # [d_head, d_head]
+                sq[a : a + step] += 2.0 * ((units[i] @ g) * units[j]).sum(dim=1).numpy()
+    return num / (np.sqrt(np.maximum(sq, 0.0)) + EPS) / qn
 
 
 def text_scores(stored: np.ndarray, text: np.ndarray) -> np.ndarray:

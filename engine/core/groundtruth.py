@@ -4,6 +4,9 @@
 C `[image, d_embed]`, grouping images by the factor's value and summing over d_embed. It is the
 share of the head's variance that the factor's groups explain (1: the head encodes only that
 factor; about (groups-1)/images for a factor it ignores).
+
+Sums of squares are invariant under an orthonormal change of basis, so η² of a head's
+coordinates `[image, d_head]` equals η² of its contributions in embedding space.
 """
 
 from __future__ import annotations

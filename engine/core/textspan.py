@@ -10,6 +10,13 @@ the `rank`-dimensional basis of C's top singular vectors, with the image covaria
 standing in for C (the score variance of a text t is Rₜ Σ Rₜᵀ; projecting a unit direction a out
 of C turns Σ into PΣP with P = I − aaᵀ). `textspan_reference` is the literal algorithm, kept as
 the oracle for tests and the baseline for the benchmark.
+
+In head coordinates. A stored head is C = X B with X `[image, d_head]` its coordinates and B
+`[d_head, d_embed]` orthonormal rows. C's singular vectors lie in B's row space, so projecting R
+onto them only sees R Bᵀ, and every later step (scores C Rᵀ = X (R Bᵀ)ᵀ, projecting a direction
+of that span out of C and R) is the same in coordinates: `textspan(X, project_bank(R, B))` picks
+the same texts with the same shares as `textspan(C, R)`, at a Gram cost of N x d_head² instead of
+N x d_embed².
 """
 
 from __future__ import annotations
@@ -42,6 +49,11 @@ class TextSpanResult:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def project_bank(r: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """R `[text, d_embed]` in a head's coordinates: R Bᵀ `[text, d_head]` (B `[d_head, d_embed]`)."""
+    return np.asarray(r, dtype=np.float32) @ np.asarray(basis, dtype=np.float32).T
 
 
 def _check(c: np.ndarray, r: np.ndarray) -> None:

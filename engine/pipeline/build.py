@@ -132,9 +132,9 @@ def open_staging(plan: BuildPlan, shards: int | None = None) -> dict | None:
         state = store.load_build_state(staging)
         if state is None or not (staging / store.schema.STORE_ZARR).is_dir():
             shutil.rmtree(staging / store.BUILD_DIR, ignore_errors=True)  # records without arrays
-            store.create_arrays(
-                staging, plan.sizes(), attrs={"build_key": plan.key, "layers": plan.layers}
-            )
+            attrs = {"build_key": plan.key, "layers": plan.layers, "rest_layers": plan.rest_layers}
+            arrays = store.create_arrays(staging, plan.sizes(), attrs=attrs)
+            store.write_constants(arrays, plan.decomposer().constants())  # weight-only arrays
             state = {
                 "key": plan.key,
                 "started_at": provenance.now(),
@@ -162,9 +162,7 @@ def run_chunk(plan: BuildPlan, k: int, items: Iterator[tuple[int, Item]] | None 
         with ThreadPoolExecutor(plan.params.workers) as pool:
             return run_chunk(plan, k, decode_stream(plan, pool, rng))
     own = itertools.islice(items, len(rng))
-    rows = compute.compute_chunk(
-        plan.lm, plan.weights, plan.layers, own, plan.chunk, plan.params.batch_size
-    )
+    rows = compute.compute_chunk(plan.decomposer(), own, plan.chunk, plan.params.batch_size)
     t0 = time.perf_counter()
     if rows.n:  # the whole shard region (zeros past the good rows): never a read-modify-write
         store.write_rows(plan.arrays(), rng.start, {n: v[: len(rng)] for n, v in rows.rows.items()})
@@ -176,6 +174,7 @@ def run_chunk(plan: BuildPlan, k: int, items: Iterator[tuple[int, Item]] | None 
         "n": rows.n,
         "images": rows.images,
         "skipped": rows.skipped,
+        "reconstruction_error": rows.reconstruction_error,
         "timings": {name: round(v, 4) for name, v in timings.items()},
         "host": socket.gethostname(),
         "pid": os.getpid(),

@@ -19,6 +19,7 @@ from engine.core.layers import parse_layers
 from engine.core.types import ViTWeights
 from engine.errors import UserError
 from engine.model import LoadedModel, load_model, vision_weights
+from engine.pipeline.rows import BatchDecomposer
 from engine.sources import collection
 from engine.store import schema
 
@@ -54,6 +55,18 @@ class BuildPlan:
     staging: Path
     weights: ViTWeights  # the vision tower's weights by name, extracted once
     _arrays: dict | None = None
+    _decomposer: BatchDecomposer | None = None
+
+    def decomposer(self) -> BatchDecomposer:
+        """The per-batch decomposition with the heads' bases computed once per process."""
+        if self._decomposer is None:
+            self._decomposer = BatchDecomposer(self.lm, self.layers, weights=self.weights)
+        return self._decomposer
+
+    @property
+    def rest_layers(self) -> list[int]:
+        """The layers whose heads are stored summed (attn_rest)."""
+        return [l for l in range(self.lm.dims.n_layers) if l not in self.layers]
 
     def arrays(self) -> dict:
         """The staging Zarr arrays, opened for writing once per process."""
@@ -72,16 +85,10 @@ class BuildPlan:
     def sizes(self) -> dict[str, int]:
         """Dimension sizes of the staging arrays (one row slot per source item)."""
         d = self.lm.dims
-        return {
-            "image": self.source.n_items,
-            "layer": len(self.layers),
-            "head": d.n_heads,
-            "d_embed": d.d_embed,
-            "y": schema.THUMB_SIZE,
-            "x": schema.THUMB_SIZE,
-            "rgb": 3,
-            "image_chunk": self.chunk,
-        }
+        return schema.array_sizes(
+            self.source.n_items, d.n_layers, self.layers, d.n_heads, d.d_head, d.d_embed,
+            self.chunk,
+        )  # fmt: skip
 
 
 def check_params(params: BuildParams) -> Path:
@@ -109,7 +116,10 @@ def plan_build(params: BuildParams) -> BuildPlan:
     if str(layers_arg) == str(schema.DEFAULT_LAST_LAYERS) and dims.n_layers < int(layers_arg):
         layers_arg = "all"  # the default on a model shallower than it
     layers = parse_layers(layers_arg, dims.n_layers)
-    chunk = params.image_chunk or schema.image_chunk_for(len(layers), dims.n_heads, dims.d_embed)
+    sizes = schema.array_sizes(
+        source.n_items, dims.n_layers, layers, dims.n_heads, dims.d_head, dims.d_embed, 1
+    )
+    chunk = params.image_chunk or schema.image_chunk_for(sizes, source.n_items)
     if chunk < 1:
         raise UserError(f"bad --image-chunk {chunk}: must be >= 1")
     key = build_key(

@@ -14,26 +14,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.core import decompose
-from engine.core.types import ViTWeights
-from engine.model import LoadedModel, capture
+from engine.pipeline.rows import BatchDecomposer
 from engine.sources.collection import Item
 
 
-@torch.no_grad()
-def compute_batch(
-    lm: LoadedModel, weights: ViTWeights, layers: list[int], pixels: torch.Tensor
-) -> dict[str, np.ndarray]:
+def compute_batch(decomposer: BatchDecomposer, pixels: torch.Tensor) -> dict[str, np.ndarray]:
     """Decompose a batch `pixels [image, 3, H, W]` into per-image rows {array name: [image, ...]}
-    (every name an array of `engine.store.schema.ARRAYS` except the thumbnail)."""
-    cap = capture(lm, pixels.to(lm.device), layers)
-    dec = decompose.decompose(weights, cap, layers)
-    return {
-        "head_out": dec.head_out.to(torch.float16).cpu().numpy(),
-        "output": dec.output.float().cpu().numpy(),
-        "resid_norm": cap.resid.float().norm(dim=-1).cpu().numpy(),
-        "ln_scale": dec.resid_std.float().cpu().numpy(),
-    }
+    (every per-image array of `engine.store.schema.ARRAYS` except the thumbnail): the heads in
+    their coordinates, the complete decomposition, std and output. Checked against encode_image
+    first (`ReconstructionError`: nothing of the batch is returned, so nothing is stored)."""
+    return decomposer.rows(pixels)
 
 
 @dataclass
@@ -45,12 +35,11 @@ class ChunkRows:
     images: list[dict] = field(default_factory=list)  # metadata of the good images
     skipped: list[dict] = field(default_factory=list)  # {path, reason} of the rejected items
     timings: dict = field(default_factory=lambda: {"decode_wait_s": 0.0, "compute_s": 0.0})
+    reconstruction_error: float = 0.0  # worst batch's max |output - Σ terms| / max ||output||
 
 
 def compute_chunk(
-    lm: LoadedModel,
-    weights: ViTWeights,
-    layers: list[int],
+    decomposer: BatchDecomposer,
     items: Iterable[tuple[int, Item]],
     chunk: int,
     batch_size: int,
@@ -62,7 +51,11 @@ def compute_chunk(
     def flush() -> None:
         t0 = time.perf_counter()
         pixels = torch.stack([it.pixels for it in batch])  # [image, 3, H, W]
-        rows = compute_batch(lm, weights, layers, pixels)
+        before = decomposer.worst_error
+        decomposer.worst_error = 0.0
+        rows = compute_batch(decomposer, pixels)
+        out.reconstruction_error = max(out.reconstruction_error, decomposer.worst_error)
+        decomposer.worst_error = max(before, decomposer.worst_error)
         rows["thumbnail"] = np.stack([it.thumb for it in batch])
         if out.rows is None:
             out.rows = {k: np.zeros((chunk, *v.shape[1:]), v.dtype) for k, v in rows.items()}

@@ -48,7 +48,7 @@ def finalize(plan: BuildPlan, timings: dict | None = None, resumed: int = 0) -> 
                 f"skipped (first reason: {first})"
             )
         if n_good < plan.source.n_items:  # skipped files left gaps: make the rows consecutive
-            attrs = {"build_key": plan.key, "layers": plan.layers}
+            attrs = {"build_key": plan.key, "layers": plan.layers, "rest_layers": plan.rest_layers}
             store.compact_rows(staging, parts, plan.sizes(), attrs)
         timings = {**chunk_timings(staging), **(timings or {})}
         _write_database(plan, state, timings)
@@ -121,6 +121,7 @@ def _write_database(plan: BuildPlan, state: dict, timings: dict) -> None:
         "arch": lm.arch,
         "weights_hash": lm.weights_hash,
         "layers": plan.layers,
+        "rest_layers": plan.rest_layers,
         "n_layers": dims.n_layers,
         "n_heads": dims.n_heads,
         "d_model": dims.d_model,
@@ -136,6 +137,13 @@ def _write_database(plan: BuildPlan, state: dict, timings: dict) -> None:
         "build_key": plan.key,
         "schema_version": store.schema.SCHEMA_VERSION,
         "factors": list(source.factors) if source.factors else None,
+        # worst per-batch max |output - Σ components| / max ||output|| (fp32 compute, before
+        # fp16 storage) over every chunk; every batch was checked against the tolerance
+        "reconstruction_error": max(
+            (r.get("reconstruction_error", 0.0) for r in store.iter_chunk_records(plan.staging)),
+            default=0.0,
+        ),
+        "reconstruction_tolerance": plan.decomposer().tolerance,
     }
     params_json = {
         "images": params.images,

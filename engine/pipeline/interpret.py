@@ -1,6 +1,6 @@
 """Interpretation over a store: TextSpan per head, labels, scores, ground truth -> the store's DuckDB.
 
-`run_interpretation` reads every chosen head from the store, describes it with TextSpan over a
+`run_interpretation` reads every chosen head from the store (in its own coordinates), describes it with TextSpan over a
 description bank embedded by the store's own model, labels it (offline or LLM), scores the labels
 and, for demo-world stores, compares them with the ground truth (η² per factor). Everything is
 written in one `mutate_store` transaction that replaces the previous interpretation, so a failed
@@ -150,14 +150,15 @@ def run_interpretation(
         eta: dict[tuple[int, int], np.ndarray] = {}
         t = time.perf_counter()
         bar = tqdm(heads, desc="TextSpan", unit="head", disable=not progress)
-        arr = r.head_out_array  # [image, layer (stored), head, d_embed] fp16, lazy
         for lay, h in bar:
-            # read around StoreReader.head_out's LRU cache: 48 heads of a 50,000-image store
-            # would keep ~5 GB alive; each head is needed once here
-            c = np.asarray(arr[:, r.layers.index(lay), h, :], dtype=np.float32)  # [image, d_embed]
-            spans[(lay, h)] = textspan.textspan(c, emb, rank=rank, n_texts=texts_per_head)
+            # each head once, in its own coordinates [image, d_head] (read around the reader's
+            # cache: a pass over every head would only evict); the bank is projected onto the
+            # head's basis once, [text, d_head]: same picks and shares as on [image, d_embed]
+            c = r.coords(lay, h, cache=False)  # [image, d_head] fp32
+            bank_c = textspan.project_bank(emb, r.basis(lay, h))  # [text, d_head]
+            spans[(lay, h)] = textspan.textspan(c, bank_c, rank=rank, n_texts=texts_per_head)
             if factors is not None:
-                eta[(lay, h)] = groundtruth.head_eta2(c, factors[1])  # [factor]
+                eta[(lay, h)] = groundtruth.head_eta2(c, factors[1])  # [factor], basis-invariant
         timings["textspan_s"] = round(time.perf_counter() - t, 3)
 
     # ---- labels

@@ -36,6 +36,7 @@ from engine.store.writer import (
     save_build_state,
     save_chunk_record,
     staging_dir,
+    write_constants,
     write_database,
     write_rows,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "staging_dir",
     "store_lock",
     "versions_dir",
+    "write_constants",
     "write_database",
     "write_rows",
 ]

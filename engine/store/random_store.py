@@ -1,4 +1,4 @@
-"""A published store of random head contributions with a real model's shape (tests, benchmarks).
+"""A published store of random decompositions with a real model's shape (tests, benchmarks).
 
 No model runs: the arrays are seeded random data of the right shapes, written and published
 through `engine.store` exactly as a build would, so readers (dashboard, interpretation) cannot tell
@@ -29,6 +29,13 @@ VIT_B_32 = {
 }
 
 
+def random_basis(rng, n_layers: int, n_heads: int, d_head: int, d_embed: int) -> np.ndarray:
+    """Random orthonormal rows per head: [layer, head, d_head, d_embed] float32."""
+    g = rng.standard_normal((n_layers, n_heads, d_embed, d_head))
+    q, _ = np.linalg.qr(g)  # [.., d_embed, d_head], orthonormal columns
+    return np.ascontiguousarray(np.swapaxes(q, -1, -2)).astype(np.float32)
+
+
 def write_random_store(
     link: Path,
     n_images: int,
@@ -42,34 +49,76 @@ def write_random_store(
     image_chunk: int | None = None,
     seed: int = 0,
     run_id: str | None = None,
+    complete: bool = True,
+    exact_output: bool = True,
+    progress: bool = False,
 ) -> Path:
-    """Write and publish `link`: head_out [image, layer(last 4), head, d_embed] random fp16.
+    """Write and publish `link`: the last 4 layers' heads as random coordinates (fp16) in random
+    orthonormal bases, with a real model's shapes.
 
-    `output` is the sum of the stored heads; thumbnails are random pixels when `thumbnails`, else
-    left blank. Returns the published version's folder.
+    complete: also random MLP / rest-attention / embedding terms (else left at zero, unwritten);
+    exact_output: `output` is the exact sum of the stored terms (else random: a million-image
+    benchmark store need not pay for the sum). Thumbnails are random pixels when `thumbnails`,
+    else left blank. Returns the published version's folder.
     """
     dims = dict(dims or VIT_B_32)
-    n_heads, d_embed = dims["n_heads"], dims["d_embed"]
-    layers = list(range(dims["n_layers"] - 4, dims["n_layers"]))
-    chunk = image_chunk or schema.image_chunk_for(len(layers), n_heads, d_embed)
-    sizes = {
-        "image": n_images,
-        "layer": len(layers),
-        "head": n_heads,
-        "d_embed": d_embed,
-        "y": schema.THUMB_SIZE,
-        "x": schema.THUMB_SIZE,
-        "rgb": 3,
-        "image_chunk": chunk,
-    }
+    n_layers, n_heads, d_embed = dims["n_layers"], dims["n_heads"], dims["d_embed"]
+    d_head = dims["d_head"]
+    layers = list(range(n_layers - 4, n_layers))
+    rest = [l for l in range(n_layers) if l not in layers]
+    sizes = schema.array_sizes(n_images, n_layers, layers, n_heads, d_head, d_embed, 1)
+    chunk = image_chunk or schema.image_chunk_for(sizes, n_images)
+    sizes["image_chunk"] = chunk
     staging = store.staging_dir(link, uuid.uuid4().hex[:8])
     staging.mkdir(parents=True)
-    arrays = store.create_arrays(staging, sizes, attrs={"layers": layers, "synthetic": True})
+    arrays = store.create_arrays(
+        staging, sizes, attrs={"layers": layers, "rest_layers": rest, "synthetic": True}
+    )
     rng = np.random.default_rng(seed)
-    for start in range(0, n_images, chunk):  # one image chunk in RAM at a time
+    basis = random_basis(rng, len(layers), n_heads, d_head, d_embed)
+    attn_bias = (0.01 * rng.standard_normal((len(layers), d_embed))).astype(np.float32)
+    ln_bias = (0.01 * rng.standard_normal(d_embed)).astype(np.float32)
+    store.write_constants(
+        arrays,
+        {
+            "basis": basis,
+            "rank": np.full((len(layers), n_heads), d_head, np.int32),
+            "attn_bias": attn_bias,
+            "ln_bias": ln_bias,
+        },
+    )
+    flat_basis = basis.reshape(len(layers) * n_heads * d_head, d_embed)
+    starts = range(0, n_images, chunk)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, unit="chunk", desc=f"random store {link.name}")
+    for start in starts:  # one image chunk in RAM at a time
         n = min(chunk, n_images - start)
-        head_out = 0.05 * rng.standard_normal((n, len(layers), n_heads, d_embed), dtype=np.float32)
-        rows = {"head_out": head_out.astype(np.float16), "output": head_out.sum(axis=(1, 2))}
+        coord = rng.standard_normal((n, len(layers), n_heads, d_head), dtype=np.float32)
+        coord = (0.05 * coord).astype(np.float16)
+        std = (1.0 + rng.random(n, dtype=np.float32)).astype(np.float32)
+        rows = {"coord": coord, "std": std}
+        if complete:
+            for name, shape in (
+                ("mlp", (n, n_layers, d_embed)),
+                ("attn_rest", (n, len(rest), d_embed)),
+                ("embed", (n, d_embed)),
+            ):
+                rows[name] = (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(
+                    np.float16
+                )
+        if exact_output:
+            out = coord.reshape(n, -1).astype(np.float32) @ flat_basis
+            out += attn_bias.sum(axis=0)[None] / std[:, None] + ln_bias
+            for name in ("mlp", "attn_rest"):
+                if name in rows:
+                    out += rows[name].astype(np.float32).sum(axis=1)
+            if "embed" in rows:
+                out += rows["embed"].astype(np.float32)
+        else:
+            out = rng.standard_normal((n, d_embed), dtype=np.float32)
+        rows["output"] = out.astype(np.float32)
         if thumbnails:
             shape = (n, schema.THUMB_SIZE, schema.THUMB_SIZE, 3)
             rows["thumbnail"] = rng.integers(0, 255, shape, np.uint8)
@@ -98,6 +147,7 @@ def write_random_store(
         "model_spec": spec,
         "arch": arch,
         "layers": layers,
+        "rest_layers": rest,
         **dims,
         "built_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "run_id": run_id or "random-" + uuid.uuid4().hex,
@@ -105,6 +155,7 @@ def write_random_store(
         "random_data": True,
         "schema_version": schema.SCHEMA_VERSION,
         "thumb_size": schema.THUMB_SIZE,
+        "image_chunk": chunk,
     }
     store.write_database(staging, tables, meta)
     store.finish_staging(staging)

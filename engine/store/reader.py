@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import functools
 import json
 import os
 import threading
@@ -17,6 +16,7 @@ import zarr
 
 from engine.errors import UserError
 from engine.store import schema
+from engine.store.cache import ByteBudgetCache
 from engine.store.versions import LOCK_FILE, resolve
 
 
@@ -33,10 +33,13 @@ class StoreSummary:
 class StoreReader:
     """Read-only view of one store version (resolved once at open; later swaps do not affect it).
 
-    Thread-safe for the dashboard: DuckDB queries go through a lock.
+    Thread-safe for the dashboard: DuckDB queries go through a lock. Per-head coordinates read
+    from Zarr are kept in a per-reader LRU cache bounded by `cache_bytes` (default: the
+    `CLIP_INTERPRET_CACHE_MB` setting, `engine.store.cache`); closing the reader empties it.
+    A store of an older format is refused with one line naming the command that rebuilds it.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, cache_bytes: int | None = None):
         self.path = Path(path)
         for _ in range(5):  # a concurrent publish+gc may delete a version between resolve and lock
             version = resolve(self.path)
@@ -53,9 +56,55 @@ class StoreReader:
         self.version_path = version
         self._db_lock = threading.Lock()
         self._con = duckdb.connect(str(version / schema.STORE_DB), read_only=True)
-        self._group = zarr.open_group(str(version / schema.STORE_ZARR), mode="r")
-        self.info = self._load_info()
-        self._layers = list(self.info.get("layers", []))
+        try:
+            self._check_format()
+            self._group = zarr.open_group(str(version / schema.STORE_ZARR), mode="r")
+            self.info = self._load_info()
+        except BaseException:
+            self.close()
+            raise
+        self._layers = [int(x) for x in self.info.get("layers", [])]
+        rest = self.info.get("rest_layers")
+        if rest is None:
+            n_layers = int(self.info.get("n_layers", len(self._layers)))
+            rest = [l for l in range(n_layers) if l not in self._layers]
+        self._rest_layers = [int(x) for x in rest]
+        self.cache = ByteBudgetCache(cache_bytes)
+        self._basis: np.ndarray | None = None
+
+    def _check_format(self) -> None:
+        """Refuse a store whose schema version this code does not read, with the rebuild command."""
+        rows = self.query("SELECT value FROM store_meta WHERE key = 'schema_version'")
+        found = json.loads(rows["value"].iloc[0]) if len(rows) else None
+        if found == schema.SCHEMA_VERSION:
+            return
+        raise UserError(
+            f"{self.path}: store format {found if found is not None else 'unknown'} is not "
+            f"readable by this version (format {schema.SCHEMA_VERSION}); rebuild it with: "
+            f"{self._rebuild_command()}"
+        )
+
+    def _rebuild_command(self) -> str:
+        """The command that rebuilds this store (from its own build record when there is one)."""
+        meta = {
+            k: json.loads(v)
+            for k, v in self.query("SELECT key, value FROM store_meta").itertuples(index=False)
+        }
+        if self.path.name == "demo" or meta.get("demo_store"):
+            return f"python -m engine demo-store --store {self.path}"
+        try:
+            runs = self.query("SELECT parameters FROM runs WHERE kind = 'build' LIMIT 1")
+            params = json.loads(runs["parameters"].iloc[0]) if len(runs) else {}
+        except duckdb.Error:
+            params = {}
+        images = params.get("images", "IMAGES")
+        layers = params.get("layers_arg", "")
+        cmd = f"python -m engine build --model {meta.get('model_spec', 'MODEL')} --images {images}"
+        if params.get("random_weights"):
+            cmd += " --random-weights"
+        if layers:
+            cmd += f" --layers {layers}"
+        return cmd + f" --store {self.path}"
 
     def _load_info(self) -> dict:
         info = {
@@ -79,6 +128,8 @@ class StoreReader:
             return True
 
     def close(self) -> None:
+        if getattr(self, "cache", None) is not None:
+            self.cache.clear()
         with self._db_lock:
             self._con.close()
         self._lock_file.close()
@@ -106,37 +157,80 @@ class StoreReader:
 
     @property
     def layers(self) -> list[int]:
-        """Absolute indices of the layers stored in head_out."""
+        """Absolute indices of the layers whose heads are stored (in `coord`)."""
         return self._layers
 
     @property
-    def head_out_array(self) -> zarr.Array:
-        """Lazy zarr array [image, layer (stored), head, d_embed] fp16."""
-        return self._group["head_out"]
+    def rest_layers(self) -> list[int]:
+        """The other layers: their heads are stored summed, in `attn_rest` (same order)."""
+        return self._rest_layers
 
-    @functools.lru_cache(maxsize=64)  # noqa: B019 — one reader per store version, kept open
-    def head_out(self, layer: int, head: int) -> np.ndarray:
-        """Contributions of head (layer, head) to every image: float32 [image, d_embed].
+    @property
+    def n_heads(self) -> int:
+        return int(self._group["coord"].shape[2])
 
-        layer is the absolute layer index (one of `self.layers`).
-        """
+    @property
+    def coord_array(self) -> zarr.Array:
+        """Lazy zarr array [image, layer (stored), head, d_head] fp16."""
+        return self._group["coord"]
+
+    def _index(self, layer: int, head: int) -> int:
         if layer not in self._layers:
             raise UserError(f"layer {layer} is not stored (stored layers: {self._layers})")
-        n_heads = self.head_out_array.shape[2]
-        if not 0 <= head < n_heads:
-            raise UserError(f"head {head} out of range (0..{n_heads - 1})")
-        li = self._layers.index(layer)
-        out = self.head_out_array[:, li, head, :].astype(np.float32)
-        out.setflags(write=False)  # shared by the cache
-        return out
+        if not 0 <= head < self.n_heads:
+            raise UserError(f"head {head} out of range (0..{self.n_heads - 1})")
+        return self._layers.index(layer)
+
+    def basis(self, layer: int, head: int) -> np.ndarray:
+        """Orthonormal basis of head (layer, head): float32 [d_head, d_embed] (zero rows past
+        its rank); `coords(layer, head) @ basis(layer, head)` is the head's contribution."""
+        li = self._index(layer, head)
+        if self._basis is None:
+            b = np.asarray(self._group["basis"][...], dtype=np.float32)
+            b.setflags(write=False)
+            self._basis = b
+        return self._basis[li, head]
+
+    def coords(self, layer: int, head: int, *, cache: bool = True) -> np.ndarray:
+        """Coordinates of head (layer, head) for every image: float32 [image, d_head].
+
+        layer is the absolute layer index (one of `self.layers`). Cached within the reader's
+        byte budget (`cache=False` reads around the cache: a pass over every head once)."""
+        li = self._index(layer, head)
+
+        def read() -> np.ndarray:
+            out = np.asarray(self._group["coord"][:, li, head, :], dtype=np.float32)
+            out.setflags(write=False)  # shared by the cache
+            return out
+
+        if not cache:
+            return read()
+        return self.cache.get(("coord", layer, head), read)
+
+    def head_out(self, layer: int, head: int) -> np.ndarray:
+        """Contributions of head (layer, head) in embedding space: float32 [image, d_embed]
+        (= coords @ basis, computed on each call; prefer `coords` for anything that ranks)."""
+        return self.coords(layer, head) @ self.basis(layer, head)
 
     def output(self) -> np.ndarray:
         """Image embeddings (unnormalised), float32 [image, d_embed]."""
         return self._group["output"][:]
 
+    def std(self) -> np.ndarray:
+        """ln_post's residual standard deviation per image, float32 [image]."""
+        return self._group["std"][:]
+
     def array(self, name: str) -> np.ndarray:
-        """Any schema array in full (e.g. resid_norm, ln_scale)."""
-        return self._group[name][:]
+        """Any schema array in full (e.g. mlp, attn_rest, embed, std, attn_bias, ln_bias)."""
+        if name not in schema.ARRAYS:
+            raise UserError(f"no array {name!r} in the store schema ({', '.join(schema.ARRAYS)})")
+        return self._group[name][...]
+
+    def lazy(self, name: str) -> zarr.Array:
+        """A schema array without reading it (slice it to read a part)."""
+        if name not in schema.ARRAYS:
+            raise UserError(f"no array {name!r} in the store schema ({', '.join(schema.ARRAYS)})")
+        return self._group[name]
 
     def thumbnails(self, image_ids) -> np.ndarray:
         """Thumbnails of the given images, uint8 [image, T, T, 3] in the order given."""
@@ -169,9 +263,9 @@ class StoreReader:
         return bool(n["n"].iloc[0] > 0)
 
 
-def open_store(path: str | os.PathLike) -> StoreReader:
+def open_store(path: str | os.PathLike, *, cache_bytes: int | None = None) -> StoreReader:
     """Open a store read-only; `path` may be the store link or a version folder."""
-    return StoreReader(path)
+    return StoreReader(path, cache_bytes=cache_bytes)
 
 
 def list_stores(root: str | os.PathLike = "artifacts") -> list[StoreSummary]:

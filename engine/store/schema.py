@@ -1,14 +1,23 @@
 """THE store schema, declared once: every Zarr array and every DuckDB table.
 
 A store version is a folder holding `store.duckdb` (tables below) and `contrib.zarr/` (a Zarr v3
-group with the arrays below). The writer (`engine.store`, `engine.pipeline.build`), the dashboard and the
-tests all import these declarations; nothing else spells a table or an array layout.
+group with the arrays below, dimension names set). The writer (`engine.store`,
+`engine.pipeline.build`), the dashboard and the tests all import these declarations; nothing else
+spells a table or an array layout.
 
-Array layout: every array's first dimension is `image` (the store's image index, equal to
-`images.image_id`). `head_out` is chunked for the dashboard's main read, one (layer, head) over all
-images: inner chunks `(image_chunk, 1, 1, d_embed)` packed into shards `(image_chunk, layer, head,
-d_embed)`, so a build writes exactly one whole shard per image chunk (no read-modify-write) and a
-reader of one head reads one small inner chunk per shard.
+The arrays hold the complete decomposition of every image's embedding (see
+docs/decomposition.md), with the chosen layers' heads in their own coordinates:
+
+    output[i] = Σ_{l, h} coord[i, l, h] @ basis[l, h] + Σ_l attn_bias[l] / std[i]
+                + Σ_l mlp[i, l] + Σ_r attn_rest[i, r] + embed[i] + ln_bias
+
+(`l` over the stored layers, `r` over `rest_layers`, fp16 rounding of the per-image terms;
+`python -m engine verify --store S` checks it). Arrays whose first dimension is `image` are
+written chunk by chunk by a build; the others (`basis`, `rank`, `attn_bias`, `ln_bias`) depend only
+on the weights and are written once. `coord` is chunked for the main read, one (layer, head)
+over all images: inner chunks `(image_chunk, 1, 1, d_head)` packed into shards
+`(image_chunk, layer, head, d_head)`, so a build writes exactly one whole shard per image chunk
+(no read-modify-write) and a reader of one head reads one small inner chunk per shard.
 """
 
 from __future__ import annotations
@@ -18,12 +27,12 @@ from dataclasses import dataclass
 
 STORE_DB = "store.duckdb"
 STORE_ZARR = "contrib.zarr"
-SCHEMA_VERSION = 1
+# 2: heads in coordinates (coord + basis) and the complete decomposition; 1: head_out [.., d_embed]
+SCHEMA_VERSION = 2
 THUMB_SIZE = 64  # thumbnails are letterboxed to [THUMB_SIZE, THUMB_SIZE, 3]
 DEFAULT_LAST_LAYERS = 4
-MAX_IMAGE_CHUNK = 1024
-MIN_IMAGE_CHUNK = 64
-HEAD_OUT_CHUNK_BUDGET = 64 * 2**20  # bytes of one image chunk of head_out (fp16), kept in RAM
+MAX_IMAGE_CHUNK = 4096
+CHUNK_BUDGET = 64 * 2**20  # bytes of one image chunk of all per-image arrays, kept in RAM
 
 ALL = -1  # a chunk/shard extent meaning "the whole dimension"
 IMAGE_CHUNK = -2  # a chunk/shard extent meaning "the store's image chunk"
@@ -40,6 +49,11 @@ class ArraySpec:
     shards: tuple[int, ...] | None
     description: str
     compress: bool = False  # zstd per inner chunk (thumbnails); contributions stay raw
+
+    @property
+    def per_image(self) -> bool:
+        """Rows per image (written chunk by chunk), or a constant of the model (written once)."""
+        return self.dims[0] == "image"
 
     def shape(self, sizes: dict[str, int]) -> tuple[int, ...]:
         """Concrete shape from dimension sizes, e.g. {"image": 5000, "layer": 4, ...}."""
@@ -62,18 +76,99 @@ class ArraySpec:
     def shard_shape(self, sizes: dict[str, int]) -> tuple[int, ...] | None:
         return None if self.shards is None else self._extent(self.shards, sizes)
 
+    def bytes_per_image(self, sizes: dict[str, int]) -> int:
+        """Bytes one image adds to this array (0 for constants)."""
+        if not self.per_image:
+            return 0
+        return math.prod(int(sizes[d]) for d in self.dims[1:]) * _itemsize(self.dtype)
 
+
+def _itemsize(dtype: str) -> int:
+    return {"float16": 2, "float32": 4, "int32": 4, "uint8": 1}[dtype]
+
+
+# dimension names: layer = a stored layer (its heads in coord), layer_all = every layer of the
+# model, rest_layer = a layer whose heads are not stored (summed into attn_rest)
 ARRAYS: dict[str, ArraySpec] = {
     a.name: a
     for a in [
         ArraySpec(
-            "head_out",
-            ("image", "layer", "head", "d_embed"),
+            "coord",
+            ("image", "layer", "head", "d_head"),
             "float16",
             (IMAGE_CHUNK, 1, 1, ALL),
             (IMAGE_CHUNK, ALL, ALL, ALL),
-            "direct contribution of each stored (layer, head) to the image embedding, through "
-            "ln_post linearised with the image's residual std, then proj",
+            "each stored (layer, head)'s direct contribution in the head's own coordinates: "
+            "(value mix / std) @ U S, so that coord @ basis = the contribution to the embedding",
+        ),
+        ArraySpec(
+            "basis",
+            ("layer", "head", "d_head", "d_embed"),
+            "float32",
+            (1, 1, ALL, ALL),
+            None,
+            "orthonormal rows V^T of the thin SVD U S V^T of each head's map W_O[h] @ P "
+            "(rows past the head's rank are zero)",
+        ),
+        ArraySpec(
+            "rank",
+            ("layer", "head"),
+            "int32",
+            (ALL, ALL),
+            None,
+            "rank of each stored head's map (number of non-zero rows of basis)",
+        ),
+        ArraySpec(
+            "attn_bias",
+            ("layer", "d_embed"),
+            "float32",
+            (ALL, ALL),
+            None,
+            "out_proj bias of each stored layer through ln_post's linear part and proj "
+            "(b_out @ P); the image's term is attn_bias / std",
+        ),
+        ArraySpec(
+            "ln_bias",
+            ("d_embed",),
+            "float32",
+            (ALL,),
+            None,
+            "ln_post.bias @ proj, the same for every image",
+        ),
+        ArraySpec(
+            "mlp",
+            ("image", "layer_all", "d_embed"),
+            "float16",
+            (IMAGE_CHUNK, ALL, ALL),
+            None,
+            "each layer's MLP output (class token) through ln_post linearised with std, then proj",
+        ),
+        ArraySpec(
+            "attn_rest",
+            ("image", "rest_layer", "d_embed"),
+            "float16",
+            (IMAGE_CHUNK, ALL, ALL),
+            None,
+            "attention output (heads summed + out_proj bias) of each layer whose heads are not "
+            "stored (the store's rest_layers), through ln_post linearised with std, then proj",
+        ),
+        ArraySpec(
+            "embed",
+            ("image", "d_embed"),
+            "float16",
+            (IMAGE_CHUNK, ALL),
+            None,
+            "class + position embedding after ln_pre, through ln_post linearised with std, then "
+            "proj",
+        ),
+        ArraySpec(
+            "std",
+            ("image",),
+            "float32",
+            (IMAGE_CHUNK,),
+            None,
+            "ln_post's standard deviation of the final class-token residual (biased variance + "
+            "eps): every per-image term is already divided by it",
         ),
         ArraySpec(
             "output",
@@ -82,22 +177,6 @@ ARRAYS: dict[str, ArraySpec] = {
             (IMAGE_CHUNK, ALL),
             None,
             "image embedding (encode_image, not normalised) = sum of all components",
-        ),
-        ArraySpec(
-            "resid_norm",
-            ("image",),
-            "float32",
-            (IMAGE_CHUNK,),
-            None,
-            "L2 norm of the image embedding `output` (before normalisation)",
-        ),
-        ArraySpec(
-            "ln_scale",
-            ("image",),
-            "float32",
-            (IMAGE_CHUNK,),
-            None,
-            "std of the final class-token residual used to linearise ln_post",
         ),
         ArraySpec(
             "thumbnail",
@@ -111,12 +190,49 @@ ARRAYS: dict[str, ArraySpec] = {
     ]
 }
 
+DECOMPOSITION_ARRAYS = ("coord", "mlp", "attn_rest", "embed")  # fp16 per-image terms
 
-def image_chunk_for(n_layers_stored: int, n_heads: int, d_embed: int) -> int:
-    """Images per chunk: a power of two in [64, 1024] keeping one head_out chunk under budget."""
-    per_image = max(1, n_layers_stored * n_heads * d_embed * 2)
-    n = max(MIN_IMAGE_CHUNK, min(MAX_IMAGE_CHUNK, HEAD_OUT_CHUNK_BUDGET // per_image))
-    return 2 ** int(math.log2(n))
+
+def array_sizes(
+    n_images: int,
+    n_layers: int,
+    layers: list[int],
+    n_heads: int,
+    d_head: int,
+    d_embed: int,
+    image_chunk: int,
+) -> dict[str, int]:
+    """Every dimension size of the schema for a store of these shapes."""
+    return {
+        "image": n_images,
+        "layer": len(layers),
+        "layer_all": n_layers,
+        "rest_layer": n_layers - len(layers),
+        "head": n_heads,
+        "d_head": d_head,
+        "d_embed": d_embed,
+        "y": THUMB_SIZE,
+        "x": THUMB_SIZE,
+        "rgb": 3,
+        "image_chunk": image_chunk,
+    }
+
+
+def bytes_per_image(sizes: dict[str, int], names=None) -> int:
+    """Uncompressed bytes one image adds to the named arrays (default: all; thumbnails raw)."""
+    return sum(ARRAYS[n].bytes_per_image(sizes) for n in (names or ARRAYS))
+
+
+def image_chunk_for(sizes: dict[str, int], n_images: int | None = None) -> int:
+    """Images per chunk: a power of two <= MAX_IMAGE_CHUNK keeping one image chunk of every
+    per-image array under CHUNK_BUDGET, and no larger than the collection (a small collection is
+    one chunk of exactly its size, not padded to a power of two)."""
+    per_image = max(1, bytes_per_image(sizes))
+    n = max(1, min(MAX_IMAGE_CHUNK, CHUNK_BUDGET // per_image))
+    chunk = 2 ** int(math.log2(n))
+    if n_images is not None and 0 < n_images < chunk:
+        return int(n_images)
+    return chunk
 
 
 # DuckDB tables. Interpretation tables (textspan .. ground_truth): the interpretation engineer may

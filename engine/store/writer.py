@@ -28,7 +28,7 @@ def create_tables(con: duckdb.DuckDBPyConnection) -> None:
 def create_arrays(folder: Path, sizes: dict[str, int], attrs: dict | None = None) -> dict:
     """Create (overwrite) every Zarr array of the schema in `folder/contrib.zarr`.
 
-    sizes: dimension sizes {image, layer, head, d_embed, y, x, rgb, image_chunk}.
+    sizes: every dimension size (`schema.array_sizes`), plus image_chunk.
     """
     group = zarr.open_group(str(folder / schema.STORE_ZARR), mode="w", zarr_format=3)
     group.attrs.update(attrs or {})
@@ -56,13 +56,24 @@ def open_arrays(folder: Path, mode: str = "r") -> dict:
 def write_rows(arrays: dict, start: int, data: dict[str, np.ndarray]) -> None:
     """Write one image chunk: data[name] holds rows [start, start + n) of array `name`."""
     for name, value in data.items():
+        if not schema.ARRAYS[name].per_image:
+            raise ValueError(f"{name} is not a per-image array; use write_constants")
         arrays[name][start : start + len(value)] = value
 
 
+def write_constants(arrays: dict, data: dict[str, np.ndarray]) -> None:
+    """Write the arrays that depend only on the weights (basis, rank, attn_bias, ln_bias) whole."""
+    for name, value in data.items():
+        if schema.ARRAYS[name].per_image:
+            raise ValueError(f"{name} is a per-image array; use write_rows")
+        arrays[name][...] = value
+
+
 def resize_images(arrays: dict, n_images: int) -> None:
-    """Shrink/grow every array's image dimension to `n_images`."""
-    for arr in arrays.values():
-        arr.resize((n_images, *arr.shape[1:]))
+    """Shrink/grow every per-image array's image dimension to `n_images`."""
+    for name, arr in arrays.items():
+        if schema.ARRAYS[name].per_image:
+            arr.resize((n_images, *arr.shape[1:]))
 
 
 def staging_dir(link: str | os.PathLike, key: str) -> Path:
@@ -189,8 +200,11 @@ def compact_rows(folder: Path, parts: list[tuple[int, int]], sizes: dict, attrs:
             src = open_arrays(folder, mode="r")
             dst = create_arrays(tmp, {**sizes, "image": total}, attrs)
             chunk = int(sizes["image_chunk"])
-            for name in schema.ARRAYS:
-                _copy_rows(src[name], dst[name], parts, chunk)
+            for name, spec in schema.ARRAYS.items():
+                if spec.per_image:
+                    _copy_rows(src[name], dst[name], parts, chunk)
+                else:  # weight-only constants: copied whole
+                    dst[name][...] = src[name][...]
             os.rename(zdir, sparse)
         if not zdir.is_dir():
             os.rename(tmp / schema.STORE_ZARR, zdir)

@@ -1,0 +1,87 @@
+"""A least-recently-used cache bounded by bytes, not entries (per-head arrays of any store size).
+
+Used by `StoreReader` (float32 coordinates per head) and by the dashboard (unit rows per head).
+The budget is a setting: `CLIP_INTERPRET_CACHE_MB` (default `DEFAULT_CACHE_MB`, sized for a
+laptop). An entry larger than the whole budget is returned but not kept.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+CACHE_ENV = "CLIP_INTERPRET_CACHE_MB"
+DEFAULT_CACHE_MB = 768  # a laptop: the model, the imports and this stay under 3 GB
+
+
+def default_budget() -> int:
+    """The cache budget in bytes: $CLIP_INTERPRET_CACHE_MB or DEFAULT_CACHE_MB."""
+    raw = os.environ.get(CACHE_ENV, "")
+    try:
+        mb = float(raw) if raw.strip() else DEFAULT_CACHE_MB
+    except ValueError:
+        mb = DEFAULT_CACHE_MB
+    return max(0, int(mb * 2**20))
+
+
+def nbytes(value: Any) -> int:
+    """Bytes held by a cached value: `.nbytes` (numpy, HeadContributions) or torch's numel."""
+    n = getattr(value, "nbytes", None)
+    if n is not None:
+        return int(n)
+    if hasattr(value, "numel") and hasattr(value, "element_size"):
+        return int(value.numel() * value.element_size())
+    return 0
+
+
+class ByteBudgetCache:
+    """LRU over keys; evicts least recently used entries until the total fits `budget` bytes."""
+
+    def __init__(self, budget: int | None = None):
+        self.budget = default_budget() if budget is None else max(0, int(budget))
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.used = 0
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """The cached value of `key`, computing (outside the lock) and keeping it on a miss."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key][0]
+            self.misses += 1
+        value = compute()
+        self.put(key, value)
+        return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        size = nbytes(value)
+        with self._lock:
+            if key in self._items:
+                self.used -= self._items.pop(key)[1]
+            if size > self.budget:
+                return  # larger than the whole budget: returned to the caller, never kept
+            self._items[key] = (value, size)
+            self.used += size
+            while self.used > self.budget:
+                _, (_, s) = self._items.popitem(last=False)
+                self.used -= s
+                self.evictions += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.used = 0
