@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from engine.core.layers import head_name  # noqa: E402
 from engine.sources import world  # noqa: E402
 
 DEFAULT_MODEL_DIR = ROOT / "engine" / "data" / "demo_model"
@@ -157,7 +158,7 @@ def specialisation(eta: np.ndarray, last_layers: int = 4) -> dict:
             share = float(eta[layer, h, k])
             heads.append(
                 {
-                    "head": f"L{layer}H{h}",
+                    "head": head_name(layer, h),
                     "factor": names[k] if share >= 0.5 else None,
                     "top_factor": names[k],
                     "eta2": round(share, 3),

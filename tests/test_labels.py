@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from engine.core.labels import MIXED, SYNONYMS, map_answer, normalize_label, offline_label
+from engine.core.labels import MIXED, SYNONYMS, map_answer, normalise_label, offline_label
 from engine.errors import UserError
-from engine.sources.banks import Bank, load_bank, reference_labels, reference_models
+from engine.sources.banks import Bank, load_bank
+from engine.sources.reference import (
+    paper_models,
+    paper_scores,
+    reference_labels,
+    reference_property_heads,
+)
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,16 +41,16 @@ def test_offline_label_only_top5_distractors_and_empty():
     assert offline_label(["a"], [0.0]) == MIXED
 
 
-def test_normalize_label_options():
-    assert normalize_label("Patterns") == "pattern"
-    assert normalize_label("Patterns", plurals=False) == "patterns"
-    assert normalize_label("Patterns", case=False) == "Pattern"
-    assert normalize_label("Glass") == "glass"  # -ss is not a plural
-    assert normalize_label("Body parts") == "body part"
-    assert normalize_label("  Colors. ") == "color"
-    assert normalize_label("Geo-location", synonyms=SYNONYMS) == "location"
-    assert normalize_label("Wildlife", synonyms=SYNONYMS) == normalize_label("Animals")
-    assert normalize_label("Wildlife") == "wildlife"
+def test_normalise_label_options():
+    assert normalise_label("Patterns") == "pattern"
+    assert normalise_label("Patterns", plurals=False) == "patterns"
+    assert normalise_label("Patterns", case=False) == "Pattern"
+    assert normalise_label("Glass") == "glass"  # -ss is not a plural
+    assert normalise_label("Body parts") == "body part"
+    assert normalise_label("  Colors. ") == "color"
+    assert normalise_label("Geo-location", synonyms=SYNONYMS) == "location"
+    assert normalise_label("Wildlife", synonyms=SYNONYMS) == normalise_label("Animals")
+    assert normalise_label("Wildlife") == "wildlife"
 
 
 @pytest.mark.parametrize(
@@ -129,9 +135,26 @@ def test_user_banks(tmp_path):
         load_bank(tmp_path / "missing.txt")
 
 
+def test_reference_data_is_one_consistent_set():
+    """The six models of the score table are exactly the ones with published labels, each with
+    one label per head of its last four layers, and their property heads are labelled heads."""
+    models = paper_models()
+    assert [m.name for m in models] == list(paper_scores()["model"])
+    assert len({m.spec for m in models}) == 6
+    for m in models:
+        lab = reference_labels(m.arch, m.pretrained)
+        assert len(lab) == m.heads and lab.duplicated(["layer", "head"]).sum() == 0
+        n_layers = {48: 12, 64: 24}[m.heads]
+        assert sorted(lab.layer.unique()) == list(range(n_layers - 4, n_layers))
+        props = reference_property_heads(m.arch, m.pretrained)
+        heads = set(zip(lab["layer"], lab["head"], strict=True))
+        assert props is not None and set(zip(props["layer"], props["head"], strict=True)) <= heads
+    p = paper_scores().set_index("model")
+    assert p.loc["ViT-B-32 OpenAI", "entanglement"] == 21 / 48
+    assert p.loc["ViT-L-14 LAION-2B", "association"] == 36 / 64
+
+
 def test_reference_labels_shipped():
-    models = reference_models()
-    assert len(models) == 6
     df = reference_labels("ViT-B-32", "openai")
     assert list(df.columns) == ["layer", "head", "label"] and len(df) == 48
     assert sorted(df.layer.unique()) == [8, 9, 10, 11]

@@ -55,7 +55,11 @@ def test_bad_specs_name_the_problem(spec, match):
 
 @pytest.mark.unit
 def test_paper_models_are_named_entries():
-    paper = {m.spec for m in specs.MODELS if m.paper}
+    """The `models` command lists the paper's six (from engine.sources.reference), then ours."""
+    r = _cli("models", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {x["spec"]: x for x in json.loads(r.stdout)}
+    paper = {s for s, x in rows.items() if x["paper"]}
     assert paper == {
         "ViT-B-32/openai",
         "ViT-B-32/datacomp_m_s128m_b4k",
@@ -64,8 +68,9 @@ def test_paper_models_are_named_entries():
         "ViT-L-14/openai",
         "ViT-L-14/laion2b_s32b_b82k",
     }
-    rows = {r["spec"]: r for r in specs.list_models()}
-    assert rows["tiny-test"]["available"]
+    assert rows["ViT-B-32/openai"]["description"] == "paper model; OpenAI-400M"
+    assert rows["tiny-test"]["available"] and not rows["tiny-test"]["paper"]
+    assert {m.spec for m in specs.MODELS} == {"demo", "tiny-test"}
 
 
 @pytest.mark.unit
@@ -235,8 +240,8 @@ def test_weights_in_the_hub_cache_count_as_local(tmp_path, monkeypatch):
     snap.mkdir(parents=True)
     (snap / "open_clip_model.safetensors").write_bytes(b"x")
     assert specs.local_weights(spec) == str(snap / "open_clip_model.safetensors")
-    row = next(r for r in specs.list_models() if r["spec"] == spec)
-    assert row["available"]
+    row = specs.list_models([specs.ModelEntry("x", spec, "paper model", paper=True)])[0]
+    assert row["available"] and row["where"].endswith("open_clip_model.safetensors")
 
 
 def _local_dir(d: Path, seed: int) -> None:

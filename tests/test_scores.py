@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from engine.core.groundtruth import dominant_factor, eta2, head_eta2, label_matches
-from engine.core.labels import NORMALIZATIONS
+from engine.core.labels import NORMALISATIONS
 from engine.core.scores import (
     association,
     entanglement_shared,
     entanglement_unique,
     score_rows,
 )
-from engine.sources.banks import reference_labels
+from engine.sources.reference import reference_labels
 
 pytestmark = pytest.mark.unit
 
@@ -23,7 +23,7 @@ def test_entanglement_known_answers():
     assert entanglement_unique(labels).count == 1
     assert entanglement_unique(labels).total == 7
     # without normalisation every spelling is its own label; mixed never counts
-    none = NORMALIZATIONS["none"]
+    none = NORMALISATIONS["none"]
     assert entanglement_shared(labels, none).count == 0
     assert entanglement_unique(labels, none).count == 5
     assert entanglement_shared(["a", "b", "c"]).value == 0.0  # every head its own property
@@ -62,7 +62,7 @@ def test_score_rows_ranges_and_layers():
 
 
 # The paper's Table 1 (entanglement, counts of heads) and the unique-label counts from the
-# published labels with case and plurals folded (/work/shared/reference/README.md).
+# published labels with case and plurals folded (engine/data/reference/README.md).
 PAPER = {
     ("ViT-B-32", "openai"): (21, 21),
     ("ViT-B-32", "datacomp_m_s128m_b4k"): (25, 25),
@@ -77,10 +77,10 @@ PAPER = {
 def test_published_labels_reproduce_table1_as_unique(model):
     labels = reference_labels(*model).label.tolist()
     paper, unique = PAPER[model]
-    s = entanglement_unique(labels, NORMALIZATIONS["case+plurals"])
+    s = entanglement_unique(labels, NORMALISATIONS["case+plurals"])
     assert s.count == unique and s.total in (48, 64)
     assert abs(s.count - paper) <= 2
-    shared = entanglement_shared(labels, NORMALIZATIONS["case+plurals"])
+    shared = entanglement_shared(labels, NORMALISATIONS["case+plurals"])
     assert shared.count == s.total - s.count  # no head is "mixed" in the published labels
 
 

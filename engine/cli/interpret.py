@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine.core.labels import DEFAULT_NORMALISATION, LABELLERS, NORMALISATIONS
 from engine.core.layers import GRAMMAR
 from engine.errors import UserError
 
@@ -14,7 +15,7 @@ HELP = "describe every stored head with TextSpan, label it, score the labels (wr
 
 def add_arguments(p):
     p.add_argument("--store", required=True, help="store link, e.g. artifacts/demo")
-    p.add_argument("--labeller", choices=["offline", "llm"], default="offline")
+    p.add_argument("--labeller", choices=LABELLERS, default=LABELLERS[0])
     p.add_argument(
         "--bank", default=None, help="general, world or a .txt/.csv file (default: world for "
         "demo-world stores, else general)",
@@ -30,9 +31,9 @@ def add_arguments(p):
     p.add_argument("--llm-timeout", type=float, default=30.0, help="seconds per LLM request")
     p.add_argument("--llm-retries", type=int, default=3, help="retries on 429/5xx/timeouts")
     p.add_argument(
-        "--normalize", default="case+plurals",
-        choices=["none", "case", "case+plurals", "case+plurals+synonyms"],
-        help="label normalisation before scoring (default case+plurals)",
+        "--normalise", "--normalize", dest="normalise", default=DEFAULT_NORMALISATION,
+        choices=list(NORMALISATIONS),
+        help=f"label normalisation before scoring (default {DEFAULT_NORMALISATION})",
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -53,7 +54,7 @@ def run(args) -> int:
         llm_model=args.llm_model,
         llm_timeout=args.llm_timeout,
         llm_retries=args.llm_retries,
-        normalize=args.normalize,
+        normalise=args.normalise,
         progress=not args.no_progress,
     )
     summary = {

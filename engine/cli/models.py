@@ -16,9 +16,14 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from engine.model import list_models, list_open_clip_vits
+    from engine.model import ModelEntry, list_models, list_open_clip_vits
+    from engine.sources.reference import paper_models
 
-    rows = list_models()
+    paper = [
+        ModelEntry(m.name, m.spec, f"paper model; {m.training_data}", paper=True)
+        for m in paper_models()
+    ]
+    rows = list_models(paper)
     if args.all:
         rows += list_open_clip_vits()
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine.core.labels import DEFAULT_NORMALISATION, NORMALISATIONS
 from engine.errors import UserError
 
 NAME = "scores"
@@ -19,12 +20,11 @@ def add_arguments(p):
         help="also score the stored labels over layers LO..HI (repeatable)",
     )  # fmt: skip
     p.add_argument(
-        "--normalize", default="case+plurals",
-        choices=["none", "case", "case+plurals", "case+plurals+synonyms"], help=NORMALIZE_HELP,
+        "--normalise", "--normalize", dest="normalise", default=DEFAULT_NORMALISATION,
+        choices=list(NORMALISATIONS),
+        help="label normalisation for --range and the published labels "
+        f"(default {DEFAULT_NORMALISATION})",
     )  # fmt: skip
-
-
-NORMALIZE_HELP = "label normalisation for --range and the published labels (default case+plurals)"
 
 
 def _parse_range(text: str) -> tuple[int, int]:
@@ -37,10 +37,9 @@ def _parse_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-def _ranges(r, ranges: list[tuple[int, int]], normalize: str = "case+plurals") -> list[dict]:
+def _ranges(r, ranges: list[tuple[int, int]], normalise: str) -> list[dict]:
     """Scores of the stored labels over extra layer ranges (computed now, not stored)."""
     from engine.core import scores
-    from engine.core.labels import NORMALIZATIONS
 
     labels = r.query("SELECT layer, head, label, labeller FROM head_labels ORDER BY layer, head")
     ts = r.query('SELECT layer, head, "rank", category FROM textspan ORDER BY layer, head, "rank"')
@@ -53,27 +52,24 @@ def _ranges(r, ranges: list[tuple[int, int]], normalize: str = "case+plurals") -
         rows = scores.score_rows(
             sel["layer"].tolist(), sel["label"].tolist(),
             [cats.get((a, b), []) for a, b in zip(sel["layer"], sel["head"], strict=True)],
-            ranges=[(lo, hi)], normalize=NORMALIZATIONS[normalize],
+            ranges=[(lo, hi)], normalise=NORMALISATIONS[normalise],
         )  # fmt: skip
         labeller = str(sel["labeller"].iloc[0])
         out += [dict(x.__dict__, labeller=labeller) for x in rows if x.scope == "range"]
     return out
 
 
-def _reference(model_spec: str, normalize: str = "case+plurals") -> list[dict]:
+def _reference(model_spec: str, normalise: str = DEFAULT_NORMALISATION) -> list[dict]:
     """Scores of the paper's published labels when the store's model is one of its six."""
     from engine.core import scores
-    from engine.core.labels import NORMALIZATIONS
-    from engine.sources import banks
+    from engine.sources import reference
 
-    if "/" not in (model_spec or ""):
+    m = reference.paper_model(model_spec)
+    if m is None:
         return []
-    arch, tag = model_spec.split("/", 1)
-    ref = banks.reference_labels(arch, tag)
-    if ref is None:
-        return []
+    ref = reference.reference_labels(m.arch, m.pretrained)
     rows = scores.score_rows(
-        ref["layer"].tolist(), ref["label"].tolist(), None, normalize=NORMALIZATIONS[normalize]
+        ref["layer"].tolist(), ref["label"].tolist(), None, normalise=NORMALISATIONS[normalise]
     )
     return [dict(r.__dict__, labeller="published") for r in rows]
 
@@ -92,7 +88,7 @@ def run(args) -> int:
         interp = r.info.get("interpretation")
         random_weights = bool(r.info.get("random_weights"))
         extra = (
-            _ranges(r, [_parse_range(x) for x in args.ranges], args.normalize)
+            _ranges(r, [_parse_range(x) for x in args.ranges], args.normalise)
             if not df.empty
             else []
         )
@@ -104,7 +100,7 @@ def run(args) -> int:
         + extra
         + [x for x in rows if x["scope"] != "range"]
     )
-    ref = [] if random_weights else _reference(spec, args.normalize)
+    ref = [] if random_weights else _reference(spec, args.normalise)
     if args.json:
         print(json.dumps({"store": str(args.store), "model_spec": spec, "interpretation": interp,
                           "scores": rows, "published_labels": ref}, indent=2, default=str))  # fmt: skip

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 MIXED = "mixed"
-NON_LABELS = ("unknown", "distractor")
+NON_LABELS = ("unknown", "distractor")  # bank categories that never become a label
+LABELLERS = ("offline", "llm")  # `offline_label` here; the LLM labeller in engine.pipeline.llm
 TOP_K = 5
 
 # free label -> general-bank category. Keys are matched after case and plural folding.
@@ -101,7 +102,7 @@ SYNONYMS: dict[str, str] = {
 }
 
 
-def normalize_label(
+def normalise_label(
     label: str,
     *,
     case: bool = True,
@@ -115,10 +116,10 @@ def normalize_label(
     if plurals and len(s) > 3 and s.endswith("s") and not s.endswith("ss"):
         s = s[:-1]
     if synonyms:
-        folded = {normalize_label(k, case=True, plurals=True): v for k, v in synonyms.items()}
-        key = normalize_label(s, case=True, plurals=True)
+        folded = {normalise_label(k, case=True, plurals=True): v for k, v in synonyms.items()}
+        key = normalise_label(s, case=True, plurals=True)
         if key in folded:
-            return normalize_label(folded[key], case=case, plurals=plurals)
+            return normalise_label(folded[key], case=case, plurals=plurals)
     return s
 
 
@@ -173,11 +174,11 @@ def map_answer(
     s = clean_answer(answer)
     if not s:
         return MIXED, False
-    by_norm = {_spelling(normalize_label(v)): v for v in vocabulary}
-    key = _spelling(normalize_label(s))
+    by_norm = {_spelling(normalise_label(v)): v for v in vocabulary}
+    key = _spelling(normalise_label(s))
     if key in by_norm:
         return by_norm[key], True
-    mapped = _spelling(normalize_label(s, synonyms=synonyms))
+    mapped = _spelling(normalise_label(s, synonyms=synonyms))
     if mapped in by_norm:
         return by_norm[mapped], True
     return s.lower(), False
@@ -185,17 +186,18 @@ def map_answer(
 
 def _preset(case: bool, plurals: bool, synonyms: bool):
     def f(label: str) -> str:
-        return normalize_label(
+        return normalise_label(
             label, case=case, plurals=plurals, synonyms=SYNONYMS if synonyms else None
         )
 
     return f
 
 
-# the normalisations compared in docs/interpretation.md; "case+plurals" is the default
-NORMALIZATIONS = {
+# the normalisations compared in docs/interpretation.md (the CLI's choices)
+NORMALISATIONS = {
     "none": _preset(False, False, False),
     "case": _preset(True, False, False),
     "case+plurals": _preset(True, True, False),
     "case+plurals+synonyms": _preset(True, True, True),
 }
+DEFAULT_NORMALISATION = "case+plurals"

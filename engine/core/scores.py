@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from engine.core.labels import MIXED, normalize_label
+from engine.core.labels import MIXED, normalise_label
 
 METRICS = ("association", "entanglement_shared", "entanglement_unique")
 
@@ -34,27 +34,27 @@ class Score:
         return self.count / self.total if self.total else float("nan")
 
 
-Normalizer = Callable[[str], str]
+Normaliser = Callable[[str], str]
 
 
-def _norm(labels: Sequence[str], normalize: Normalizer | None) -> list[str]:
-    f = normalize or normalize_label
+def _norm(labels: Sequence[str], normalise: Normaliser | None) -> list[str]:
+    f = normalise or normalise_label
     return [f(x) for x in labels]
 
 
-def entanglement_shared(labels: Sequence[str], normalize: Normalizer | None = None) -> Score:
+def entanglement_shared(labels: Sequence[str], normalise: Normaliser | None = None) -> Score:
     """Heads whose (normalised) label at least one other head also has. labels: [head]."""
-    norm = _norm(labels, normalize)
+    norm = _norm(labels, normalise)
     counts = Counter(norm)
-    mixed = (normalize or normalize_label)(MIXED)
+    mixed = (normalise or normalise_label)(MIXED)
     return Score(sum(1 for x in norm if x != mixed and counts[x] >= 2), len(norm))
 
 
-def entanglement_unique(labels: Sequence[str], normalize: Normalizer | None = None) -> Score:
+def entanglement_unique(labels: Sequence[str], normalise: Normaliser | None = None) -> Score:
     """Heads whose (normalised) label no other head has. labels: [head]."""
-    norm = _norm(labels, normalize)
+    norm = _norm(labels, normalise)
     counts = Counter(norm)
-    mixed = (normalize or normalize_label)(MIXED)
+    mixed = (normalise or normalise_label)(MIXED)
     return Score(sum(1 for x in norm if x != mixed and counts[x] == 1), len(norm))
 
 
@@ -64,7 +64,7 @@ def association(
     *,
     top_k: int = 5,
     min_match: int = 3,
-    normalize: Normalizer | None = None,
+    normalise: Normaliser | None = None,
 ) -> Score:
     """Heads with >= min_match of their top_k texts' categories equal to the head's label.
 
@@ -72,7 +72,7 @@ def association(
     """
     if len(labels) != len(top_categories):
         raise ValueError("labels and top_categories must have one entry per head")
-    f = normalize or normalize_label
+    f = normalise or normalise_label
     count = 0
     for label, cats in zip(labels, top_categories, strict=True):
         lab = f(label)
@@ -100,7 +100,7 @@ def score_rows(
     top_categories: Sequence[Sequence[str]] | None = None,
     *,
     ranges: Sequence[tuple[int, int]] | None = None,
-    normalize: Normalizer | None = None,
+    normalise: Normaliser | None = None,
 ) -> list[ScoreRow]:
     """All scores per layer and per layer range (default: the last four layers present).
 
@@ -121,12 +121,12 @@ def score_rows(
             continue
         lab = [labels[i] for i in sel]
         scores = {
-            "entanglement_shared": entanglement_shared(lab, normalize),
-            "entanglement_unique": entanglement_unique(lab, normalize),
+            "entanglement_shared": entanglement_shared(lab, normalise),
+            "entanglement_unique": entanglement_unique(lab, normalise),
         }
         if top_categories is not None:
             cats = [top_categories[i] for i in sel]
-            scores["association"] = association(lab, cats, normalize=normalize)
+            scores["association"] = association(lab, cats, normalise=normalise)
         for metric in METRICS:
             if metric in scores:
                 s = scores[metric]

@@ -13,6 +13,7 @@ Specs (`parse_spec`):
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,28 +35,19 @@ class ModelEntry:
     paper: bool = False
 
 
-# The paper's six models, then the bundled ones. OpenAI tags need QuickGELU (handled in load_model).
+# The bundled models. The paper's six are listed from engine.sources.reference (by the `models`
+# command); OpenAI tags need QuickGELU (handled in load_model).
 MODELS: tuple[ModelEntry, ...] = (
-    ModelEntry("ViT-B-32 OpenAI", "ViT-B-32/openai", "paper model; OpenAI-400M", True),
-    ModelEntry(
-        "ViT-B-32 DataComp",
-        "ViT-B-32/datacomp_m_s128m_b4k",
-        "paper model; the demo's DataComp-M",
-        True,
-    ),
-    ModelEntry("ViT-B-16 OpenAI", "ViT-B-16/openai", "paper model; OpenAI-400M", True),
-    ModelEntry("ViT-B-16 LAION-2B", "ViT-B-16/laion2b_s34b_b88k", "paper model; LAION-2B", True),
-    ModelEntry("ViT-L-14 OpenAI", "ViT-L-14/openai", "paper model; OpenAI-400M", True),
-    ModelEntry("ViT-L-14 LAION-2B", "ViT-L-14/laion2b_s32b_b82k", "paper model; LAION-2B", True),
     ModelEntry("demo", "demo", "bundled small CLIP trained on the procedural demo world"),
     ModelEntry("tiny-test", "tiny-test", "2-layer random ViT for tests (random weights only)"),
 )
 
 
-def list_models() -> list[dict]:
-    """Known models with local availability: [{name, spec, description, paper, available, where}]."""
+def list_models(extra: Sequence[ModelEntry] = ()) -> list[dict]:
+    """`extra` entries then the bundled ones, with local availability:
+    [{name, spec, description, paper, available, where}]."""
     rows = []
-    for m in MODELS:
+    for m in (*extra, *MODELS):
         where = local_weights(m.spec)
         rows.append(
             {
@@ -132,8 +124,7 @@ def parse_spec(spec: str) -> ModelSpec:
         return ModelSpec(spec, "tag", arch, tag=tag)
     if spec in archs:
         return ModelSpec(spec, "arch", spec)
-    known = ", ".join(m.spec for m in MODELS)
-    raise UserError(f"unknown model {spec!r}; known: {known}; {forms}")
+    raise UserError(f"unknown model {spec!r} (`python -m engine models` lists them); {forms}")
 
 
 def _hf_cached(hf_hub: str) -> str | None:

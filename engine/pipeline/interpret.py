@@ -23,9 +23,7 @@ from tqdm import tqdm
 from engine.core import groundtruth, labels, scores, textspan
 from engine.core.layers import parse_layers
 from engine.errors import UserError
-from engine.sources import banks
-
-LABELLERS = ("offline", "llm")
+from engine.sources import banks, reference
 
 
 @dataclass
@@ -103,7 +101,7 @@ def run_interpretation(
     llm_model: str | None = None,
     llm_timeout: float = 30.0,
     llm_retries: int = 3,
-    normalize: str = "case+plurals",
+    normalise: str = labels.DEFAULT_NORMALISATION,
     progress: bool = True,
     text_embeddings_fn=None,
 ) -> InterpretResult:
@@ -113,11 +111,11 @@ def run_interpretation(
     """
     from engine.store import mutate_store, open_store
 
-    if labeller not in LABELLERS:
-        raise UserError(f"unknown labeller {labeller!r}; use one of {', '.join(LABELLERS)}")
-    if normalize not in labels.NORMALIZATIONS:
+    if labeller not in labels.LABELLERS:
+        raise UserError(f"unknown labeller {labeller!r}; use one of {', '.join(labels.LABELLERS)}")
+    if normalise not in labels.NORMALISATIONS:
         raise UserError(
-            f"unknown normalisation {normalize!r}; use {', '.join(labels.NORMALIZATIONS)}"
+            f"unknown normalisation {normalise!r}; use {', '.join(labels.NORMALISATIONS)}"
         )
     if texts_per_head < 1:
         raise UserError("--texts-per-head must be at least 1")
@@ -205,7 +203,7 @@ def run_interpretation(
     layer_of = [lay for lay, _ in heads]
     rows = scores.score_rows(
         layer_of, [head_labels[k] for k in heads], [top_cats[k] for k in heads],
-        normalize=labels.NORMALIZATIONS[normalize],
+        normalise=labels.NORMALISATIONS[normalise],
     )  # fmt: skip
     gt_rows, clear, matched, comparable = [], 0, 0, True
     if factors is not None:
@@ -260,7 +258,7 @@ def run_interpretation(
     )
     params = {
         "labeller": labeller_name, "bank": b.name, "n_texts_bank": len(b), "layers": chosen,
-        "texts_per_head": texts_per_head, "rank": rank, "normalize": normalize,
+        "texts_per_head": texts_per_head, "rank": rank, "normalise": normalise,
     }  # fmt: skip
     with mutate_store(store_path, expect_version=version) as con:
         for table in ("textspan", "head_labels", "scores", "ground_truth"):
@@ -311,42 +309,33 @@ def _insert_run(con, run_id, info, params, timings, started) -> None:
 # ---- the published labels of the paper's six models
 
 
-def reference_score_table(normalization: str = "case+plurals") -> pd.DataFrame:
+def reference_score_table(normalisation: str = labels.DEFAULT_NORMALISATION) -> pd.DataFrame:
     """Entanglement of the six paper models from their published labels, one row per model.
 
-    Columns: model, pretrained, heads, shared, unique (counts under `normalization`).
+    Columns: model, pretrained, heads, shared, unique (counts under `normalisation`), paper
+    (the paper's Table 1 count).
     """
-    norm = labels.NORMALIZATIONS[normalization]
+    norm = labels.NORMALISATIONS[normalisation]
     out = []
-    for arch, pretrained in banks.reference_models():
-        lab = banks.reference_labels(arch, pretrained)["label"].tolist()
+    for m in reference.paper_models():
+        lab = reference.reference_labels(m.arch, m.pretrained)["label"].tolist()
         out.append(
             {
-                "model": arch,
-                "pretrained": pretrained,
+                "model": m.arch,
+                "pretrained": m.pretrained,
                 "heads": len(lab),
                 "shared": scores.entanglement_shared(lab, norm).count,
                 "unique": scores.entanglement_unique(lab, norm).count,
+                "paper": m.entanglement_heads,
             }
         )
     return pd.DataFrame(out)
 
 
-# the paper's Table 1 as counts of heads (/work/shared/reference/README.md)
-PAPER_TABLE1 = {
-    ("ViT-B-32", "openai"): 21,
-    ("ViT-B-32", "datacomp_m_s128m_b4k"): 25,
-    ("ViT-B-16", "openai"): 24,
-    ("ViT-B-16", "laion2b_s34b_b88k"): 26,
-    ("ViT-L-14", "openai"): 23,
-    ("ViT-L-14", "laion2b_s32b_b82k"): 22,
-}
-
-
 def reference_markdown_table() -> str:
     """docs/interpretation.md's table: unique / shared counts under each normalisation."""
-    tabs = {k: reference_score_table(k) for k in labels.NORMALIZATIONS}
-    head = " | ".join(f"unique / shared ({k})" for k in labels.NORMALIZATIONS)
+    tabs = {k: reference_score_table(k) for k in labels.NORMALISATIONS}
+    head = " | ".join(f"unique / shared ({k})" for k in labels.NORMALISATIONS)
     lines = [
         f"| model | heads | paper Table 1 | {head} |",
         "|---|---|---|" + "---|" * len(tabs),
@@ -354,6 +343,7 @@ def reference_markdown_table() -> str:
     base = tabs["none"]
     for i, row in base.iterrows():
         cells = " | ".join(f"{t.loc[i, 'unique']} / {t.loc[i, 'shared']}" for t in tabs.values())
-        paper = PAPER_TABLE1[(row["model"], row["pretrained"])]
-        lines.append(f"| {row['model']} {row['pretrained']} | {row['heads']} | {paper} | {cells} |")
+        lines.append(
+            f"| {row['model']} {row['pretrained']} | {row['heads']} | {row['paper']} | {cells} |"
+        )
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Description banks and the paper's reference head labels (package data and user files).
+"""Description banks (package data and user files) and the LLM prompt's examples.
 
 A bank is a list of short descriptions, each tagged with one property category. Built in:
 `general` (engine/data/banks/general.csv, made by scripts/make_general_bank.py) and `world` (the
@@ -13,17 +13,13 @@ import csv
 import io
 import json
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
-import pandas as pd
-
+from engine.core.labels import NON_LABELS  # categories that never become a head's label
 from engine.errors import UserError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BANKS = DATA / "banks"
-REFERENCE = DATA / "reference"
-NON_LABELS = ("unknown", "distractor")  # categories that never become a head's label
 
 
 @dataclass(frozen=True)
@@ -84,39 +80,6 @@ def load_bank(spec: str | Path) -> Bank:
     if path.suffix.lower() == ".csv" or first in ("text", "text,category", "category,text"):
         return _read_csv(text, path.name)
     return _from_rows([(line, "unknown") for line in text.splitlines()], path.name)
-
-
-# ---- reference labels published with the paper's demo ------------------------------------------
-
-
-@cache
-def _reference_table(name: str) -> pd.DataFrame:
-    return pd.read_csv(REFERENCE / name)
-
-
-def reference_models() -> list[tuple[str, str]]:
-    """(arch, pretrained) of the six models with published head labels."""
-    df = _reference_table("clip_interpret_head_labels.csv")
-    pairs = df[["model", "pretrained"]].drop_duplicates()
-    return [(str(a), str(p)) for a, p in pairs.itertuples(index=False)]
-
-
-def reference_labels(arch: str, pretrained: str) -> pd.DataFrame | None:
-    """Published labels as DataFrame(layer, head, label) for one model, or None if not published."""
-    df = _reference_table("clip_interpret_head_labels.csv")
-    sel = df[(df["model"] == arch) & (df["pretrained"] == pretrained)]
-    if sel.empty:
-        return None
-    return sel[["layer", "head", "label"]].sort_values(["layer", "head"]).reset_index(drop=True)
-
-
-def reference_property_heads(arch: str, pretrained: str) -> pd.DataFrame | None:
-    """The demo's property -> heads lists as DataFrame(property, layer, head), or None."""
-    df = _reference_table("clip_interpret_property_heads.csv")
-    sel = df[(df["model"] == arch) & (df["pretrained"] == pretrained)]
-    if sel.empty:
-        return None
-    return sel[["property", "layer", "head"]].reset_index(drop=True)
 
 
 def load_llm_examples() -> list[tuple[list[str], str]]:
