@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from engine import store
 from engine.core.layers import GRAMMAR
+from engine.errors import UserError
 from engine.store import schema
 
 NAME = "build"
@@ -32,10 +34,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("scale-out (docs/scale-out.md)")
+    g.add_argument(
+        "--shard",
+        metavar="I/N",
+        default=None,
+        help="compute only chunks k with k %% N == I (0 <= I < N) into the shared staging folder; "
+        "the shard that finds every chunk done publishes",
+    )
+    g.add_argument(
+        "--finalize",
+        action="store_true",
+        help="publish a build whose chunks all ran as shards (refuses when chunks are missing)",
+    )
+    g.add_argument("--executor", choices=["local", "ray"], default="local")
+    g.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: local)")
+    g.add_argument("--num-workers", type=int, default=2, help="Ray actors (default %(default)s)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray actor")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"bad --shard {text!r}: use I/N with 0 <= I < N, e.g. 0/4") from None
+    return i, n
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.pipeline.build import BuildParams, build_store
+    from engine.pipeline.build import BuildParams, build_store, finalize_build
 
     params = BuildParams(
         model=args.model,
@@ -50,7 +79,32 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not args.no_progress,
     )
-    res = build_store(params)
+    chosen = {
+        "--shard": args.shard,
+        "--finalize": args.finalize,
+        "--executor ray": args.executor == "ray",
+    }
+    modes = [name for name, on in chosen.items() if on]
+    if len(modes) > 1:
+        raise UserError(f"{' and '.join(modes)} cannot be combined")
+    if args.executor == "ray":
+        from engine.pipeline.distributed import RayOptions, build_with_ray
+
+        opts = RayOptions(args.ray_address, args.num_workers, args.gpus_per_worker)
+        res = build_with_ray(params, opts)
+    elif args.finalize:
+        res = finalize_build(params)
+    else:
+        shard = parse_shard(args.shard) if args.shard else None
+        res = build_store(params, shard=shard)
+        if not res.published:
+            n_done = len(store.recorded_chunks(store.staging_dir(args.store, res.key)))
+            print(
+                f"shard {args.shard}: {res.chunks_done} chunks computed ({res.n_images} images), "
+                f"{res.resumed_chunks} already done; {n_done} of {res.n_chunks} chunks of the "
+                "build recorded; the last shard (or --finalize) publishes"
+            )
+            return 0
     if res.up_to_date:
         print(f"{res.store} is up to date ({res.n_images} images); use --force to rebuild")
         return 0

@@ -100,8 +100,9 @@ def build_store(
     resumed = sum(1 for k in mine if k in recorded)
     if shard is not None and store.recorded_chunks(plan.staging) != set(range(plan.n_chunks)):
         return BuildResult(
-            plan.link, None, n_new, 0, False, resumed, timings, len(todo), published=False
-        )
+            plan.link, None, n_new, 0, False, resumed, timings, len(todo), False, plan.key,
+            plan.n_chunks,
+        )  # fmt: skip
     res = finalize(plan, timings, resumed)
     res.chunks_done = len(todo)
     if not res.up_to_date:
@@ -130,7 +131,10 @@ def open_staging(plan: BuildPlan, shards: int | None = None) -> dict | None:
             return None  # finished, not yet published: finalize publishes it
         staging.mkdir(parents=True, exist_ok=True)
         state = store.load_build_state(staging)
-        if state is None or not (staging / store.schema.STORE_ZARR).is_dir():
+        arrays_there = any(
+            (staging / name).is_dir() for name in (store.schema.STORE_ZARR, store.SPARSE_ZARR)
+        )  # the sparse copy alone: finalize was killed while swapping in the compacted arrays
+        if state is None or not arrays_there:
             shutil.rmtree(staging / store.BUILD_DIR, ignore_errors=True)  # records without arrays
             attrs = {"build_key": plan.key, "layers": plan.layers, "rest_layers": plan.rest_layers}
             arrays = store.create_arrays(staging, plan.sizes(), attrs=attrs)

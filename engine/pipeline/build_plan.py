@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from engine import store
 from engine.core.layers import parse_layers
 from engine.core.types import ViTWeights
@@ -105,11 +107,15 @@ def check_params(params: BuildParams) -> Path:
     return link
 
 
-def plan_build(params: BuildParams) -> BuildPlan:
-    """Validate, load the model, choose layers and chunk size, and key the staging folder."""
+def plan_build(params: BuildParams, *, load_device: str | None = None) -> BuildPlan:
+    """Validate, load the model, choose layers and chunk size, and key the staging folder.
+
+    load_device: load the model there instead of `params.device` (a driver that only plans and
+    finalises for workers on GPUs); the key still names `params.device`'s type."""
     link = check_params(params)
     source = collection.parse_source(params.images)  # bad input fails before the (slow) model load
-    lm = load_model(params.model, device=params.device, random_weights=params.random_weights)
+    device = load_device or params.device
+    lm = load_model(params.model, device=device, random_weights=params.random_weights)
     source.image_size = lm.dims.image_size
     dims = lm.dims
     layers_arg = params.layers
@@ -134,7 +140,7 @@ def plan_build(params: BuildParams) -> BuildPlan:
             "chunking": CHUNKING,
             "thumb": schema.THUMB_SIZE,
             "batch_size": params.batch_size,  # batch shapes can change float rounding
-            "device": lm.device.type,
+            "device": torch.device(params.device).type,
         }
     )
     staging = store.staging_dir(link, key)
@@ -156,3 +162,5 @@ class BuildResult:
     timings: dict = field(default_factory=dict)
     chunks_done: int = 0  # chunks this call computed
     published: bool = True  # False: a shard finished its chunks but others are still missing
+    key: str = ""  # the build's staging key
+    n_chunks: int = 0

@@ -20,6 +20,7 @@ from engine.store.versions import (
     versions_dir,
 )
 from engine.store.writer import (
+    SPARSE_ZARR,
     DatabaseWriter,
     compact_rows,
     create_arrays,
@@ -43,6 +44,7 @@ from engine.store.writer import (
 
 __all__ = [
     "BUILD_DIR",
+    "SPARSE_ZARR",
     "LOCK_FILE",
     "STAGING_PREFIX",
     "TMP_PREFIX",
