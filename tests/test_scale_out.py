@@ -172,7 +172,7 @@ def test_sharded_build_with_skipped_files_equals_single(tmp_path):
     a = contents(single)
     assert_same(a, contents(sharded))
     assert a["images"]["image_id"].tolist() == list(range(19))
-    assert a["head_out"].shape[0] == 19
+    assert a["output"].shape[0] == 19
 
 
 def test_compaction_killed_mid_swap_resumes_identically(tmp_path, monkeypatch):

@@ -120,9 +120,15 @@ def finalize_build(params: BuildParams) -> BuildResult:
     return finalize(plan)
 
 
-def open_staging(plan: BuildPlan, shards: int | None = None) -> dict | None:
+def open_staging(
+    plan: BuildPlan, shards: int | None = None, *, constants: bool = True
+) -> dict | None:
     """Create or reopen the staging folder (under the store lock); returns the build state, or
-    None when the store was published with this key meanwhile (nothing left to do)."""
+    None when the store was published with this key meanwhile (nothing left to do).
+
+    constants: write the weight-only arrays here; False when this process's model is not on the
+    build's device (a Ray driver on CPU for GPU workers): a worker writes them (`write_constants`).
+    """
     with store.store_lock(plan.link):
         if not plan.params.force and published_result(plan) is not None:
             return None
@@ -138,12 +144,14 @@ def open_staging(plan: BuildPlan, shards: int | None = None) -> dict | None:
             shutil.rmtree(staging / store.BUILD_DIR, ignore_errors=True)  # records without arrays
             attrs = {"build_key": plan.key, "layers": plan.layers, "rest_layers": plan.rest_layers}
             arrays = store.create_arrays(staging, plan.sizes(), attrs=attrs)
-            store.write_constants(arrays, plan.decomposer().constants())  # weight-only arrays
+            if constants:
+                store.write_constants(arrays, plan.decomposer().constants())  # weight-only arrays
             state = {
                 "key": plan.key,
                 "started_at": provenance.now(),
                 "attempts": 0,
                 "run_id": uuid.uuid4().hex,
+                "constants": constants,
             }
         if shards is not None:
             if state.get("shards") not in (None, shards):
@@ -155,6 +163,16 @@ def open_staging(plan: BuildPlan, shards: int | None = None) -> dict | None:
         state["attempts"] += 1
         store.save_build_state(staging, state)
         return state
+
+
+def write_constants(plan: BuildPlan) -> None:
+    """Write the weight-only arrays from this process's model, unless written already."""
+    with store.store_lock(plan.link):
+        state = store.load_build_state(plan.staging)
+        if state is not None and not state.get("constants", True):
+            store.write_constants(plan.arrays(), plan.decomposer().constants())
+            state["constants"] = True
+            store.save_build_state(plan.staging, state)
 
 
 def run_chunk(plan: BuildPlan, k: int, items: Iterator[tuple[int, Item]] | None = None) -> dict:

@@ -19,9 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from engine import store
 from engine.errors import UserError
-from engine.pipeline.build import open_staging, progress_bar, run_chunk
+from engine.pipeline.build import open_staging, progress_bar, run_chunk, write_constants
 from engine.pipeline.build_plan import BuildParams, BuildResult, plan_build
 from engine.pipeline.finalize import finalize, published_result
 
@@ -52,10 +54,11 @@ class ChunkWorker:
     """A Ray actor: one model, any number of chunks."""
 
     def __init__(self, params: BuildParams):
-        import torch
-
         self.plan = plan_build(params)
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+
+    def write_constants(self) -> None:
+        write_constants(self.plan)
 
     def run(self, k: int) -> dict:
         rec = run_chunk(self.plan, k)
@@ -78,7 +81,8 @@ def build_with_ray(params: BuildParams, opts: RayOptions) -> BuildResult:
     plan = plan_build(params, load_device="cpu")  # the driver plans and finalises, on CPU
     if not params.force and (res := published_result(plan)) is not None:
         return res
-    state = open_staging(plan)
+    same_device = torch.device(params.device).type == "cpu"  # the driver's model is on CPU
+    state = open_staging(plan, constants=same_device)
     if state is None:
         return published_result(plan) or finalize(plan)
     recorded = store.recorded_chunks(plan.staging)
@@ -134,6 +138,8 @@ def _run_pool(ray, plan, params: BuildParams, opts: RayOptions, todo: list[int])
         max_task_retries=MAX_TASK_RETRIES,
     )(ChunkWorker)
     workers = [actor.remote(params) for _ in range(min(opts.num_workers, len(todo)))]
+    if not (store.load_build_state(plan.staging) or {}).get("constants", True):
+        ray.get(workers[0].write_constants.remote())  # from a model on the build's device
     pool = ActorPool(workers)
     bar = progress_bar(params.progress, plan.source.n_items, plan)
     if bar is not None:

@@ -34,6 +34,9 @@ def finalize(plan: BuildPlan, timings: dict | None = None, resumed: int = 0) -> 
         if not (staging / store.BUILD_DIR).is_dir() and (staging / store.schema.STORE_DB).is_file():
             return _publish(plan)  # killed after finishing, before publication
         state = store.load_build_state(staging) or {}
+        if not state.get("constants", True):
+            raise UserError(f"cannot finalise {plan.link}: the weight-only arrays were never "
+                            "written (no worker started); rerun the build")  # fmt: skip
         missing = sorted(set(range(plan.n_chunks)) - store.recorded_chunks(staging))
         if missing:
             raise UserError(missing_message(plan, missing, state.get("shards")))
