@@ -26,13 +26,11 @@ def heads_table(key: str) -> pd.DataFrame:
     df = pd.DataFrame(stores.store_heads(s), columns=["layer", "head"])
     df.insert(0, "name", [head_name(l, h) for l, h in zip(df["layer"], df["head"], strict=True)])
     labels = tables.table(s, "head_labels")
-    if not labels.empty:
-        keep = [c for c in ("layer", "head", "label", "labeller") if c in labels]
-        df = df.merge(
-            labels[keep].drop_duplicates(["layer", "head"]), on=["layer", "head"], how="left"
-        )
-    else:
-        df["label"] = None
+    df = df.merge(
+        labels[["layer", "head", "label", "labeller"]].drop_duplicates(["layer", "head"]),
+        on=["layer", "head"],
+        how="left",
+    )
     ts = tables.table(s, "textspan")
     if not ts.empty:
         ts = ts.sort_values(["layer", "head", "rank"])
@@ -55,8 +53,11 @@ def heads_table(key: str) -> pd.DataFrame:
         ]
     gt = tables.table(s, "ground_truth")
     if not gt.empty:
-        dom = gt[gt["is_dominant"]] if "is_dominant" in gt else gt
-        dom = dom.sort_values("eta2", ascending=False).drop_duplicates(["layer", "head"])
+        dom = (
+            gt[gt["is_dominant"]]
+            .sort_values("eta2", ascending=False)
+            .drop_duplicates(["layer", "head"])
+        )
         dom = dom[["layer", "head", "factor", "eta2", "match"]].rename(
             columns={"factor": "gt_factor", "eta2": "gt_eta2", "match": "gt_match"}
         )
@@ -103,7 +104,7 @@ d2.download_button(
 
 st.subheader("Layer × head grid")
 grid = df.assign(label=df["label"].fillna("(unlabelled)"))
-tooltip = [c for c in ("name", "label", "reference_label", "gt_factor") if c in grid]
+tooltip = ["name", "label"] + [c for c in ("reference_label", "gt_factor") if c in grid]
 chart = (
     alt.Chart(grid)
     .mark_rect(stroke="white")

@@ -30,11 +30,10 @@ def overall(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (metric, labeller): the layer-range score (else the widest layer span)."""
     if df.empty:
         return df
-    if "scope" in df and (df["scope"] == "range").any():
+    if (df["scope"] == "range").any():
         df = df[df["scope"] == "range"]
     df = df.assign(span=df["layer_to"] - df["layer_from"])
-    keys = ["metric"] + (["labeller"] if "labeller" in df else [])
-    return df.sort_values("span").groupby(keys, as_index=False).last()
+    return df.sort_values("span").groupby(["metric", "labeller"], as_index=False).last()
 
 
 if scores.empty:
@@ -47,9 +46,9 @@ else:
     top = overall(scores)
     cols = st.columns(max(1, len(top)))
     published = paper.PAPER_SCORES.set_index("model_spec")
-    spec = str(info.get("model_spec"))
+    spec = info["model_spec"]
     for col, row in zip(cols, top.itertuples(), strict=False):
-        label = f"{row.metric}" + (f" ({row.labeller})" if getattr(row, "labeller", None) else "")
+        label = f"{row.metric} ({row.labeller})"
         delta = None
         if paper.paper_model(store) is not None and row.metric in PAPER_METRIC:
             delta = f"paper: {published.loc[spec, PAPER_METRIC[row.metric]]:.3f}"
@@ -62,9 +61,7 @@ else:
         )
 
     st.subheader("Per layer")
-    per_layer = scores[scores["layer_from"] == scores["layer_to"]]
-    if "scope" in scores:
-        per_layer = scores[scores["scope"] == "layer"]
+    per_layer = scores[scores["scope"] == "layer"]
     if per_layer.empty:
         st.info("No per-layer breakdown stored.")
     else:
@@ -87,9 +84,7 @@ else:
             .properties(height=260)
         )
         st.altair_chart(chart, width="stretch")
-        st.dataframe(
-            per_layer.drop(columns=[c for c in ("run_id",) if c in per_layer]), hide_index=True
-        )
+        st.dataframe(per_layer.drop(columns=["run_id"]), hide_index=True)
 
 st.subheader("All stores and the paper")
 rows = []

@@ -38,12 +38,15 @@ def _model() -> str:
 
 def build_fixture(base: Path) -> tuple[Path, Path, bool]:
     """Build (once per pytest session base folder) the fixture store; shared by the AppTest
-    and browser tests. Returns (artifacts folder, store path, interpreted?)."""
+    and browser tests. Returns (artifacts folder, store path, interpreted? = True).
+
+    Between `build` and `interpret` the built version is copied to a second artifacts folder
+    (`raw_fixture`): the same store, never interpreted, for the pages' uninterpreted branches."""
     root = base / "dashboard-artifacts"
     store = root / "fixture"
     done = root / ".fixture-done"
     if done.is_file():
-        return root, store, done.read_text() == "interpreted"
+        return root, store, True
     root.mkdir(parents=True, exist_ok=True)
     model = _model()
     r = _engine(
@@ -57,17 +60,47 @@ def build_fixture(base: Path) -> tuple[Path, Path, bool]:
         "--no-progress",
     )
     assert r.returncode == 0, r.stderr
+    _copy_store(store, _raw_root(base) / "fixture")
     r = _engine("interpret", "--store", str(store))
     assert r.returncode == 0, r.stderr
-    interpreted = True  # the pages' uninterpreted branches are covered by the paper-shaped store
-    done.write_text("interpreted" if interpreted else "raw")
-    return root, store, interpreted
+    done.write_text("interpreted")
+    return root, store, True
+
+
+def _raw_root(base: Path) -> Path:
+    return base / "dashboard-artifacts-raw"
+
+
+def _copy_store(link: Path, dest: Path) -> None:
+    """A copy of the store's current version published at `dest` (a link, as stores are)."""
+    import shutil
+
+    from engine.store import versions_dir
+
+    version = Path(os.path.realpath(link))
+    target = versions_dir(dest) / version.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(version, target)
+    os.symlink(os.path.relpath(target, dest.parent), dest)
+
+
+def raw_fixture(base: Path) -> tuple[Path, Path, bool]:
+    """(artifacts folder, store path, interpreted? = False): the fixture before `interpret`."""
+    build_fixture(base)
+    return _raw_root(base), _raw_root(base) / "fixture", False
 
 
 @pytest.fixture(scope="session")
 def store_env(tmp_path_factory):
     """(artifacts folder, store path, interpreted?) — built once per test session."""
     return build_fixture(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session", params=["interpreted", "raw"])
+def either_store_env(request, tmp_path_factory):
+    """The fixture store interpreted, then the same store as built (never interpreted)."""
+    base = tmp_path_factory.getbasetemp()
+    return build_fixture(base) if request.param == "interpreted" else raw_fixture(base)
 
 
 def tree_digest(folder: Path) -> dict[str, str]:

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from engine.core.layers import head_name
 from tests.dashboard.conftest import ROOT, tree_digest
 
 pytestmark = [pytest.mark.dashboard, pytest.mark.demo, pytest.mark.slow]  # demo model when bundled
@@ -86,8 +87,8 @@ def test_home_without_store_names_the_build_command(monkeypatch, tmp_path):
     assert at.warning and "No store" in at.warning[0].value
 
 
-def test_home_sidebar_shows_store_provenance(monkeypatch, store_env):
-    root, store, interpreted = store_env
+def test_home_sidebar_shows_store_provenance(monkeypatch, either_store_env):
+    root, store, interpreted = either_store_env
     at = _app(monkeypatch, root)
     side = " ".join(m.value for m in at.sidebar.markdown)
     from engine.store import open_store
@@ -97,6 +98,8 @@ def test_home_sidebar_shows_store_provenance(monkeypatch, store_env):
         run_id = s.info["run_id"]
     assert spec in side and f"{n:,}" in side and run_id[:12] in side
     assert ("Interpreted** yes" in side) == interpreted
+    if not interpreted:
+        assert f"Interpreted** no — run `python -m engine interpret --store {store}`" in side
     # the sample image is the default query: its centre crop is shown in the sidebar
     assert len(at.sidebar.get("image")) == 1
 
@@ -112,58 +115,110 @@ def test_store_typed_path_and_bad_path(monkeypatch, store_env, tmp_path):
     _ok(at)
     assert not at.sidebar.error
     _page(at, "pages/heads.py")
-    assert len(at.dataframe[0].value) > 0
+    from engine.store import open_store
+
+    with open_store(store) as s:
+        want = [head_name(l, h) for l in s.layers for h in range(int(s.info["n_heads"]))]
+    assert list(at.dataframe[0].value["name"]) == want  # the typed store's heads, in order
 
 
 # ----------------------------------------------------------------------------------- overview
 
 
-def test_overview(monkeypatch, store_env):
-    root, store, interpreted = store_env
+def test_overview(monkeypatch, either_store_env):
+    root, store, interpreted = either_store_env
     at = _page(_app(monkeypatch, root), "pages/overview.py")
     charts = at.get("vega_lite_chart")
     assert charts, "the comparison chart with the paper's figures is always drawn"
+    from engine.store import open_store
+
+    with open_store(store) as s:
+        stored = s.query("SELECT metric, labeller, value FROM scores WHERE scope = 'range'")
     if interpreted:
-        assert at.metric, "interpreted stores show their scores"
-        assert all(0 <= float(m.value) <= 1 for m in at.metric)
+        shown = {m.label: float(m.value) for m in at.metric}
+        want = {f"{r.metric} ({r.labeller})": round(r.value, 3) for r in stored.itertuples()}
+        assert want and shown == want  # every layer-range score, as stored
     else:
-        assert "interpret" in at.warning[0].value
+        assert stored.empty and not at.metric
+        assert f"python -m engine interpret --store {store}" in at.warning[0].value
 
 
 # -------------------------------------------------------------------------------------- heads
 
 
-def test_heads_table_filter_and_exports(monkeypatch, store_env):
-    root, store, interpreted = store_env
+def test_heads_table_filter_and_exports(monkeypatch, either_store_env, exports):
+    root, store, interpreted = either_store_env
     from engine.store import open_store
 
     with open_store(store) as s:
-        n_heads = len(s.layers) * int(s.info["n_heads"])
+        heads = [(l, h) for l in s.layers for h in range(int(s.info["n_heads"]))]
         labels = s.query("SELECT layer, head, label FROM head_labels")
     at = _page(_app(monkeypatch, root), "pages/heads.py")
     df = at.dataframe[0].value
-    assert len(df) == n_heads
-    assert set(df["name"]) == {f"L{l}H{h}" for l, h in zip(df["layer"], df["head"], strict=True)}
+    assert list(zip(df["layer"], df["head"], strict=True)) == heads
+    assert list(df["name"]) == [head_name(l, h) for l, h in heads]
+    got = {(int(r.layer), int(r.head)): r.label for r in df.itertuples()}
     if interpreted:
-        got = {(int(r.layer), int(r.head)): r.label for r in df.itertuples()}
-        for r in labels.itertuples():
-            assert got[(int(r.layer), int(r.head))] == r.label
-    assert len(at.get("download_button")) == 2
+        assert len(labels) == len(heads)
+        assert got == {(int(r.layer), int(r.head)): r.label for r in labels.itertuples()}
+        assert df["top_texts (variance removed)"].notna().all()
+    else:
+        assert labels.empty and df["label"].isna().all()
+        assert "top_texts (variance removed)" not in df
+        assert "python -m engine interpret" in at.info[0].value
+    _assert_exports(at, df, exports)
     assert at.get("vega_lite_chart"), "layer x head grid"
-    # search narrows the table to matching rows
+    # search narrows the table (and the exports) to matching rows
     name = df["name"].iloc[-1]
     at.text_input(key="heads_search").set_value(name).run()
     _ok(at)
-    assert list(at.dataframe[0].value["name"]) == [name]
+    view = at.dataframe[0].value
+    assert list(view["name"]) == [name]
+    _assert_exports(at, view, exports)
+
+
+@pytest.fixture
+def exports(monkeypatch):
+    """The bytes of every file a page offers for download, by media file id."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    files: dict[str, bytes] = {}
+    real = MemoryMediaFileStorage.load_and_get_id
+
+    def keep(self, path_or_data, mimetype, kind, filename=None):
+        file_id = real(self, path_or_data, mimetype, kind, filename)
+        files[file_id] = bytes(path_or_data)
+        return file_id
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", keep)
+    return files
+
+
+def _assert_exports(at: AppTest, shown, files: dict[str, bytes]) -> None:
+    """The Heads page's CSV and Parquet downloads hold exactly the table shown."""
+    import pandas as pd
+
+    buttons = {b.proto.label: b.proto.url for b in at.get("download_button")}
+    assert set(buttons) == {"Download CSV", "Download Parquet"}
+    data = {k: files[url.rsplit("/", 1)[1].split(".")[0]] for k, url in buttons.items()}
+    parquet = pd.read_parquet(io.BytesIO(data["Download Parquet"]))
+    pd.testing.assert_frame_equal(parquet.reset_index(drop=True), shown.reset_index(drop=True))
+    csv = pd.read_csv(io.BytesIO(data["Download CSV"]))
+    pd.testing.assert_frame_equal(
+        csv, shown.reset_index(drop=True), check_dtype=False, check_exact=True
+    )
 
 
 # ------------------------------------------------------------------------- property neighbours
 
 
-def test_property_neighbours_on_sample(monkeypatch, store_env):
-    root, store, interpreted = store_env
+def test_property_neighbours_on_sample(monkeypatch, either_store_env):
+    root, store, interpreted = either_store_env
     at = _page(_app(monkeypatch, root), "pages/property_neighbours.py")
-    if interpreted:  # a property combines exactly the heads carrying it
+    if not interpreted:  # no labels and no ground truth yet: heads are chosen by hand
+        assert "No head labels yet" in at.info[0].value
+        assert not [w for w in at.selectbox if w.key == "prop_name"]
+    else:  # a property combines exactly the heads carrying it
         from engine.store import open_store
 
         with open_store(store) as s:
@@ -261,11 +316,11 @@ def test_head_image_neighbours_upload_round_trip(monkeypatch, store_env):
         assert head_scores[0] == pytest.approx(1.0, abs=2e-3)  # nothing ranks above it
 
 
-def test_head_text_neighbours(monkeypatch, store_env):
-    root, store, interpreted = store_env
+def test_head_text_neighbours(monkeypatch, either_store_env):
+    root, store, interpreted = either_store_env
     at = _page(_app(monkeypatch, root), "pages/head_text_neighbours.py")
     sources = at.radio(key="htn_source").options
-    assert ("TextSpan text" in sources) == interpreted
+    assert sources == (["TextSpan text", "Typed text"] if interpreted else ["Typed text"])
     at.radio(key="htn_source").set_value("Typed text").run()
     at.text_input(key="htn_typed").set_value("a green object").run()
     _ok(at)
@@ -351,8 +406,8 @@ def test_unusual_but_valid_uploads_work(monkeypatch, store_env, mode, note):
 # ------------------------------------------------------------------------------- read-only
 
 
-def test_every_page_leaves_the_store_untouched(monkeypatch, store_env):
-    root, store, _ = store_env
+def test_every_page_leaves_the_store_untouched(monkeypatch, either_store_env):
+    root, store, _ = either_store_env
     before = tree_digest(store)
     at = _app(monkeypatch, root)
     for page in PAGES:
