@@ -23,6 +23,7 @@ from tqdm import tqdm
 from engine.core import groundtruth, labels, scores, textspan
 from engine.core.layers import parse_layers
 from engine.errors import UserError
+from engine.pipeline import provenance
 from engine.sources import banks, reference
 
 
@@ -272,7 +273,7 @@ def run_interpretation(
                 con.unregister("_df")
         if labeller == "llm":
             _insert_cache(con, llm.new_entries)
-        _insert_run(con, run_id, info, params, timings, started)
+        provenance.insert_run(con, "interpret", run_id, info, params, timings, started)
         con.execute(
             "INSERT OR REPLACE INTO store_meta VALUES ('interpretation', ?)",
             [json.dumps({"run_id": run_id, **params})],
@@ -289,21 +290,6 @@ def _insert_cache(con, entries: list[tuple[str, str, str]]) -> None:
         con.execute(
             "INSERT OR REPLACE INTO llm_cache VALUES (?, ?, ?, ?)", [h, model, response, now]
         )
-
-
-def _insert_run(con, run_id, info, params, timings, started) -> None:
-    from engine.pipeline.provenance import code_version
-
-    con.execute(
-        "INSERT INTO runs (run_id, kind, model_spec, weights_hash, code_version, image_set_hash, "
-        "parameters, timings, started_at, finished_at, skipped_files, host) "
-        "VALUES (?, 'interpret', ?, ?, ?, ?, ?, ?, ?, ?, '[]', ?)",
-        [
-            run_id, info.get("model_spec"), info.get("weights_hash"), code_version(),
-            info.get("image_set_hash"), json.dumps(params), json.dumps(timings),
-            started, pd.Timestamp.now(tz="UTC").tz_localize(None), socket.gethostname(),
-        ],
-    )  # fmt: skip
 
 
 # ---- the published labels of the paper's six models

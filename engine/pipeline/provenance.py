@@ -36,3 +36,23 @@ def now() -> str:
 def env_info() -> dict:
     """Host facts for benchmark records."""
     return {"host": socket.gethostname(), "cpus": os.cpu_count(), "torch": torch.__version__}
+
+
+def insert_run(
+    con, kind: str, run_id: str, info: dict, params: dict, timings: dict, started
+) -> None:
+    """Record a run over a store (`interpret`, `segeval`, `ablate`) in its `runs` table."""
+    import json
+
+    import pandas as pd
+
+    con.execute(
+        "INSERT INTO runs (run_id, kind, model_spec, weights_hash, code_version, image_set_hash, "
+        "parameters, timings, started_at, finished_at, skipped_files, host) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', ?)",
+        [
+            run_id, kind, info.get("model_spec"), info.get("weights_hash"), code_version(),
+            info.get("image_set_hash"), json.dumps(params), json.dumps(timings),
+            started, pd.Timestamp(now()), socket.gethostname(),
+        ],
+    )  # fmt: skip

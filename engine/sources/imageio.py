@@ -158,3 +158,25 @@ def thumbnail(img: Image.Image, size: int) -> np.ndarray:
     """Letterboxed RGB thumbnail, uint8 [size, size, 3] (aspect kept, black borders)."""
     small = ImageOps.pad(img, (size, size), method=Image.Resampling.BILINEAR, color=(0, 0, 0))
     return np.asarray(small.convert("RGB"), dtype=np.uint8)
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A ground-truth mask PNG -> bool [H, W] (any non-zero pixel is the object)."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return np.asarray(im.convert("L")) > 0
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise ImageRejected(f"unreadable mask: {e}") from None
+
+
+def mask_to_crop(mask: np.ndarray, size: int) -> np.ndarray:
+    """A mask bool [H, W] through the model's preprocessing geometry (shortest side resized to
+    `size`, centre crop `size` x `size`), nearest-neighbour -> bool [size, size]."""
+    im = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
+    w, h = im.size
+    scale = size / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.NEAREST)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size))) > 127

@@ -347,6 +347,21 @@ CREATE TABLE ground_truth (
     match BOOLEAN,
     run_id VARCHAR
 )""",
+    "segmentation_scores": """
+CREATE TABLE segmentation_scores (
+    run_id VARCHAR,
+    scope VARCHAR,          -- head | set | aggregate
+    name VARCHAR,           -- L{l}H{h}, the set's name, or 'all stored heads'
+    layer INTEGER,
+    head INTEGER,
+    n_images INTEGER,
+    pixel_acc DOUBLE,
+    miou DOUBLE,
+    map DOUBLE,
+    pointing DOUBLE,
+    source VARCHAR,         -- world:N:seedS or folder:PATH
+    text VARCHAR            -- what the maps were taken along (colour, class, or the text)
+)""",
 }
 
 INTERPRETATION_TABLES = ("textspan", "head_labels", "scores", "ground_truth")
