@@ -11,7 +11,6 @@ not pay for them twice).
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
 from dataclasses import dataclass, field
