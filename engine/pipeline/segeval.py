@@ -35,7 +35,7 @@ from engine.errors import UserError
 from engine.model import capture, encode_text, load_model, vision_weights
 from engine.pipeline import provenance
 from engine.sources import imageio, world
-from engine.store import mutate_store, open_store
+from engine.store import DatabaseWriter, mutate_store, open_store
 
 WORLD_SEED_OFFSET = 1_000_003  # held-out world: a seed no demo store is built from
 METRICS = ("pixel_acc", "miou", "map", "pointing")
@@ -212,9 +212,7 @@ def run_segeval(p: SegEvalParams, progress: bool = True) -> SegEvalResult:
         params = {"masks": p.masks, "images": p.images, "text": p.text, "n_images": len(ev.pixels),
                   "head_sets": {k: [list(h) for h in v] for k, v in p.head_sets.items()}}  # fmt: skip
         with mutate_store(p.store) as con:
-            con.register("_rows", rows)
-            con.execute("INSERT INTO segmentation_scores BY NAME SELECT * FROM _rows")
-            con.unregister("_rows")
+            DatabaseWriter(con).append("segmentation_scores", rows)
             provenance.insert_run(con, "segeval", run_id, info, params, timings, started)
     return SegEvalResult(run_id, rows, ev.source, ev.text, timings)
 

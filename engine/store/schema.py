@@ -362,6 +362,50 @@ CREATE TABLE segmentation_scores (
     source VARCHAR,         -- world:N:seedS or folder:PATH
     text VARCHAR            -- what the maps were taken along (colour, class, or the text)
 )""",
+    # ---- causal checks (python -m engine ablate) ----
+    "zeroshot_classes": """
+CREATE TABLE zeroshot_classes (
+    task VARCHAR,           -- a world factor, 'folders', or a mapping file's name
+    class_index INTEGER,
+    class_name VARCHAR,
+    prompts JSON,           -- the prompt ensemble embedded
+    embedding FLOAT[]       -- normalised mean of the prompts' unit text embeddings [d_embed]
+)""",
+    "ablation_runs": """
+CREATE TABLE ablation_runs (
+    run_id VARCHAR PRIMARY KEY,
+    spec VARCHAR,
+    ablated JSON,           -- the component names the spec resolved to
+    tasks_source VARCHAR,
+    n_fit INTEGER,          -- images the means were taken over
+    n_eval INTEGER,         -- images evaluated (a disjoint split)
+    split DOUBLE,
+    seed INTEGER,
+    random_draws INTEGER,
+    result JSON             -- AblationResult.to_dict(): per task and class, random draws
+)""",
+    "ablation_results": """
+CREATE TABLE ablation_results (
+    run_id VARCHAR,
+    task VARCHAR,
+    n_eval INTEGER,
+    before DOUBLE,
+    after DOUBLE,
+    drop DOUBLE,
+    random_mean DOUBLE,
+    random_sd DOUBLE,
+    random_best DOUBLE
+)""",
+    "head_effects": """
+CREATE TABLE head_effects (
+    run_id VARCHAR,
+    layer INTEGER,
+    head INTEGER,
+    task VARCHAR,
+    before DOUBLE,
+    after DOUBLE,
+    drop DOUBLE             -- accuracy lost when this head alone is mean-ablated
+)""",
 }
 
 INTERPRETATION_TABLES = ("textspan", "head_labels", "scores", "ground_truth")

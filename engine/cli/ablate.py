@@ -1,0 +1,53 @@
+"""`python -m engine ablate`: zero-shot accuracy before and after mean-ablating components."""
+
+from __future__ import annotations
+
+import json
+
+NAME = "ablate"
+HELP = "mean-ablate heads/MLPs/layers (exact, from the store) and measure zero-shot accuracy"
+
+
+def add_arguments(p):
+    from engine.core.ablation_spec import VALID_FORMS
+
+    p.add_argument("--store", required=True, help="store link, e.g. artifacts/demo")
+    p.add_argument("--ablate", required=True, metavar="SPEC", help=f"what to ablate; {VALID_FORMS}")
+    p.add_argument(
+        "--tasks", default=None,
+        help="factors (demo world), folders (class folders), or FILE mapping folder,class "
+        "(default: factors when the store has them, else folders)",
+    )  # fmt: skip
+    p.add_argument("--random", type=int, default=10, help="random-head baseline draws (default 10)")
+    p.add_argument("--split", type=float, default=0.5, help="share of images fitting the means")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the random draws")
+    p.add_argument("--per-head", action="store_true", help="also each stored head alone")
+    p.add_argument("--no-write", action="store_true", help="do not record the run in the store")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args) -> int:
+    from engine.pipeline.ablate import AblateParams, run_ablate
+
+    res = run_ablate(
+        AblateParams(
+            store=args.store, ablate=args.ablate, tasks=args.tasks, random=args.random,
+            split=args.split, seed=args.seed, per_head=args.per_head, write=not args.no_write,
+        )
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2))
+        return 0
+    r = res.result
+    print(
+        f"ablated {len(r.ablated)} components ({args.ablate}); means over {r.n_fit} images, "
+        f"evaluated on {r.n_eval} others; {len(r.random_draws)} random draws"
+    )
+    print(f"{'task':<14} {'before':>7} {'after':>7} {'drop':>7}   random after: mean ± sd (best)")
+    for t in r.tasks:
+        rnd = (
+            f"{t.random_mean:.3f} ± {t.random_sd:.3f} ({t.random_best:.3f})"
+            if t.random.size else "-"
+        )  # fmt: skip
+        print(f"{t.task:<14} {t.before:7.3f} {t.after:7.3f} {t.drop:7.3f}   {rnd}")
+    return 0
