@@ -153,7 +153,10 @@ def home() -> None:
 **Pages**
 - **Overview** — entanglement and association scores, per layer, across stores, with the paper's
   published figures.
-- **Heads** — every head's label, TextSpan texts, reference label and ground truth; export.
+- **Heads** — every head's label, TextSpan texts, reference label and ground truth, with its
+  causal evidence (ablation effect, segmentation scores); export.
+- **Ablation** — zero-shot accuracy before and after mean-ablating heads (by label, list, layers,
+  or all but the last K layers), against random heads.
 - **Property neighbours** — images of the store most alike the chosen image in one property.
 - **Topic segmentation** / **Contrastive segmentation** — where in the image heads see a text
   (or one text more than another).
@@ -177,6 +180,7 @@ else:
         "Model": [
             st.Page("pages/overview.py", title="Overview", icon=":material/monitoring:"),
             st.Page("pages/heads.py", title="Heads", icon=":material/table_view:"),
+            st.Page("pages/ablation.py", title="Ablation", icon=":material/science:"),
         ],
         "Analyses": [
             st.Page(

@@ -1,0 +1,182 @@
+"""Ablation: zero-shot accuracy before and after mean-ablating components, with a random baseline.
+
+Everything runs from the store (the complete decomposition is stored); the model is loaded only
+for tasks whose class embeddings are not cached in the store yet.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import model_cache
+import numpy as np
+import pandas as pd
+import stores
+import streamlit as st
+import tables
+
+from engine.core import ablation
+from engine.core.layers import head_name
+from engine.core.zeroshot import ZeroShotTask, class_embeddings
+from engine.errors import UserError
+from engine.sources.tasks import task_specs
+from engine.store.decomposition import cached_class_embeddings, load_components
+
+st.title("Ablation")
+st.caption(
+    "Mean-ablation of direct effects: each chosen component's contribution is replaced by its "
+    "mean over one half of the stored images, and zero-shot accuracy is measured on the other "
+    "half. Exact arithmetic on the stored decomposition; no image is run again."
+)
+store = stores.current_store()
+if store is None:
+    st.stop()
+key = stores.version_key(store)
+
+
+@st.cache_resource(show_spinner="Reading the stored decomposition…", max_entries=2)
+def _components(key: str):
+    return load_components(stores.reader(key))
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _specs(key: str):
+    return task_specs(stores.reader(key))
+
+
+def _tasks(store, specs) -> list[ZeroShotTask]:
+    emb = cached_class_embeddings(store, specs)
+    for s in specs:
+        if s.name not in emb:  # not cached by an `ablate` run yet: embed with the model
+            emb[s.name] = class_embeddings(
+                lambda t: model_cache.text_embedding(store, list(t)), prompts=s.prompts
+            )
+    return [ZeroShotTask(s.name, tuple(s.class_names), s.labels, emb[s.name]) for s in specs]
+
+
+@st.cache_data(show_spinner="Ablating…", max_entries=32)
+def _run(key: str, spec: str, draws: int, split: float, seed: int, _tasks) -> dict:
+    s = stores.reader(key)
+    output, comps = _components(key)
+    labels = tables.head_labels(s)
+    names = ablation.parse_ablation_spec(
+        spec, stores.store_heads(s), labels, int(s.info["n_layers"]), stored_layers=s.layers
+    )
+    fit, ev = ablation.split(len(output), split, seed)
+    res = ablation.run_ablation(
+        output, comps, names, _tasks, fit, ev, random_draws=draws, seed=seed
+    )
+    return res.to_dict()
+
+
+try:
+    source, specs = _specs(key)
+except UserError as e:
+    st.error(str(e))
+    st.stop()
+
+labels = tables.head_labels(store)
+layers = stores.store_layers(store)
+n_layers = int(store.info["n_layers"])
+mode = st.radio(
+    "Ablate",
+    ["Heads by label", "Heads", "Layers' heads", "All but the last K layers' heads"],
+    horizontal=True,
+)
+if mode == "Heads by label":
+    options = sorted(set(labels.values()))
+    if not options:
+        st.info("No head is labelled yet: run `python -m engine interpret` on this store.")
+        st.stop()
+    chosen = st.multiselect("Labels", options, default=options[:1])
+    spec = "+".join(f"label:{c}" for c in chosen)
+elif mode == "Heads":
+    heads = stores.store_heads(store)
+    chosen = st.multiselect(
+        "Heads",
+        heads,
+        default=heads[:1],
+        format_func=lambda x: head_name(*x) + (f" · {labels[x]}" if x in labels else ""),
+    )
+    spec = ",".join(head_name(*h) for h in chosen)
+elif mode == "Layers' heads":
+    lo, hi = st.select_slider("Layers", options=layers, value=(layers[0], layers[-1]))
+    spec = f"layers:{lo}-{hi}"
+else:
+    k = st.slider("K", 1, len(layers), len(layers))
+    spec = f"all-but-last:{k}"
+    st.caption(
+        f"Ablates every term except the heads of the last {k} layers: all MLPs, the embedding, "
+        "the other layers' attention. What is left is those heads' direct effects."
+    )
+c1, c2, c3 = st.columns(3)
+draws = c1.slider("Random baselines", 0, 20, 10, help="draws of as many random heads per layer")
+split = c2.slider("Share of images for the means", 0.1, 0.9, 0.5, 0.05)
+seed = int(c3.number_input("Seed", 0, 10_000, 0))
+if not spec:
+    st.info("Choose what to ablate.")
+    st.stop()
+st.caption(f"Spec: `{spec}` — the same run from the command line: "
+           f"`python -m engine ablate --store {stores.display_path()} --ablate '{spec}'`")  # fmt: skip
+
+try:
+    result = _run(key, spec, draws, split, seed, _tasks(store, specs))
+except UserError as e:
+    st.error(str(e))
+    st.stop()
+
+rows = pd.DataFrame(
+    [
+        {"task": t["task"], "images": t["n_eval"], "before": t["before"], "after": t["after"],
+         "drop": t["drop"], "random mean": t["random_mean"], "random sd": t["random_sd"],
+         "random best": t["random_best"]}
+        for t in result["tasks"]
+    ]
+)  # fmt: skip
+st.markdown(
+    f"**{len(result['ablated'])} components** ablated; means over {result['n_fit']:,} images, "
+    f"accuracy on {result['n_eval']:,} others ({source} tasks)."
+)
+st.dataframe(rows, hide_index=True, width="stretch", column_config={
+    c: st.column_config.NumberColumn(format="%.3f") for c in rows.columns[2:]
+})  # fmt: skip
+
+long = rows.melt(id_vars="task", value_vars=["before", "after"], var_name="", value_name="accuracy")
+bars = (
+    alt.Chart(long)
+    .mark_bar()
+    .encode(
+        x=alt.X("task:N", title=None),
+        xOffset=alt.XOffset(":N", sort=["before", "after"]),
+        y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color(":N", sort=["before", "after"], title=None),
+        tooltip=["task", "", alt.Tooltip("accuracy:Q", format=".3f")],
+    )
+)
+layers_ = [bars]
+if draws:
+    band = rows.assign(
+        lo=rows["random mean"] - rows["random sd"], hi=rows["random mean"] + rows["random sd"]
+    )
+    layers_.append(
+        alt.Chart(band)
+        .mark_errorbar(ticks=True, color="black")
+        .encode(x="task:N", y=alt.Y("lo:Q", title="accuracy"), y2="hi:Q")
+    )
+    layers_.append(
+        alt.Chart(band)
+        .mark_point(color="black", shape="diamond", filled=True)
+        .encode(x="task:N", y="random mean:Q", tooltip=[alt.Tooltip("random mean:Q", format=".3f")])
+    )
+st.altair_chart(alt.layer(*layers_), width="stretch")
+st.caption("Bars: accuracy before and after; black: random heads' accuracy after (mean ± sd).")
+
+worst = max(result["tasks"], key=lambda t: t["drop"])
+st.subheader(f"Per class: {worst['task']} (the most affected task)")
+per = pd.DataFrame(worst["per_class"])
+per["drop"] = per["before"] - per["after"]
+st.dataframe(
+    per.sort_values("drop", ascending=False), hide_index=True, width="stretch",
+    column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("before", "after", "drop")},
+)  # fmt: skip
+if not np.isfinite(per["drop"]).all():
+    st.caption("Classes without evaluated images are blank.")
