@@ -62,6 +62,25 @@ def heads_table(key: str) -> pd.DataFrame:
             columns={"factor": "gt_factor", "eta2": "gt_eta2", "match": "gt_match"}
         )
         df = df.merge(dom, on=["layer", "head"], how="left")
+    # causal evidence: the accuracy this head alone carries for the task its label names
+    eff = tables.table(s, "head_effects")
+    if not eff.empty and "label" in df:
+        own = df[["layer", "head", "label"]].merge(
+            eff, left_on=["layer", "head", "label"], right_on=["layer", "head", "task"]
+        )
+        df = df.merge(
+            own[["layer", "head", "drop"]].rename(columns={"drop": "ablation_drop_own_task"}),
+            on=["layer", "head"], how="left",
+        )  # fmt: skip
+    seg = tables.table(s, "segmentation_scores")
+    if not seg.empty:
+        latest = seg[(seg["run_id"] == seg["run_id"].iloc[-1]) & (seg["scope"] == "head")]
+        df = df.merge(
+            latest[["layer", "head", "pointing", "miou"]].rename(
+                columns={"pointing": "seg_pointing", "miou": "seg_miou"}
+            ),
+            on=["layer", "head"], how="left",
+        )  # fmt: skip
     return df
 
 
