@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 NAME = "demo-store"
-HELP = "build the demo model's store over the synthetic world (once) and interpret it"
+HELP = (
+    "build the demo model's store over the synthetic world (once), interpret it, and record "
+    "its causal checks (per-head ablation, segmentation against the world's masks)"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,18 +42,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.store} exists and is complete ({res.n_images} images)")
     else:
         print(f"built {args.store}: {res.n_images} images ({res.timings.get('images_per_s')}/s)")
+    from engine.pipeline.ablate import AblateParams, run_ablate
+    from engine.pipeline.interpret import run_interpretation
+    from engine.pipeline.segeval import SegEvalParams, run_segeval
+
     with open_store(args.store) as r:
         interpreted = r.interpreted
+        ablated = len(r.query("SELECT run_id FROM head_effects LIMIT 1")) > 0
+        segmented = len(r.query("SELECT run_id FROM segmentation_scores LIMIT 1")) > 0
     if interpreted and not args.force:
         print(f"{args.store} is interpreted")
-        return 0
-    if importlib.util.find_spec("engine.pipeline.interpret") is None:
-        print(
-            "note: engine.pipeline.interpret is not available yet; the store is built but not interpreted"
-        )
-        return 0
-    from engine.pipeline.interpret import run_interpretation
-
-    run_interpretation(args.store, labeller="offline", bank="world")
-    print(f"interpreted {args.store}")
+    else:
+        run_interpretation(args.store, labeller="offline", bank="world")
+        print(f"interpreted {args.store}")
+        ablated = segmented = False
+    if not ablated:
+        run = run_ablate(AblateParams(args.store, "all-but-last:4", per_head=True))
+        kept = ", ".join(f"{t.task} {t.after:.2f}" for t in run.result.tasks)
+        print(f"ablation: the last four layers' heads alone keep accuracy {kept}")
+    if not segmented:
+        seg = run_segeval(SegEvalParams(args.store, "world"), progress=not args.no_progress)
+        a = seg.aggregate()
+        print(f"segmentation: pointing {a['pointing']:.3f}, mIoU {a['miou']:.3f} (all heads)")
     return 0
