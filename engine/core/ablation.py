@@ -33,274 +33,36 @@ one product with the class embeddings (chosen by the flop count).
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from engine.core.ablation_spec import (
+    VALID_FORMS,
+    format_ablation_spec,
+    parse_ablation_spec,
+    sort_key,
+)
+from engine.core.components import Component, ComponentSet
 from engine.core.zeroshot import TaskResult, ZeroShotTask, score_predictions
 from engine.errors import UserError
 
-KINDS = ("head", "attn", "attn_bias", "mlp", "embed", "ln_bias")
-
-# ---------------------------------------------------------------------------------------------
-# components
-
-
-@dataclass(frozen=True, eq=False)
-class Component:
-    """One named term of the decomposition. Exactly one representation is set:
-
-    coord [image, d_head] + basis [d_head, d_embed]   (term = coord @ basis; kind "head")
-    dense [image, d_embed]                             (term = dense)
-    const [d_embed] (+ scale [image] or None)          (term = const * scale, or const for all)
-
-    Arrays may be fp16 (they are read in float32) and may be views or memory maps.
-    """
-
-    name: str
-    kind: str
-    layer: int | None = None
-    head: int | None = None
-    coord: np.ndarray | None = None
-    basis: np.ndarray | None = None
-    dense: np.ndarray | None = None
-    const: np.ndarray | None = None
-    scale: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        forms = [self.coord is not None, self.dense is not None, self.const is not None]
-        if sum(forms) != 1:
-            raise ValueError(f"{self.name}: give exactly one of coord+basis, dense, const")
-        if self.coord is not None:
-            if self.basis is None or self.coord.ndim != 2 or self.basis.ndim != 2:
-                raise ValueError(
-                    f"{self.name}: coord [image, d_head] needs basis [d_head, d_embed]"
-                )
-            if self.coord.shape[1] != self.basis.shape[0]:
-                raise ValueError(
-                    f"{self.name}: coord {self.coord.shape} and basis {self.basis.shape} disagree"
-                )
-        if self.dense is not None and self.dense.ndim != 2:
-            raise ValueError(f"{self.name}: dense must be [image, d_embed]")
-        if self.const is not None:
-            if self.const.ndim != 1:
-                raise ValueError(f"{self.name}: const must be [d_embed]")
-            if self.scale is not None and self.scale.ndim != 1:
-                raise ValueError(f"{self.name}: scale must be [image]")
-
-    @property
-    def form(self) -> str:
-        """'coord', 'dense' or 'const'."""
-        if self.coord is not None:
-            return "coord"
-        return "dense" if self.dense is not None else "const"
-
-    @property
-    def d_embed(self) -> int:
-        if self.coord is not None:
-            return int(self.basis.shape[1])
-        return int((self.dense if self.dense is not None else self.const).shape[-1])
-
-    @property
-    def n_images(self) -> int | None:
-        """Images the term covers (None for a term that is the same for every image)."""
-        for a in (self.coord, self.dense, self.scale):
-            if a is not None:
-                return int(a.shape[0])
-        return None
-
-    @property
-    def width(self) -> int:
-        """Columns this term adds to a batched ablation product (d_head for a head)."""
-        return int(self.coord.shape[1]) if self.coord is not None else self.d_embed
-
-    def term(
-        self, idx: np.ndarray | slice = slice(None), n_images: int | None = None
-    ) -> np.ndarray:
-        """The term for images `idx`: [image, d_embed] float32 (materialised; tests, verify).
-        A term that is the same for every image needs `n_images` when `idx` is a slice."""
-        if self.coord is not None:
-            return np.asarray(self.coord[idx], np.float32) @ np.asarray(self.basis, np.float32)
-        if self.dense is not None:
-            return np.asarray(self.dense[idx], np.float32)
-        c = np.asarray(self.const, np.float32)
-        if self.scale is None:
-            if isinstance(idx, slice):
-                if n_images is None:
-                    raise ValueError(f"{self.name}: a constant term needs n_images for a slice")
-                n = len(range(n_images)[idx])
-            else:
-                n = len(idx)
-            return np.broadcast_to(c, (n, c.shape[0])).copy()
-        return np.asarray(self.scale[idx], np.float32)[:, None] * c[None]
-
-
-def _sort_key(name: str) -> tuple:
-    """Canonical order: embed, then per layer heads, attn, attn_bias, mlp; ln_bias last."""
-    if name == "embed":
-        return (-1, 0, 0, name)
-    if name == "ln_bias":
-        return (math.inf, 0, 0, name)
-    m = _HEAD.fullmatch(name)
-    if m:
-        return (int(m[1]), 0, int(m[2]), name)
-    m = _LAYER_TERM.fullmatch(name)
-    if m:
-        return (int(m[1]), {"attn": 1, "attn_bias": 2, "mlp": 3}[m[2]], 0, name)
-    return (math.inf, 1, 0, name)
-
-
-class ComponentSet:
-    """The named components of one decomposition (all over the same images and d_embed).
-
-    n_layers: the model's layer count (default: 1 + the largest layer of any component).
-    """
-
-    def __init__(self, components: Iterable[Component], n_layers: int | None = None) -> None:
-        comps = list(components)
-        self._by_name: dict[str, Component] = {}
-        for c in comps:
-            if c.name in self._by_name:
-                raise ValueError(f"duplicate component {c.name!r}")
-            if c.kind not in KINDS:
-                raise ValueError(f"{c.name}: unknown kind {c.kind!r} (one of {', '.join(KINDS)})")
-            self._by_name[c.name] = c
-        if not comps:
-            raise ValueError("a ComponentSet needs at least one component")
-        d = {c.d_embed for c in comps}
-        n = {c.n_images for c in comps} - {None}
-        if len(d) != 1 or len(n) > 1:
-            raise ValueError(f"components disagree: d_embed {sorted(d)}, images {sorted(n)}")
-        self.d_embed = d.pop()
-        self.n_images = n.pop() if n else None
-        layers = [c.layer for c in comps if c.layer is not None]
-        self.n_layers = n_layers if n_layers is not None else (max(layers) + 1 if layers else 0)
-
-    def __len__(self) -> int:
-        return len(self._by_name)
-
-    def __iter__(self) -> Iterator[Component]:
-        return iter(self._by_name.values())
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._by_name
-
-    def __getitem__(self, name: str) -> Component:
-        return self._by_name[name]
-
-    @property
-    def names(self) -> list[str]:
-        return sorted(self._by_name, key=_sort_key)
-
-    @property
-    def heads(self) -> list[Component]:
-        return sorted((c for c in self if c.kind == "head"), key=lambda c: _sort_key(c.name))
-
-    @property
-    def head_layers(self) -> list[int]:
-        """Layers whose heads are stored, ascending."""
-        return sorted({c.layer for c in self.heads})
-
-    def total(self, idx: np.ndarray | slice = slice(None)) -> np.ndarray:
-        """Sum of every term for images `idx`: [image, d_embed] (equals output when complete)."""
-        return sum(c.term(idx, self.n_images) for c in self)
-
-    def select(
-        self,
-        spec: str,
-        labels: Mapping[tuple[int, int], str] | None = None,
-        normalize: Callable[[str], str] | None = None,
-    ) -> list[str]:
-        """Component names for an ablation spec (see `parse_ablation_spec`); every name must be
-        present in this set, else UserError."""
-        names = parse_ablation_spec(
-            spec,
-            [(c.layer, c.head) for c in self.heads],
-            labels or {},
-            self.n_layers,
-            self.head_layers,
-            normalize=normalize,
-        )
-        missing = [n for n in names if n not in self]
-        if missing:
-            more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
-            raise UserError(
-                f"ablation spec {spec!r} needs {', '.join(missing[:3])}{more}, "
-                "which this decomposition does not hold"
-            )
-        return names
-
-    @classmethod
-    def from_arrays(
-        cls,
-        *,
-        coord: np.ndarray | None = None,
-        basis: np.ndarray | None = None,
-        head_layers: Sequence[int] = (),
-        mlp: np.ndarray | None = None,
-        attn: np.ndarray | None = None,
-        attn_layers: Sequence[int] = (),
-        embed: np.ndarray | None = None,
-        attn_bias: np.ndarray | None = None,
-        std: np.ndarray | None = None,
-        ln_bias: np.ndarray | None = None,
-        n_layers: int | None = None,
-    ) -> ComponentSet:
-        """Components from the store's arrays (every argument optional):
-
-        coord [image, layer, head, d_head] + basis [layer, head, d_head, d_embed] for the layers
-        `head_layers` (heads `L{l}H{h}`); mlp [image, layer, d_embed] for layers 0.. (`L{l}.mlp`);
-        attn [image, layer, d_embed] for `attn_layers` (`L{l}.attn`); embed [image, d_embed];
-        attn_bias [layer, d_embed] for `head_layers`, scaled per image by 1/std, std [image]
-        (`L{l}.attn_bias`); ln_bias [d_embed] (constant).
-        """
-        comps: list[Component] = []
-        if coord is not None:
-            if basis is None or coord.ndim != 4 or basis.ndim != 4:
-                raise ValueError(
-                    "coord [image, layer, head, d_head] needs basis [layer, head, d_head, d_embed]"
-                )
-            if len(head_layers) != coord.shape[1] or basis.shape[:2] != coord.shape[1:3]:
-                raise ValueError("coord, basis and head_layers disagree on layers/heads")
-            for li, layer in enumerate(head_layers):
-                for h in range(coord.shape[2]):
-                    comps.append(
-                        Component(
-                            f"L{layer}H{h}",
-                            "head",
-                            layer,
-                            h,
-                            coord=coord[:, li, h],
-                            basis=basis[li, h],
-                        )
-                    )
-        if mlp is not None:
-            comps += [
-                Component(f"L{l}.mlp", "mlp", l, dense=mlp[:, l]) for l in range(mlp.shape[1])
-            ]
-        if attn is not None:
-            if len(attn_layers) != attn.shape[1]:
-                raise ValueError("attn and attn_layers disagree")
-            comps += [
-                Component(f"L{l}.attn", "attn", l, dense=attn[:, i])
-                for i, l in enumerate(attn_layers)
-            ]
-        if embed is not None:
-            comps.append(Component("embed", "embed", dense=embed))
-        if attn_bias is not None:
-            if std is None or len(head_layers) != attn_bias.shape[0]:
-                raise ValueError("attn_bias [layer, d_embed] needs std [image] and head_layers")
-            inv = 1.0 / np.asarray(std, np.float64)
-            comps += [
-                Component(f"L{l}.attn_bias", "attn_bias", l, const=attn_bias[i], scale=inv)
-                for i, l in enumerate(head_layers)
-            ]
-        if ln_bias is not None:
-            comps.append(Component("ln_bias", "ln_bias", const=np.asarray(ln_bias)))
-        return cls(comps, n_layers=n_layers)
-
+__all__ = [
+    "AblationResult",
+    "AblationScorer",
+    "Ablator",
+    "Component",
+    "ComponentSet",
+    "TaskAblation",
+    "VALID_FORMS",
+    "format_ablation_spec",
+    "parse_ablation_spec",
+    "mean_ablate",
+    "random_baseline",
+    "run_ablation",
+    "split",
+]
 
 # ---------------------------------------------------------------------------------------------
 # splits
@@ -434,143 +196,6 @@ def mean_ablate(
 
 
 # ---------------------------------------------------------------------------------------------
-# spec parsing
-
-VALID_FORMS = (
-    "valid forms: L10H3,L11H7 | label:NAME | layers:8-11 | mlp | mlp:8-11 | embed | "
-    "all-but-last:K | all | none | L3.mlp, L3.attn, L9.attn_bias, ln_bias; combine with +"
-)
-_HEAD = re.compile(r"L(\d+)H(\d+)")
-_LAYER_TERM = re.compile(r"L(\d+)\.(mlp|attn_bias|attn)")
-_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
-
-
-def _bad(atom: str, why: str) -> UserError:
-    return UserError(f"bad ablation spec {atom!r}: {why}; {VALID_FORMS}")
-
-
-def _range(atom: str, text: str, lo: int, hi: int) -> range:
-    m = _RANGE.fullmatch(text.strip())
-    if not m:
-        raise _bad(atom, "a layer range is A or A-B")
-    a = int(m[1])
-    b = int(m[2]) if m[2] is not None else a
-    if a > b or a < lo or b > hi:
-        raise _bad(atom, f"layers must lie in {lo}-{hi}, low to high")
-    return range(a, b + 1)
-
-
-def _default_normalize(label: str) -> str:
-    return " ".join(str(label).strip().casefold().split())
-
-
-def parse_ablation_spec(
-    text: str,
-    available_heads: Collection[tuple[int, int]],
-    labels: Mapping[tuple[int, int], str],
-    n_layers: int,
-    stored_layers: Collection[int] | None = None,
-    *,
-    normalize: Callable[[str], str] | None = None,
-) -> list[str]:
-    """Component names (canonical order, no duplicates) for an ablation spec.
-
-    Atoms, joined by `+` or `,`: a head `L10H3`; `label:NAME` (heads whose label matches after
-    `normalize`, default case-folding); `layers:A-B` (every stored head of those layers);
-    `mlp` or `mlp:A-B`; `embed`; `all-but-last:K` (everything but the heads of the last K layers:
-    every MLP, the embedding, and the attention of the other layers — their heads and out_proj
-    bias terms where heads are stored, else their whole attention term; the constant ln_bias and
-    the last K layers' own out_proj bias terms stay); `all` (every term, ln_bias included);
-    `none`; and the canonical names `L3.mlp`, `L3.attn`, `L9.attn_bias`, `ln_bias`.
-    Unknown forms, heads or labels raise UserError with one line naming the valid forms.
-    """
-    heads = {(int(l), int(h)) for l, h in available_heads}
-    stored = sorted({l for l, _ in heads} if stored_layers is None else set(stored_layers))
-    norm = normalize or _default_normalize
-    last = n_layers - 1
-    out: list[str] = []
-    atoms = [a.strip() for a in re.split(r"[+,]", text or "")]
-    if not any(atoms):
-        raise _bad(text or "", "empty spec")
-    for atom in atoms:
-        low = atom.lower()
-        if not atom:
-            raise _bad(text, "empty item between separators")
-        if low == "none":
-            continue
-        if low in ("embed", "ln_bias"):
-            out.append(low)
-        elif m := _HEAD.fullmatch(atom):
-            key = (int(m[1]), int(m[2]))
-            if key not in heads:
-                raise _bad(atom, f"not a stored head (stored layers: {_fmt_layers(stored)})")
-            out.append(f"L{key[0]}H{key[1]}")
-        elif m := _LAYER_TERM.fullmatch(atom):
-            l, kind = int(m[1]), m[2]
-            if l > last:
-                raise _bad(atom, f"the model has layers 0-{last}")
-            if kind == "attn" and l in stored:
-                raise _bad(atom, f"layer {l}'s heads are stored: name them or use layers:{l}")
-            if kind == "attn_bias" and l not in stored:
-                raise _bad(atom, f"layer {l}'s bias is inside L{l}.attn (its heads are not stored)")
-            out.append(f"L{l}.{kind}")
-        elif low.startswith("label:"):
-            want = norm(atom[6:])
-            hit = sorted(k for k, v in labels.items() if k in heads and norm(v) == want)
-            if not hit:
-                known = sorted({norm(v) for k, v in labels.items() if k in heads})
-                shown = ", ".join(known[:8]) + (" …" if len(known) > 8 else "")
-                raise _bad(atom, f"no stored head has this label (labels: {shown or 'none'})")
-            out += [f"L{l}H{h}" for l, h in hit]
-        elif low.startswith("layers:"):
-            if not stored:
-                raise _bad(atom, "no heads are stored")
-            r = _range(atom, atom[7:], 0, last)
-            off = [l for l in r if l not in stored]
-            if off:
-                raise _bad(atom, f"heads of layer {off[0]} are not stored ({_fmt_layers(stored)})")
-            out += [f"L{l}H{h}" for l, h in sorted(heads) if l in r]
-        elif low == "mlp" or low.startswith("mlp:"):
-            r = range(n_layers) if low == "mlp" else _range(atom, atom[4:], 0, last)
-            out += [f"L{l}.mlp" for l in r]
-        elif low.startswith("all-but-last:"):
-            try:
-                k = int(atom[13:])
-            except ValueError:
-                raise _bad(atom, "K must be a whole number of layers") from None
-            if not 1 <= k <= n_layers:
-                raise _bad(atom, f"K must lie in 1-{n_layers}")
-            out += ["embed"] + [f"L{l}.mlp" for l in range(n_layers)]
-            for l in range(n_layers - k):
-                if l in stored:
-                    out += [f"L{l}H{h}" for ll, h in sorted(heads) if ll == l]
-                    out.append(f"L{l}.attn_bias")
-                else:
-                    out.append(f"L{l}.attn")
-        elif low == "all":
-            out += ["embed", "ln_bias"] + [f"L{l}.mlp" for l in range(n_layers)]
-            out += [f"L{l}H{h}" for l, h in sorted(heads)]
-            out += [f"L{l}.attn_bias" if l in stored else f"L{l}.attn" for l in range(n_layers)]
-        else:
-            raise _bad(atom, "unknown form")
-    return sorted(dict.fromkeys(out), key=_sort_key)
-
-
-def format_ablation_spec(names: Iterable[str]) -> str:
-    """A spec that parses back to `names` (canonical order): comma-joined names, or 'none'."""
-    names = sorted(dict.fromkeys(names), key=_sort_key)
-    return ",".join(names) if names else "none"
-
-
-def _fmt_layers(layers: Sequence[int]) -> str:
-    if not layers:
-        return "none"
-    if list(layers) == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
-    return ",".join(map(str, layers))
-
-
-# ---------------------------------------------------------------------------------------------
 # random baseline
 
 
@@ -610,7 +235,7 @@ def random_baseline(
             pool = pools[layer]
             pick = rng.choice(len(pool), size=per_layer[layer], replace=False)
             names += [pool[i] for i in pick]
-        out.append(sorted(names, key=_sort_key))
+        out.append(sorted(names, key=sort_key))
     return out
 
 
@@ -796,7 +421,7 @@ def run_ablation(
     """Zero-shot accuracy per task before/after mean-ablating `ablate_names`, with a random-head
     baseline of `random_draws` draws (`random_baseline`). Task labels are over all images
     [image]; only eval images labelled in a task are scored for it."""
-    ablate_names = sorted(dict.fromkeys(ablate_names), key=_sort_key)
+    ablate_names = sorted(dict.fromkeys(ablate_names), key=sort_key)
     ablator = Ablator(output, components, fit_idx, eval_idx)
     scorer = AblationScorer(ablator, tasks)
     before = scorer.score([])
