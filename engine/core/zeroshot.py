@@ -97,6 +97,8 @@ class ZeroShotTask:
             raise ValueError(
                 f"task {self.name!r}: class_emb {emb.shape} does not match {len(names)} classes"
             )
+        if labels.ndim == 1 and labels.size == 0:
+            labels = labels.astype(np.int64)  # an empty list of any dtype
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"task {self.name!r}: labels must be a 1-d integer array [image]")
         if labels.size and (labels.min() < UNLABELLED or labels.max() >= len(names)):
