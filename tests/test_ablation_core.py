@@ -250,6 +250,11 @@ def test_scorer_logits_match_explicit_embeddings(n_classes):
         want = emb @ scorer.cls
         got = scorer.logits(names)
         assert np.allclose(got, want, atol=1e-4 * np.abs(want).max())
+    # the per-head coordinate cache changes nothing (second call reads it; budget 0 bypasses it)
+    uncached = AblationScorer(Ablator(out, cs, fit, ev, cache_bytes=0), [task])
+    names = cs.select("layers:3+L2H1")
+    assert np.array_equal(scorer.logits(names), uncached.logits(names))
+    assert uncached.ablator._coords == {} and len(scorer.ablator._coords) == 6
 
 
 def test_random_baseline_same_layers_deterministic():

@@ -89,7 +89,12 @@ def split(n_images: int, fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarr
 
 class Ablator:
     """Mean-ablation over one (fit, eval) split: means are computed once per component and
-    cached; `ablate(names)` returns output' for the eval images [eval_image, d_embed]."""
+    cached; `ablate(names)` returns output' for the eval images [eval_image, d_embed].
+
+    The centred float32 eval coordinates of each head used are kept too, up to `cache_bytes`
+    (default 512 MiB; 0 disables), so repeated ablations (random baselines) skip the strided
+    gather from the stored [image, layer, head, d_head] array.
+    """
 
     def __init__(
         self,
@@ -97,8 +102,13 @@ class Ablator:
         components: ComponentSet,
         fit_idx: np.ndarray,
         eval_idx: np.ndarray,
+        *,
+        cache_bytes: int = 512 << 20,
     ) -> None:
         self.output = output
+        self.cache_bytes = cache_bytes
+        self._coords: dict[str, np.ndarray] = {}
+        self._cached = 0
         self.components = components
         self.fit_idx = np.asarray(fit_idx, np.int64)
         self.eval_idx = np.asarray(eval_idx, np.int64)
@@ -116,9 +126,22 @@ class Ablator:
 
     def with_eval(self, eval_idx: np.ndarray) -> Ablator:
         """The same fit split (and cached means) over other eval images."""
-        other = Ablator(self.output, self.components, self.fit_idx, eval_idx)
+        other = Ablator(
+            self.output, self.components, self.fit_idx, eval_idx, cache_bytes=self.cache_bytes
+        )
         other._means = self._means
         return other
+
+    def _centred_coord(self, c: Component) -> np.ndarray:
+        """coord[eval] − fit mean: [eval_image, d_head] float32 (cached within the budget)."""
+        v = self._coords.get(c.name)
+        if v is None:
+            v = np.asarray(c.coord[self.eval_idx], np.float32)
+            v -= self._mean(c)
+            if self._cached + v.nbytes <= self.cache_bytes:
+                self._coords[c.name] = v
+                self._cached += v.nbytes
+        return v
 
     def _mean(self, c: Component) -> np.ndarray:
         """Fit-split mean of the stored quantity: coord [d_head], dense [d_embed], scale []."""
@@ -149,8 +172,7 @@ class Ablator:
             b = np.empty((sum(widths), self.components.d_embed), np.float32)
             o = 0
             for c, w in zip(heads, widths, strict=True):
-                x[:, o : o + w] = c.coord[ev]
-                x[:, o : o + w] -= self._mean(c)
+                x[:, o : o + w] = self._centred_coord(c)
                 b[o : o + w] = c.basis
                 o += w
         for c in rest:
