@@ -12,6 +12,8 @@ import math
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
+from engine.core.labels import normalize_label
+from engine.core.layers import head_name, term_name
 from engine.errors import UserError
 
 VALID_FORMS = (
@@ -38,10 +40,6 @@ def _range(atom: str, text: str, lo: int, hi: int) -> range:
     return range(a, b + 1)
 
 
-def _default_normalize(label: str) -> str:
-    return " ".join(str(label).strip().casefold().split())
-
-
 def parse_ablation_spec(
     text: str,
     available_heads: Collection[tuple[int, int]],
@@ -54,7 +52,7 @@ def parse_ablation_spec(
     """Component names (canonical order, no duplicates) for an ablation spec.
 
     Atoms, joined by `+` or `,`: a head `L10H3`; `label:NAME` (heads whose label matches after
-    `normalize`, default case-folding); `layers:A-B` (every stored head of those layers);
+    `normalize`, default `labels.normalize_label`: case and plurals folded); `layers:A-B` (every stored head of those layers);
     `mlp` or `mlp:A-B`; `embed`; `all-but-last:K` (everything but the heads of the last K layers:
     every MLP, the embedding, and the attention of the other layers — their heads and out_proj
     bias terms where heads are stored, else their whole attention term; the constant ln_bias and
@@ -64,7 +62,7 @@ def parse_ablation_spec(
     """
     heads = {(int(l), int(h)) for l, h in available_heads}
     stored = sorted({l for l, _ in heads} if stored_layers is None else set(stored_layers))
-    norm = normalize or _default_normalize
+    norm = normalize or normalize_label
     last = n_layers - 1
     out: list[str] = []
     atoms = [a.strip() for a in re.split(r"[+,]", text or "")]
@@ -82,7 +80,7 @@ def parse_ablation_spec(
             key = (int(m[1]), int(m[2]))
             if key not in heads:
                 raise _bad(atom, f"not a stored head (stored layers: {_fmt_layers(stored)})")
-            out.append(f"L{key[0]}H{key[1]}")
+            out.append(head_name(*key))
         elif m := _LAYER_TERM.fullmatch(atom):
             l, kind = int(m[1]), m[2].lower()
             if l > last:
@@ -91,7 +89,7 @@ def parse_ablation_spec(
                 raise _bad(atom, f"layer {l}'s heads are stored: name them or use layers:{l}")
             if kind == "attn_bias" and l not in stored:
                 raise _bad(atom, f"layer {l}'s bias is inside L{l}.attn (its heads are not stored)")
-            out.append(f"L{l}.{kind}")
+            out.append(term_name(l, kind))
         elif low.startswith("label:"):
             want = norm(atom[6:])
             hit = sorted(k for k, v in labels.items() if k in heads and norm(v) == want)
@@ -99,7 +97,7 @@ def parse_ablation_spec(
                 known = sorted({norm(v) for k, v in labels.items() if k in heads})
                 shown = ", ".join(known[:8]) + (" …" if len(known) > 8 else "")
                 raise _bad(atom, f"no stored head has this label (labels: {shown or 'none'})")
-            out += [f"L{l}H{h}" for l, h in hit]
+            out += [head_name(l, h) for l, h in hit]
         elif low.startswith("layers:"):
             if not stored:
                 raise _bad(atom, "no heads are stored")
@@ -107,10 +105,10 @@ def parse_ablation_spec(
             off = [l for l in r if l not in stored]
             if off:
                 raise _bad(atom, f"heads of layer {off[0]} are not stored ({_fmt_layers(stored)})")
-            out += [f"L{l}H{h}" for l, h in sorted(heads) if l in r]
+            out += [head_name(l, h) for l, h in sorted(heads) if l in r]
         elif low == "mlp" or low.startswith("mlp:"):
             r = range(n_layers) if low == "mlp" else _range(atom, atom[4:], 0, last)
-            out += [f"L{l}.mlp" for l in r]
+            out += [term_name(l, "mlp") for l in r]
         elif low.startswith("all-but-last:"):
             try:
                 k = int(atom[13:])
@@ -118,17 +116,20 @@ def parse_ablation_spec(
                 raise _bad(atom, "K must be a whole number of layers") from None
             if not 1 <= k <= n_layers:
                 raise _bad(atom, f"K must lie in 1-{n_layers}")
-            out += ["embed"] + [f"L{l}.mlp" for l in range(n_layers)]
+            out += ["embed"] + [term_name(l, "mlp") for l in range(n_layers)]
             for l in range(n_layers - k):
                 if l in stored:
-                    out += [f"L{l}H{h}" for ll, h in sorted(heads) if ll == l]
-                    out.append(f"L{l}.attn_bias")
+                    out += [head_name(l, h) for ll, h in sorted(heads) if ll == l]
+                    out.append(term_name(l, "attn_bias"))
                 else:
-                    out.append(f"L{l}.attn")
+                    out.append(term_name(l, "attn"))
         elif low == "all":
-            out += ["embed", "ln_bias"] + [f"L{l}.mlp" for l in range(n_layers)]
-            out += [f"L{l}H{h}" for l, h in sorted(heads)]
-            out += [f"L{l}.attn_bias" if l in stored else f"L{l}.attn" for l in range(n_layers)]
+            out += ["embed", "ln_bias"] + [term_name(l, "mlp") for l in range(n_layers)]
+            out += [head_name(l, h) for l, h in sorted(heads)]
+            out += [
+                term_name(l, "attn_bias") if l in stored else term_name(l, "attn")
+                for l in range(n_layers)
+            ]
         else:
             raise _bad(atom, "unknown form")
     return sorted(dict.fromkeys(out), key=sort_key)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.core.ablation_spec import parse_ablation_spec, sort_key
+from engine.core.layers import head_name, term_name
 from engine.errors import UserError
 
 KINDS = ("head", "attn", "attn_bias", "mlp", "embed", "ln_bias")
@@ -229,7 +230,7 @@ class ComponentSet:
                 for h in range(coord.shape[2]):
                     comps.append(
                         Component(
-                            f"L{layer}H{h}",
+                            head_name(layer, h),
                             "head",
                             layer,
                             h,
@@ -239,13 +240,14 @@ class ComponentSet:
                     )
         if mlp is not None:
             comps += [
-                Component(f"L{l}.mlp", "mlp", l, dense=mlp[:, l]) for l in range(mlp.shape[1])
+                Component(term_name(l, "mlp"), "mlp", l, dense=mlp[:, l])
+                for l in range(mlp.shape[1])
             ]
         if attn is not None:
             if len(attn_layers) != attn.shape[1]:
                 raise ValueError("attn and attn_layers disagree")
             comps += [
-                Component(f"L{l}.attn", "attn", l, dense=attn[:, i])
+                Component(term_name(l, "attn"), "attn", l, dense=attn[:, i])
                 for i, l in enumerate(attn_layers)
             ]
         if embed is not None:
@@ -255,7 +257,7 @@ class ComponentSet:
                 raise ValueError("attn_bias [layer, d_embed] needs std [image] and head_layers")
             inv = 1.0 / np.asarray(std, np.float64)
             comps += [
-                Component(f"L{l}.attn_bias", "attn_bias", l, const=attn_bias[i], scale=inv)
+                Component(term_name(l, "attn_bias"), "attn_bias", l, const=attn_bias[i], scale=inv)
                 for i, l in enumerate(head_layers)
             ]
         if ln_bias is not None:

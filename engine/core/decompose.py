@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.core.layers import head_name
+from engine.core.layers import head_name, term_name
 from engine.core.types import VisionCapture, ViTWeights
 
 # a singular value below RANK_RTOL x the head's largest is treated as zero (rank deficiency):
@@ -122,11 +122,11 @@ class Decomposition:
         d_embed = self.output.shape[1]
         labels = [head_name(l, h) for l in self.layers for h in range(n_head)]
         parts = [self.head_out.reshape(n_image, n_layer * n_head, d_embed)]  # (layer, head)
-        labels += [f"L{l}.attn_bias" for l in self.layers]
+        labels += [term_name(l, "attn_bias") for l in self.layers]
         parts.append(self.attn_bias_terms())
-        labels += [f"L{l}.attn" for l in self.rest_layers]
+        labels += [term_name(l, "attn") for l in self.rest_layers]
         parts.append(self.attn_rest)
-        labels += [f"L{l}.mlp" for l in range(self.mlp.shape[1])]
+        labels += [term_name(l, "mlp") for l in range(self.mlp.shape[1])]
         parts.append(self.mlp)
         labels += ["embed", "ln_bias"]
         parts += [self.embed[:, None], self.ln_bias.expand(n_image, d_embed)[:, None]]

@@ -28,6 +28,12 @@ def head_name(layer: int, head: int) -> str:
     return f"L{int(layer)}H{int(head)}"
 
 
+def term_name(layer: int, kind: str) -> str:
+    """The one spelling of a per-layer term: `L{layer}.mlp`, `L{layer}.attn` (a layer's whole
+    attention), `L{layer}.attn_bias` (its out_proj bias)."""
+    return f"L{int(layer)}.{kind}"
+
+
 def parse_head_name(name: str) -> tuple[int, int]:
     """`L10H3` -> (10, 3); a clear UserError otherwise."""
     m = _HEAD.match(str(name).strip())
