@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         interpreted = r.interpreted
         ablated = len(r.query("SELECT run_id FROM head_effects LIMIT 1")) > 0
         segmented = len(r.query("SELECT run_id FROM segmentation_scores LIMIT 1")) > 0
+        last = min(4, int(r.info["n_layers"]))  # the paper's "last four layers"
     if interpreted and not args.force:
         print(f"{args.store} is interpreted")
     else:
@@ -57,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"interpreted {args.store}")
         ablated = segmented = False
     if not ablated:
-        run = run_ablate(AblateParams(args.store, "all-but-last:4", per_head=True))
+        run = run_ablate(AblateParams(args.store, f"all-but-last:{last}", per_head=True))
         kept = ", ".join(f"{t.task} {t.after:.2f}" for t in run.result.tasks)
-        print(f"ablation: the last four layers' heads alone keep accuracy {kept}")
+        print(f"ablation: the last {last} layers' heads alone keep accuracy {kept}")
     if not segmented:
         seg = run_segeval(SegEvalParams(args.store, "world"), progress=not args.no_progress)
         a = seg.aggregate()
