@@ -140,16 +140,18 @@ st.dataframe(rows, hide_index=True, width="stretch", column_config={
     c: st.column_config.NumberColumn(format="%.3f") for c in rows.columns[2:]
 })  # fmt: skip
 
-long = rows.melt(id_vars="task", value_vars=["before", "after"], var_name="", value_name="accuracy")
+long = rows.melt(
+    id_vars="task", value_vars=["before", "after"], var_name="when", value_name="accuracy"
+)
 bars = (
     alt.Chart(long)
     .mark_bar()
     .encode(
         x=alt.X("task:N", title=None),
-        xOffset=alt.XOffset(":N", sort=["before", "after"]),
+        xOffset=alt.XOffset("when:N", sort=["before", "after"]),
         y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color(":N", sort=["before", "after"], title=None),
-        tooltip=["task", "", alt.Tooltip("accuracy:Q", format=".3f")],
+        color=alt.Color("when:N", sort=["before", "after"], title=None),
+        tooltip=["task", "when", alt.Tooltip("accuracy:Q", format=".3f")],
     )
 )
 layers_ = [bars]

@@ -142,7 +142,7 @@ def _write(p: AblateParams, run: AblateRun, info, version, specs, emb, started) 
     ])  # fmt: skip
     params = {"ablate": p.ablate, "tasks": run.tasks_source, "random": p.random,
               "split": p.split, "seed": p.seed, "per_head": p.per_head}  # fmt: skip
-    with mutate_store(p.store) as con:
+    with mutate_store(p.store, expect_version=version) as con:
         db = DatabaseWriter(con)
         db.append("ablation_runs", runs)
         db.append("ablation_results", results)

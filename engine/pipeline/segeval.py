@@ -211,7 +211,7 @@ def run_segeval(p: SegEvalParams, progress: bool = True) -> SegEvalResult:
     if p.write:
         params = {"masks": p.masks, "images": p.images, "text": p.text, "n_images": len(ev.pixels),
                   "head_sets": {k: [list(h) for h in v] for k, v in p.head_sets.items()}}  # fmt: skip
-        with mutate_store(p.store) as con:
+        with mutate_store(p.store, expect_version=version) as con:
             DatabaseWriter(con).append("segmentation_scores", rows)
             provenance.insert_run(con, "segeval", run_id, info, params, timings, started)
     return SegEvalResult(run_id, rows, ev.source, ev.text, timings)

@@ -24,6 +24,7 @@ PAGES = [
     "pages/contrastive_segmentation.py",
     "pages/head_image_neighbours.py",
     "pages/head_text_neighbours.py",
+    "pages/ablation.py",
 ]
 
 
