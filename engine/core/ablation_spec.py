@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
-from engine.core.labels import normalize_label
+from engine.core.labels import normalise_label
 from engine.core.layers import head_name, term_name
 from engine.errors import UserError
 
@@ -47,12 +47,12 @@ def parse_ablation_spec(
     n_layers: int,
     stored_layers: Collection[int] | None = None,
     *,
-    normalize: Callable[[str], str] | None = None,
+    normalise: Callable[[str], str] | None = None,
 ) -> list[str]:
     """Component names (canonical order, no duplicates) for an ablation spec.
 
     Atoms, joined by `+` or `,`: a head `L10H3`; `label:NAME` (heads whose label matches after
-    `normalize`, default `labels.normalize_label`: case and plurals folded); `layers:A-B` (every stored head of those layers);
+    `normalise`, default `labels.normalise_label`: case and plurals folded); `layers:A-B` (every stored head of those layers);
     `mlp` or `mlp:A-B`; `embed`; `all-but-last:K` (everything but the heads of the last K layers:
     every MLP, the embedding, and the attention of the other layers — their heads and out_proj
     bias terms where heads are stored, else their whole attention term; the constant ln_bias and
@@ -62,7 +62,7 @@ def parse_ablation_spec(
     """
     heads = {(int(l), int(h)) for l, h in available_heads}
     stored = sorted({l for l, _ in heads} if stored_layers is None else set(stored_layers))
-    norm = normalize or normalize_label
+    norm = normalise or normalise_label
     last = n_layers - 1
     out: list[str] = []
     atoms = [a.strip() for a in re.split(r"[+,]", text or "")]

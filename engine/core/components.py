@@ -173,7 +173,7 @@ class ComponentSet:
         self,
         spec: str,
         labels: Mapping[tuple[int, int], str] | None = None,
-        normalize: Callable[[str], str] | None = None,
+        normalise: Callable[[str], str] | None = None,
     ) -> list[str]:
         """Component names for an ablation spec (see `parse_ablation_spec`); every name must be
         present in this set, else UserError."""
@@ -183,7 +183,7 @@ class ComponentSet:
             labels or {},
             self.n_layers,
             self.head_layers,
-            normalize=normalize,
+            normalise=normalise,
         )
         missing = [n for n in names if n not in self]
         if missing:
