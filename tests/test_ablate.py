@@ -88,3 +88,19 @@ def test_bad_specs_are_one_line_errors(store, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all(e.startswith("error: ") and "valid forms" in e for e in err)
     assert main(["ablate", "--store", str(store), "--ablate", "none", "--tasks", "folders"]) == 2
+
+
+def test_labelled_heads_carry_their_factor_among_the_late_heads(store):
+    # within the last four layers' direct effects (everything else mean-ablated), ablating the
+    # heads labelled `colour` costs colour accuracy far more than as many random heads do
+    with open_store(store) as r:
+        labels = {h: lab for h, lab in ablate_mod.head_labels(r).items() if h[0] >= 4}
+    colour = [f"L{l}H{h}" for (l, h), lab in sorted(labels.items()) if lab == "colour"]
+    assert colour, labels
+    base = run_ablate(AblateParams(str(store), "all-but-last:4", random=0, write=False))
+    start = base.result.task("colour").after
+    res = run_ablate(
+        AblateParams(str(store), "all-but-last:4+" + ",".join(colour), random=10, write=False)
+    ).result.task("colour")
+    assert start - res.after > 0.1
+    assert start - res.after > 2 * (start - res.random_mean)
