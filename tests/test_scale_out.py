@@ -281,3 +281,20 @@ def test_ray_missing_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "pip install" in err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.unit
+def test_a_worker_failure_reaches_the_cli_as_one_line():
+    ray = pytest.importorskip("ray")
+    from engine.errors import UserError
+    from engine.pipeline.distributed import worker_error
+
+    own = ray.exceptions.RayTaskError(
+        "run", "Traceback ...", UserError("reconstruction off by 3e-2")
+    )
+    assert str(worker_error(own)) == "reconstruction off by 3e-2"
+    other = ray.exceptions.RayTaskError("run", "Traceback ...", MemoryError("out of memory\nat x"))
+    msg = str(worker_error(other))
+    assert msg.startswith("a Ray worker failed (at x)") and "resume" in msg and "\n" not in msg
+    died = ray.exceptions.RayActorError()
+    assert "\n" not in str(worker_error(died)) and "rerun" in str(worker_error(died))

@@ -93,6 +93,8 @@ def build_with_ray(params: BuildParams, opts: RayOptions) -> BuildResult:
         try:
             timings["ray_start_s"] = time.perf_counter() - t_start - timings["setup_s"]
             timings.update(_run_pool(ray, plan, params, opts, todo))
+        except ray.exceptions.RayError as e:
+            raise worker_error(e) from e
         finally:
             if started:
                 ray.shutdown()
@@ -103,6 +105,18 @@ def build_with_ray(params: BuildParams, opts: RayOptions) -> BuildResult:
     if not res.up_to_date:
         res.timings["wall_s"] = round(time.perf_counter() - t_start, 3)
     return res
+
+
+def worker_error(e: BaseException) -> UserError:
+    """A worker's failure as the CLI's one line: a worker's own UserError (bad input, a failed
+    reconstruction check) keeps its message; anything else names its last line. The finished
+    chunks are recorded, so the same command resumes."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, UserError):
+        return UserError(str(cause))
+    lines = [ln for ln in str(cause if cause is not None else e).strip().splitlines() if ln]
+    last = lines[-1][:300] if lines else type(e).__name__
+    return UserError(f"a Ray worker failed ({last}); rerun the same command to resume")
 
 
 def _init(ray, opts: RayOptions) -> bool:
