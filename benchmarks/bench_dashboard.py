@@ -52,13 +52,6 @@ from engine.store.random_store import write_random_store  # noqa: E402
 TEXTS = ("a red object", "a blue object")
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def median_ms(fn, n: int, warm: int = 1) -> float:
     for _ in range(warm):
         fn()

@@ -149,13 +149,6 @@ def top_k(scores: np.ndarray, k: int, exclude: Sequence[int] = ()) -> Ranking:
     return Ranking(idx.astype(np.int64), s[idx].astype(np.float32))
 
 
-def cosine_scores(query: np.ndarray, stored_unit: np.ndarray) -> np.ndarray:
-    """Cosine of ``query [d_embed]`` with every row of ``stored_unit [image, d_embed]``
-    (rows already unit-norm, see ``unit_rows``) -> ``[image]``."""
-    q = unit_rows(np.asarray(query, dtype=np.float32)[None, :])[0]
-    return stored_unit @ q
-
-
 def head_image_neighbours(
     query: np.ndarray, banks: Sequence[HeadContributions], k: int = 8, exclude: Sequence[int] = ()
 ) -> list[Ranking]:

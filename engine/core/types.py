@@ -23,10 +23,6 @@ class ModelDims:
     patch_size: int
     grid: int
 
-    @property
-    def n_tokens(self) -> int:
-        return self.grid * self.grid + 1
-
 
 @dataclass
 class ViTWeights:
