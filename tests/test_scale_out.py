@@ -1,4 +1,4 @@
-"""Scale-out builds: `--shard I/N` + `--finalize` and `--executor ray` give the single-process
+"""Scale-out builds: `--shard I/N` + `--finalise` and `--executor ray` give the single-process
 build's store bit for bit (every Zarr array, the same DuckDB rows), with skipped files, killed
 workers, a killed driver, and missing or overlapping shards refused with one line."""
 
@@ -89,11 +89,11 @@ def run_cli(args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, **kw)
 
 
-# ---------------------------------------------------------------- --shard / --finalize
+# ---------------------------------------------------------------- --shard / --finalise
 
 
 @pytest.mark.slow
-def test_two_shards_at_once_then_finalize_equal_single_build(tmp_path, reference):
+def test_two_shards_at_once_then_finalise_equal_single_build(tmp_path, reference):
     link = tmp_path / "s"
     cmd = [sys.executable, "-m", "engine", *argv(link)]
     procs = [
@@ -108,7 +108,7 @@ def test_two_shards_at_once_then_finalize_equal_single_build(tmp_path, reference
     ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
-    assert cli_main([*argv(link), "--finalize"]) == 0  # published already by the last shard
+    assert cli_main([*argv(link), "--finalise"]) == 0  # published already by the last shard
     assert_same(contents(link), reference)
     assert list(store.versions_dir(link).iterdir()) == [Path(os.path.realpath(link))]
 
@@ -118,16 +118,16 @@ def test_missing_shards_refused_overlap_refused_dead_shard_rerun_alone(tmp_path,
     res = build_store(params(link), shard=(0, 3))
     assert not res.published and res.chunks_done == 5 and not link.exists()
     capsys.readouterr()
-    assert cli_main([*argv(link), "--finalize"]) == 2
+    assert cli_main([*argv(link), "--finalise"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "10 of 15 chunks missing" in err
     assert "chunks 1-2, 4-5, 7-8, 10-11, 13-14" in err and "--shard 1/3, --shard 2/3" in err
     assert cli_main([*argv(link), "--shard", "0/2"]) == 2  # another N overlaps these shards
     assert "overlaps" in capsys.readouterr().err
     assert cli_main([*argv(link), "--shard", "3/3"]) == 2
-    assert cli_main([*argv(link), "--shard", "0/3", "--finalize"]) == 2
+    assert cli_main([*argv(link), "--shard", "0/3", "--finalise"]) == 2
     build_store(params(link), shard=(2, 3))
-    assert cli_main([*argv(link), "--finalize"]) == 2  # shard 1 "died": still missing
+    assert cli_main([*argv(link), "--finalize"]) == 2  # (the alias) shard 1 "died"
     assert "chunks 1, 4, 7, 10, 13" in capsys.readouterr().err
     res = build_store(params(link), shard=(1, 3))  # rerun alone: the last shard publishes
     assert res.published and res.chunks_done == 5 and res.n_images == N

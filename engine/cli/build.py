@@ -43,7 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "the shard that finds every chunk done publishes",
     )
     g.add_argument(
+        "--finalise",
         "--finalize",
+        dest="finalise",
         action="store_true",
         help="publish a build whose chunks all ran as shards (refuses when chunks are missing)",
     )
@@ -64,7 +66,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.pipeline.build import BuildParams, build_store, finalize_build
+    from engine.pipeline.build import BuildParams, build_store, finalise_build
 
     params = BuildParams(
         model=args.model,
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     )
     chosen = {
         "--shard": args.shard,
-        "--finalize": args.finalize,
+        "--finalise": args.finalise,
         "--executor ray": args.executor == "ray",
     }
     modes = [name for name, on in chosen.items() if on]
@@ -92,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
 
         opts = RayOptions(args.ray_address, args.num_workers, args.gpus_per_worker)
         res = build_with_ray(params, opts)
-    elif args.finalize:
-        res = finalize_build(params)
+    elif args.finalise:
+        res = finalise_build(params)
     else:
         shard = parse_shard(args.shard) if args.shard else None
         res = build_store(params, shard=shard)
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"shard {args.shard}: {res.chunks_done} chunks computed ({res.n_images} images), "
                 f"{res.resumed_chunks} already done; {n_done} of {res.n_chunks} chunks of the "
-                "build recorded; the last shard (or --finalize) publishes"
+                "build recorded; the last shard (or --finalise) publishes"
             )
             return 0
     if res.up_to_date:

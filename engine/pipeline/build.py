@@ -1,10 +1,10 @@
-"""Build orchestration: plan -> compute and write chunks -> finalize; streaming and resumable.
+"""Build orchestration: plan -> compute and write chunks -> finalise; streaming and resumable.
 
 `plan_build` (engine.pipeline.build_plan) validates, loads the model and keys an unpublished
 staging folder by (model spec, weights hash, image-set fingerprint, parameters); its chunk list
 covers the source's items in fixed ranges. `run_chunk(plan, k)` decodes chunk k's items, computes
 their rows (`engine.pipeline.compute.compute_batch`) and writes them as one whole Zarr shard,
-then records the chunk atomically. `finalize` (engine.pipeline.finalize) gathers the records into
+then records the chunk atomically. `finalise` (engine.pipeline.finalise) gathers the records into
 DuckDB and publishes atomically. Only one chunk is held in memory. Killed at any moment, the same
 command computes only the chunks without a record; the result equals an uninterrupted build's bit
 for bit — and equals a build whose chunks were split between `--shard I/N` processes or Ray
@@ -28,7 +28,7 @@ from engine import store
 from engine.errors import UserError
 from engine.pipeline import compute, provenance
 from engine.pipeline.build_plan import BuildParams, BuildPlan, BuildResult, plan_build
-from engine.pipeline.finalize import finalize, published_result
+from engine.pipeline.finalise import finalise, published_result
 from engine.sources import collection
 from engine.sources.collection import Item
 
@@ -37,7 +37,7 @@ __all__ = [
     "BuildPlan",
     "BuildResult",
     "build_store",
-    "finalize_build",
+    "finalise_build",
     "open_staging",
     "plan_build",
     "run_chunk",
@@ -63,7 +63,7 @@ def build_store(
         return res
     state = open_staging(plan, shards=shard[1] if shard else None)
     if state is None:  # published meanwhile by another process of this build
-        return published_result(plan) or finalize(plan)
+        return published_result(plan) or finalise(plan)
     mine = range(plan.n_chunks) if shard is None else range(shard[0], plan.n_chunks, shard[1])
     recorded = store.recorded_chunks(plan.staging)
     todo = [k for k in mine if k not in recorded]
@@ -103,7 +103,7 @@ def build_store(
             plan.link, None, n_new, 0, False, resumed, timings, len(todo), False, plan.key,
             plan.n_chunks,
         )  # fmt: skip
-    res = finalize(plan, timings, resumed)
+    res = finalise(plan, timings, resumed)
     res.chunks_done = len(todo)
     if not res.up_to_date:
         res.timings["wall_s"] = round(time.perf_counter() - t_start, 3)  # model load included
@@ -114,10 +114,10 @@ def build_store(
     return res
 
 
-def finalize_build(params: BuildParams) -> BuildResult:
-    """`build --finalize`: publish a build whose chunks were all computed by shards or actors."""
+def finalise_build(params: BuildParams) -> BuildResult:
+    """`build --finalise`: publish a build whose chunks were all computed by shards or actors."""
     plan = plan_build(params)
-    return finalize(plan)
+    return finalise(plan)
 
 
 def open_staging(
@@ -134,12 +134,12 @@ def open_staging(
             return None
         staging = plan.staging
         if (staging / store.schema.STORE_DB).is_file() and not (staging / store.BUILD_DIR).exists():
-            return None  # finished, not yet published: finalize publishes it
+            return None  # finished, not yet published: finalise publishes it
         staging.mkdir(parents=True, exist_ok=True)
         state = store.load_build_state(staging)
         arrays_there = any(
             (staging / name).is_dir() for name in (store.schema.STORE_ZARR, store.SPARSE_ZARR)
-        )  # the sparse copy alone: finalize was killed while swapping in the compacted arrays
+        )  # the sparse copy alone: finalise was killed while swapping in the compacted arrays
         if state is None or not arrays_there:
             shutil.rmtree(staging / store.BUILD_DIR, ignore_errors=True)  # records without arrays
             attrs = {"build_key": plan.key, "layers": plan.layers, "rest_layers": plan.rest_layers}

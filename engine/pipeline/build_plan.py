@@ -4,7 +4,7 @@ staging folder, and lay out the deterministic chunk list over the source's items
 Chunk k covers the SOURCE items [k * chunk, (k + 1) * chunk) (the last one is shorter). It is
 computed and written on its own — by this process, a `--shard` process or a Ray actor — and its
 good images land at staging rows [k * chunk, k * chunk + n_good_k), one whole Zarr shard. Chunks
-therefore never depend on one another; `finalize` compacts the rows when any file was skipped.
+therefore never depend on one another; `finalise` compacts the rows when any file was skipped.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class BuildParams:
 
 @dataclass
 class BuildPlan:
-    """Everything a worker needs to compute chunk k and everything finalize needs to publish."""
+    """Everything a worker needs to compute chunk k and everything finalise needs to publish."""
 
     params: BuildParams
     link: Path

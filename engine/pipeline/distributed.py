@@ -6,7 +6,7 @@ Each actor plans the build itself (so loads the model once, not per chunk) and r
 staging folder, which must be on storage every node sees. Chunks are idempotent (a rerun rewrites
 the same whole shard), so Ray's own fault tolerance is enough: a killed actor is restarted
 (`max_restarts`) and its unfinished tasks are retried (`max_task_retries`). The driver shows one
-progress bar over all workers and finalises under the store lock (`engine.pipeline.finalize`).
+progress bar over all workers and finalises under the store lock (`engine.pipeline.finalise`).
 Killed, the driver's rerun computes only the chunks without a record.
 
 `ray` is an optional dependency (`pip install -e .[distributed]`).
@@ -25,7 +25,7 @@ from engine import store
 from engine.errors import UserError
 from engine.pipeline.build import open_staging, progress_bar, run_chunk, write_constants
 from engine.pipeline.build_plan import BuildParams, BuildResult, plan_build
-from engine.pipeline.finalize import finalize, published_result
+from engine.pipeline.finalise import finalise, published_result
 
 MAX_RESTARTS = 4  # per actor: a killed worker process comes back this many times
 MAX_TASK_RETRIES = 4  # per chunk: retried on a restarted actor
@@ -84,7 +84,7 @@ def build_with_ray(params: BuildParams, opts: RayOptions) -> BuildResult:
     same_device = torch.device(params.device).type == "cpu"  # the driver's model is on CPU
     state = open_staging(plan, constants=same_device)
     if state is None:
-        return published_result(plan) or finalize(plan)
+        return published_result(plan) or finalise(plan)
     recorded = store.recorded_chunks(plan.staging)
     todo = [k for k in range(plan.n_chunks) if k not in recorded]
     timings: dict = {"setup_s": time.perf_counter() - t_start}
@@ -100,7 +100,7 @@ def build_with_ray(params: BuildParams, opts: RayOptions) -> BuildResult:
                 ray.shutdown()
     timings = {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
     timings["executor"] = f"ray:{opts.num_workers}"
-    res = finalize(plan, timings, resumed=len(recorded))
+    res = finalise(plan, timings, resumed=len(recorded))
     res.chunks_done = len(todo)
     if not res.up_to_date:
         res.timings["wall_s"] = round(time.perf_counter() - t_start, 3)

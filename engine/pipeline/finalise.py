@@ -1,7 +1,7 @@
 """Finalising a build: every chunk recorded -> compact rows -> DuckDB tables -> atomic publication.
 
 Runs with the store lock held (`engine.store.store_lock`), so any number of processes may call it
-for the same staging folder (the last `--shard` to finish, `--finalize`, a Ray driver): the first
+for the same staging folder (the last `--shard` to finish, `--finalise`, a Ray driver): the first
 one publishes, the others find the published store up to date. Missing chunks are refused with
 one line naming them.
 """
@@ -22,7 +22,7 @@ from engine.pipeline import provenance
 from engine.pipeline.build_plan import BuildPlan, BuildResult
 
 
-def finalize(plan: BuildPlan, timings: dict | None = None, resumed: int = 0) -> BuildResult:
+def finalise(plan: BuildPlan, timings: dict | None = None, resumed: int = 0) -> BuildResult:
     """Gather the chunk records into the store database and publish the staging folder."""
     with store.store_lock(plan.link):
         staging = plan.staging
