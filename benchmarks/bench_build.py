@@ -1,15 +1,20 @@
 """Build benchmarks, each a ratio against a baseline measured in the same run.
 
-0. Decomposition overhead in single-thread CPU seconds (the stable measure on a shared machine).
+0. Decomposition overhead in single-thread CPU seconds (the stable measure on a shared machine):
+   plain encode_image vs the build's per-batch path (`BatchDecomposer.rows`: coordinates, the
+   complete decomposition, the reconstruction check) vs the previous d_embed path (keys and
+   values recomputed, head_projection rebuilt every batch, [image, head, d_embed] fp16) vs an
+   all-layers d_embed extraction in the style of the TextSpan reference (every layer's heads,
+   [image, layer, head, d_embed]; our reimplementation of that computation, not its code).
 1. Decomposition overhead: `build` throughput (random images, last 4 layers stored, end to end:
    decode/preprocess threads, hooks, decomposition, fp16, Zarr + chunk records) divided by plain
    `model.encode_image` throughput on ready pixel batches, same model, batch size and device.
    Measurements are interleaved (encode, build, encode, build, ...) and the medians compared.
 2. Bytes stored per image against the TextSpan reference's fp32 [image, layer (all), head,
    d_embed] arrays.
-3. head_out layout: writing a collection chunk by chunk, then reading one (layer, head) over all
-   images, for our layout (inner chunks (C, 1, 1, d_embed) in shards (C, layer, head, d_embed))
-   against unsharded (C, 1, 1, d_embed) chunks and one chunk per head over all images.
+3. coord layout: writing a collection chunk by chunk, then reading one (layer, head) over all
+   images, for our layout (inner chunks (C, 1, 1, d_head) in shards (C, layer, head, d_head))
+   against unsharded (C, 1, 1, d_head) chunks and one chunk per head over all images.
 
     .venv/bin/python benchmarks/bench_build.py [--model ViT-B-32] [--n 160] [--reps 3] [--quick]
 Prints a JSON record and writes benchmarks/results/build.json.
@@ -32,10 +37,11 @@ import zarr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.core import decompose
-from engine.model import capture, load_model, vision_weights
+from engine.core import decompose  # noqa: E402
+from engine.model import capture, load_model, vision_weights  # noqa: E402
 from engine.pipeline.build import BuildParams, build_store  # noqa: E402
 from engine.pipeline.provenance import env_info  # noqa: E402
+from engine.pipeline.rows import BatchDecomposer  # noqa: E402
 from engine.sources.collection import RandomSource  # noqa: E402
 from engine.store import (
     open_store,  # noqa: E402
@@ -45,6 +51,30 @@ from engine.store import (
 
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+@torch.no_grad()
+def dense_path(w, cap, layers) -> np.ndarray:
+    """The previous build's per-batch work: keys and values of every token recomputed, the
+    per-head map W_O[h] @ P rebuilt every batch, contributions in d_embed, fp16 to host."""
+    P = decompose.ln_projection(w)
+    resid = cap.resid.float()
+    inv = 1.0 / (resid.var(dim=-1, unbiased=False) + w.ln_post_eps).sqrt()
+    out = []
+    for l in layers:
+        x = cap.attn_in[l].float()
+        n, t, d = x.shape
+        hd = d // w.n_heads
+        w_q, w_k, w_v = w.w_in[l].float().split(d)
+        b_q, b_k, b_v = w.b_in[l].float().split(d)
+        q = (x[:, 0] @ w_q.T + b_q).reshape(n, w.n_heads, 1, hd)
+        k = (x @ w_k.T + b_k).reshape(n, t, w.n_heads, hd).transpose(1, 2)
+        v = (x @ w_v.T + b_v).reshape(n, t, w.n_heads, hd).transpose(1, 2)
+        pattern = ((q @ k.transpose(-1, -2)).squeeze(2) / hd**0.5).softmax(-1)
+        z = (pattern[..., None] * v).sum(dim=2)
+        W = decompose.head_projection(w, l, P)
+        out.append(torch.einsum("ihd,hde->ihe", z, W) * inv[:, None, None])
+    return torch.stack(out, dim=1).to(torch.float16).cpu().numpy()
 
 
 @torch.no_grad()
@@ -62,7 +92,7 @@ def encode_rate(lm, batches: list[torch.Tensor]) -> tuple[float, float]:
 def paired(lm, batches: list[torch.Tensor], layers: list[int], reps: int) -> dict:
     """Batch by batch, alternately: plain encode_image, then the build's per-batch path
     (hooks + decomposition + fp16 copy to host). Pairing cancels drifts in machine load."""
-    weights = vision_weights(lm)
+    dec = BatchDecomposer(lm, layers)
     t_enc = t_dec = 0.0
     n = 0
     for _ in range(reps):
@@ -70,9 +100,7 @@ def paired(lm, batches: list[torch.Tensor], layers: list[int], reps: int) -> dic
             t0 = time.perf_counter()
             lm.model.encode_image(px)
             t1 = time.perf_counter()
-            cap = capture(lm, px, layers)
-            dec = decompose.decompose(weights, cap, layers)
-            dec.head_out.to(torch.float16).cpu().numpy()
+            dec.rows(px)
             t2 = time.perf_counter()
             t_enc += t1 - t0
             t_dec += t2 - t1
@@ -122,9 +150,9 @@ def overhead(model: str, n: int, batch: int, reps: int, tmp: Path) -> dict:
     d = lm.dims
     with open_store(store_path) as r:
         chunk = r.info["image_chunk"]
-    slots = -(-n // chunk) * chunk  # Zarr chunks are fixed-size: the last one is padded
-    per_image = {name: dir_bytes(zdir / name) / slots for name in schema.ARRAYS}
+    per_image = {name: dir_bytes(zdir / name) / n for name in schema.ARRAYS}  # measured, on disk
     ref_fp32 = d.n_layers * d.n_heads * d.d_embed * 4
+    complete = sum(v for k, v in per_image.items() if k != "thumbnail")
     return {
         "model": model,
         "dims": d.__dict__,
@@ -147,10 +175,11 @@ def overhead(model: str, n: int, batch: int, reps: int, tmp: Path) -> dict:
         "build_timings": timings,
         "bytes_per_image": {k: round(v, 1) for k, v in per_image.items()},
         "image_chunk": chunk,
-        "bytes_per_image_note": "Zarr bytes per image slot of full chunks (last chunk padded)",
+        "bytes_per_image_note": "Zarr bytes on disk / images (constants included, spread over n)",
+        "bytes_per_image_complete_decomposition": round(complete, 1),
         "bytes_per_image_duckdb": round((version / schema.STORE_DB).stat().st_size / n, 1),
         "reference_fp32_all_layers_bytes_per_image": ref_fp32,
-        "head_out_ratio_vs_reference": round(per_image["head_out"] / ref_fp32, 4),
+        "coord_ratio_vs_reference": round(per_image["coord"] / ref_fp32, 4),
         "zarr_ratio_vs_reference": round(sum(per_image.values()) / ref_fp32, 4),
     }
 
@@ -169,7 +198,8 @@ def single_thread_cpu(model: str, n: int, batch: int, reps: int, tmp: Path) -> d
         )
         weights = vision_weights(lm)
         layers = list(range(max(0, lm.dims.n_layers - 4), lm.dims.n_layers))
-        enc, dec, bld = [], [], []
+        all_layers = list(range(lm.dims.n_layers))
+        enc, dec, old, ref, bld = [], [], [], [], []
         with torch.no_grad():
             lm.model.encode_image(batches[0])  # warm-up
             for r in range(reps):
@@ -177,12 +207,20 @@ def single_thread_cpu(model: str, n: int, batch: int, reps: int, tmp: Path) -> d
                 for px in batches:
                     lm.model.encode_image(px)
                 c1 = time.process_time()
+                rows = BatchDecomposer(lm, layers)  # once per build, as the build does
                 for px in batches:
-                    d = decompose.decompose(weights, capture(lm, px, layers), layers)
-                    d.head_out.to(torch.float16).cpu().numpy()
+                    rows.rows(px)
                 c2 = time.process_time()
+                for px in batches:
+                    dense_path(weights, capture(lm, px, layers), layers)
+                c3 = time.process_time()
+                for px in batches:
+                    dense_path(weights, capture(lm, px, all_layers), all_layers)
+                c4 = time.process_time()
                 enc.append(c1 - c0)
                 dec.append(c2 - c1)
+                old.append(c3 - c2)
+                ref.append(c4 - c3)
                 res = build_store(
                     BuildParams(
                         model=model,
@@ -198,18 +236,24 @@ def single_thread_cpu(model: str, n: int, batch: int, reps: int, tmp: Path) -> d
     finally:
         torch.set_num_threads(threads)
     e, d_, b = statistics.median(enc), statistics.median(dec), statistics.median(bld)
+    o, rf = statistics.median(old), statistics.median(ref)
     return {
         "n_images": n,
         "encode_cpu_s": [round(x, 2) for x in enc],
         "decompose_path_cpu_s": [round(x, 2) for x in dec],
+        "previous_d_embed_path_cpu_s": [round(x, 2) for x in old],
+        "reference_style_all_layers_d_embed_cpu_s": [round(x, 2) for x in ref],
         "build_cpu_s": [round(x, 2) for x in bld],
         "ratio_decompose_path": round(e / d_, 3),
+        "ratio_previous_d_embed_path": round(e / o, 3),
+        "ratio_reference_style_extraction": round(e / rf, 3),
         "ratio_build_end_to_end": round(e / b, 3),
     }
 
 
 def layout(n: int, n_layers: int, n_heads: int, d_embed: int, chunk: int, tmp: Path) -> dict:
-    """Write [n, layer, head, d_embed] fp16 chunk by chunk, then read one head over all images."""
+    """Write [n, layer, head, d] fp16 chunk by chunk, then read one head over all images
+    (d = d_head: the coord array)."""
     rng = np.random.default_rng(0)
     slab = rng.standard_normal((chunk, n_layers, n_heads, d_embed)).astype(np.float16)
     shape = (n, n_layers, n_heads, d_embed)
@@ -267,10 +311,26 @@ def main() -> int:
         )
         record["overhead"] = ov = overhead(args.model, args.n, args.batch_size, args.reps, tmp)
         dims = ov["dims"]
-        chunk = schema.image_chunk_for(4, dims["n_heads"], dims["d_embed"])
+        sizes = schema.array_sizes(
+            args.layout_n, dims["n_layers"], list(range(max(0, dims["n_layers"] - 4), dims["n_layers"])),
+            dims["n_heads"], dims["d_head"], dims["d_embed"], 1,
+        )  # fmt: skip
+        chunk = schema.image_chunk_for(sizes, args.layout_n)
         record["layout"] = layout(
-            args.layout_n, min(4, dims["n_layers"]), dims["n_heads"], dims["d_embed"], chunk, tmp
+            args.layout_n, min(4, dims["n_layers"]), dims["n_heads"], dims["d_head"], chunk, tmp
         )
+        record["bytes_per_image_schema"] = {
+            name: {
+                "coord": schema.bytes_per_image(s, ["coord"]),
+                "complete": schema.bytes_per_image(
+                    s, [a for a in schema.ARRAYS if a != "thumbnail"]
+                ),
+            }
+            for name, s in {
+                "ViT-B-32": schema.array_sizes(1, 12, [8, 9, 10, 11], 12, 64, 512, 1),
+                "ViT-L-14": schema.array_sizes(1, 24, [20, 21, 22, 23], 16, 64, 768, 1),
+            }.items()
+        }
     print(json.dumps(record, indent=2))
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,9 @@ def bench_analyses(store_path: str, trials: int = 5) -> dict:
     for lay, h in wanted:
         li = layers.index(lay)
         t = time.perf_counter()  # what the dashboard does once per head and process
-        banks[(lay, h)] = analysis.HeadContributions.from_head_out(s.head_out_array[:, li, h, :])
+        banks[(lay, h)] = analysis.HeadContributions.from_coords(
+            s.coord_array[:, li, h, :], s.basis(lay, h)
+        )
         reads.append((time.perf_counter() - t) * 1000)
     t_red, t_blue = encode_text(lm, list(TEXTS)).numpy()  # cached texts
     mask = np.ones((len(layers), n_heads), dtype=bool)
@@ -148,12 +150,16 @@ def bench_analyses(store_path: str, trials: int = 5) -> dict:
 # ---------------------------------------------------------------------- 2. top-k over 50,000
 
 
-def bench_topk(n_images: int, d_embed: int = 512) -> dict:
+def bench_topk(n_images: int, d_embed: int = 512, d_head: int = 64) -> dict:
+    """Top-8 by cosine over one head in coordinates ([image, d_head] fp16 unit rows; the query is
+    projected onto the head's basis), against a float32 mat-vec of the d_embed shape the head
+    would have without coordinates (what the previous store kept)."""
     rng = np.random.default_rng(0)
-    raw = rng.normal(size=(n_images, d_embed)).astype(np.float16)  # stored head_out, fp16
-    bank = analysis.HeadContributions.from_head_out(raw)
+    coord = rng.normal(size=(n_images, d_head)).astype(np.float16)  # stored coord, fp16
+    q_, _ = np.linalg.qr(rng.normal(size=(d_embed, d_head)))
+    bank = analysis.HeadContributions.from_coords(coord, q_.T)
     q = rng.normal(size=d_embed).astype(np.float32)
-    dense = raw.astype(np.float32)
+    dense = rng.normal(size=(n_images, d_embed)).astype(np.float32)
     # interleaved, so both see the same load on a shared machine
     pairs = [
         (median_ms(lambda: analysis.top_k(bank.cosine(q), 8), 5), median_ms(lambda: dense @ q, 5))
@@ -207,7 +213,7 @@ at = AppTest.from_file(os.path.join(sys.argv[1], "dashboard", "Home.py"), defaul
 at.run(); assert not at.exception, at.exception
 out["home (store open)"] = rss()
 for page in ["head_image_neighbours", "property_neighbours", "topic_segmentation",
-             "head_text_neighbours", "heads"]:
+             "contrastive_segmentation", "head_text_neighbours", "heads", "overview"]:
     at.switch_page(f"pages/{page}.py"); at.run()
     assert not at.exception, [e.value for e in at.exception]
     out[page] = rss()
@@ -260,6 +266,9 @@ def main() -> int:
     ap.add_argument("--keep", default=None, help="folder for the big store (kept; reused)")
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument(
+        "--memory-only", action="store_true", help="only the RSS probe (over --keep's stores)"
+    )
+    ap.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -282,6 +291,10 @@ def _run(args, tmp: Path) -> int:
         "torch_threads": torch.get_num_threads(),
     }
 
+    if args.memory_only:
+        results["memory_mb"] = bench_memory(Path(args.keep))
+        print(json.dumps(results, indent=2), flush=True)
+        return 0
     results["topk"] = bench_topk(args.images)
     print(json.dumps(results["topk"]), flush=True)
 

@@ -197,16 +197,20 @@ def _sum_scores(query: np.ndarray, banks: Sequence[HeadContributions]) -> np.nda
     n = len(banks[0])
     num = np.zeros(n, dtype=np.float32)
     sq = np.zeros(n, dtype=np.float32)
-    step = 65536
+    pulled = [b.project(total_q) for b in banks]  # basis_h Q: [d_head] each
+    grams = {
+        (i, j): banks[i].basis @ banks[j].basis.T  # [d_head, d_head] cross-Gram
+        for i in range(len(banks))
+        for j in range(i + 1, len(banks))
+    }
+    step = 32768  # float32 blocks of [step, d_head] per head (BLAS, numpy)
     for a in range(0, n, step):
-        units = [b.unit[a : a + step].float() for b in banks]  # [block, d_head] each
-        for b, u in zip(banks, units, strict=True):
-            num[a : a + step] += (u @ torch.from_numpy(b.project(total_q))).numpy()
-            sq[a : a + step] += (u * u).sum(dim=1).numpy()
-        for i in range(len(banks)):
-            for j in range(i + 1, len(banks)):
-                g = torch.from_numpy(banks[i].basis @ banks[j].basis.T)  # [d_head, d_head]
-                sq[a : a + step] += 2.0 * ((units[i] @ g) * units[j]).sum(dim=1).numpy()
+        units = [b.unit[a : a + step].numpy().astype(np.float32) for b in banks]
+        for u, p in zip(units, pulled, strict=True):
+            num[a : a + step] += u @ p
+            sq[a : a + step] += np.einsum("ik,ik->i", u, u)
+        for (i, j), g in grams.items():
+            sq[a : a + step] += 2.0 * np.einsum("ik,ik->i", units[i] @ g, units[j])
     return num / (np.sqrt(np.maximum(sq, 0.0)) + EPS) / qn
 
 
