@@ -364,3 +364,26 @@ def test_verify_store_bounds_the_stored_sum(reference, tmp_path, capsys):
     assert not out["ok"] and out["worst_image"] == 77
     assert cli_main(["verify"]) == 2  # neither --model nor --store: one line, exit 2
     assert "exactly one of" in capsys.readouterr().err
+
+
+def test_an_old_format_demo_store_is_rebuilt_by_the_readme_command(tmp_path, monkeypatch):
+    """`make demo` runs `python -m engine demo-store`: a store of the previous format in its place
+    is refused by readers and simply rebuilt (then interpreted) by that command."""
+    from test_store import publish_fake
+
+    import engine.pipeline.interpret
+    from engine.errors import UserError
+
+    link = tmp_path / "demo"
+    publish_fake(link, 3, 0.0, meta_extra={"schema_version": 1})
+    with pytest.raises(UserError, match="demo-store"):
+        store.open_store(link)
+    calls = []
+    monkeypatch.setattr(
+        engine.pipeline.interpret, "run_interpretation", lambda *a, **k: calls.append(a)
+    )
+    argv = ["demo-store", "--store", str(link), "--images", "12", "--model", "tiny-test"]
+    assert cli_main([*argv, "--no-progress"]) == 0
+    with store.open_store(link) as r:
+        assert r.info["schema_version"] == schema.SCHEMA_VERSION and r.info["n_images"] == 12
+    assert calls

@@ -230,9 +230,12 @@ def _pattern(w: ViTWeights, layer: int, x: Tensor) -> Tensor:
     w_in, b_in = w.w_in[layer].to(x.dtype), w.b_in[layer].to(x.dtype)
     w_q, w_k, _ = w_in.split(d_model)  # each [d_model, d_model]
     b_q = b_in[:d_model]
-    q = (x[:, 0] @ w_q.T + b_q).reshape(n_image, n_heads, 1, d_head)  # class-token query
-    qk = (q @ w_k.reshape(n_heads, d_head, d_model)).squeeze(2)  # [image, head, d_model]
-    scores = (x @ qk.transpose(1, 2)).transpose(1, 2) / d_head**0.5  # [image, head, token]
+    q = (x[:, 0] @ w_q.T + b_q).reshape(n_image, n_heads, d_head)  # class-token query
+    # per head, a batched matmul over heads (broadcasting would copy W_k once per image)
+    qk = torch.bmm(
+        q.transpose(0, 1), w_k.reshape(n_heads, d_head, d_model)
+    )  # [head, image, d_model]
+    scores = torch.bmm(x, qk.permute(1, 2, 0)).transpose(1, 2) / d_head**0.5  # [image, head, token]
     return scores.softmax(dim=-1)
 
 
@@ -271,7 +274,7 @@ def decompose(
         x = cap.attn_in[l].to(dtype)  # [image, token, d_model]
         pattern = _pattern(w, l, x)  # [image, head, token]
         mixed = pattern @ x  # value mix, before the value projection: [image, head, d_model]
-        c = (mixed.unsqueeze(2) @ bases.value_to_coord[i]).squeeze(2)  # [image, head, d_head]
+        c = torch.bmm(mixed.transpose(0, 1), bases.value_to_coord[i]).transpose(0, 1)  # [i, h, k]
         coords.append((c + bases.bias_coord[i]) * inv[:, None])
     n_heads, d_head = w.n_heads, w.d_model // w.n_heads
     coord = (
