@@ -108,6 +108,18 @@ else:
         f"Ablates every term except the heads of the last {k} layers: all MLPs, the embedding, "
         "the other layers' attention. What is left is those heads' direct effects."
     )
+late = min(4, len(layers))
+if (
+    mode != "All but the last K layers' heads"
+    and spec
+    and st.checkbox(
+        f"Only among the last {late} layers' heads (everything else mean-ablated first)",
+        help="A redundant model keeps its accuracy when a few heads go: other heads, the MLPs and "
+        "the early layers carry the same property. With only the late heads' direct effects left, "
+        "compare 'after' with the random heads' 'after' (both have everything else ablated).",
+    )
+):
+    spec = f"all-but-last:{late}+{spec}"
 c1, c2, c3 = st.columns(3)
 draws = c1.slider("Random baselines", 0, 20, 10, help="draws of as many random heads per layer")
 split = c2.slider("Share of images for the means", 0.1, 0.9, 0.5, 0.05)

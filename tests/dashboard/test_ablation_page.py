@@ -40,3 +40,17 @@ def test_ablation_page_modes_table_and_store_untouched(store_env, monkeypatch):
     at.slider[0].set_value(0).run()
     assert not at.exception and at.dataframe[0].value["random mean"].isna().all()
     assert tree_digest(store) == before  # the page writes nothing
+
+
+def test_only_among_the_late_heads_prefixes_the_spec(store_env, monkeypatch):
+    artifacts, _, _ = store_env
+    at = _app(monkeypatch, artifacts)
+    plain = at.dataframe[0].value
+    at.checkbox[0].check().run()
+    assert not at.exception
+    assert any("Spec: `all-but-last:" in c.value and "+label:" in c.value for c in at.caption)
+    within = at.dataframe[0].value
+    assert (within["before"] == plain["before"]).all()  # the unablated model is the same
+    assert (within["after"] <= plain["after"] + 1e-9).all() and (
+        within["after"] != plain["after"]
+    ).any()
