@@ -21,8 +21,7 @@ def interpreted(store) -> bool:
 
 def head_labels(store) -> dict[tuple[int, int], str]:
     """(layer, head) -> label, from the store's interpretation (empty if not run)."""
-    df = table(store, "head_labels")
-    return {(int(r.layer), int(r.head)): str(r.label) for r in df.itertuples()}
+    return store.head_labels()
 
 
 def textspan_texts(store, layer: int, head: int) -> pd.DataFrame:

@@ -17,7 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.core.layers import head_name  # noqa: E402
 from engine.pipeline.ablate import AblateParams, run_ablate  # noqa: E402
 from engine.store import open_store  # noqa: E402
-from engine.store.decomposition import head_labels  # noqa: E402
 
 
 def main() -> int:
@@ -29,7 +28,7 @@ def main() -> int:
     a = ap.parse_args()
     with open_store(a.store) as r:
         n_layers = int(r.info["n_layers"])
-        labels = head_labels(r)
+        labels = r.head_labels()
         factors = r.factors()[0]
     late = range(n_layers - a.last, n_layers)
     keep = run_ablate(AblateParams(a.store, f"all-but-last:{a.last}", random=0, write=False))

@@ -94,7 +94,7 @@ def test_labelled_heads_carry_their_factor_among_the_late_heads(store):
     # within the last four layers' direct effects (everything else mean-ablated), ablating the
     # heads labelled `colour` costs colour accuracy far more than as many random heads do
     with open_store(store) as r:
-        labels = {h: lab for h, lab in ablate_mod.head_labels(r).items() if h[0] >= 4}
+        labels = {h: lab for h, lab in r.head_labels().items() if h[0] >= 4}
     colour = [f"L{l}H{h}" for (l, h), lab in sorted(labels.items()) if lab == "colour"]
     assert colour, labels
     base = run_ablate(AblateParams(str(store), "all-but-last:4", random=0, write=False))

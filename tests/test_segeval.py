@@ -72,6 +72,7 @@ def test_bad_inputs_are_one_line_errors(demo_store, tmp_path, capsys):
         ["--masks", str(tmp_path)],  # folder masks without --images
         ["--masks", "world", "--set", "L99H0"],
         ["--masks", "world", "--set", "label:nonexistent"],
+        ["--masks", "world", "--set", "mlp"],  # a set holds heads only
         ["--masks", "world", "--n-images", "0"],
     ]
     for extra in cases:

@@ -20,37 +20,32 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="SPEC",
-        help="also score a head set: label:LABEL or L10H3,L11H7 (repeatable)",
+        help="also score a head set: L10H3,L11H7, label:LABEL or layers:8-11 (repeatable)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-progress", action="store_true")
 
 
 def _head_sets(store: str, specs: list[str]) -> dict[str, list[tuple[int, int]]]:
+    """Each --set in the ablation spec language (heads, label:, layers:), as its stored heads."""
+    from engine.core.ablation_spec import parse_ablation_spec
     from engine.core.layers import parse_head_name
     from engine.store import open_store
 
-    out: dict[str, list[tuple[int, int]]] = {}
-    labels = None
+    if not specs:
+        return {}
+    with open_store(store) as r:
+        heads = [(l, h) for l in r.layers for h in range(r.n_heads)]
+        labels, n_layers, layers = r.head_labels(), int(r.info["n_layers"]), r.layers
+    out = {}
     for spec in specs:
-        if spec.startswith("label:"):
-            if labels is None:
-                with open_store(store) as r:
-                    labels = r.query("SELECT layer, head, label FROM head_labels")
-            want = spec[len("label:") :].strip().lower()
-            heads = [
-                (int(l), int(h))
-                for l, h, lab in labels.itertuples(index=False)
-                if str(lab).lower() == want
-            ]
-            if not heads:
-                known = sorted(set(labels["label"].str.lower())) if labels is not None else []
-                raise UserError(f"no head is labelled {want!r} (labels: {', '.join(known)})")
-        else:
-            heads = [parse_head_name(x) for x in spec.split(",") if x.strip()]
-            if not heads:
-                raise UserError(f"bad --set {spec!r}: use label:LABEL or L10H3,L11H7")
-        out[spec] = heads
+        names = parse_ablation_spec(spec, heads, labels, n_layers, stored_layers=layers)
+        try:
+            out[spec] = [parse_head_name(n) for n in names]
+        except UserError:
+            raise UserError(
+                f"bad --set {spec!r}: a set holds heads only (L10H3, label:, layers:)"
+            ) from None
     return out
 
 

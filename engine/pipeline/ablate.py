@@ -27,7 +27,6 @@ from engine.sources.tasks import TaskSpec, task_specs
 from engine.store import DatabaseWriter, mutate_store, open_store
 from engine.store.decomposition import (
     cached_class_embeddings,
-    head_labels,
     load_components,
     zeroshot_rows,
 )
@@ -83,7 +82,7 @@ def run_ablate(p: AblateParams, progress: bool = False) -> AblateRun:
         info = dict(r.info)
         version = r.version_path
         source, specs = task_specs(r, p.tasks)
-        labels = head_labels(r)
+        labels = r.head_labels()
         heads = [(l, h) for l in r.layers for h in range(int(info["n_heads"]))]
         names = ablation.parse_ablation_spec(
             p.ablate, heads, labels, int(info["n_layers"]), stored_layers=r.layers

@@ -32,11 +32,6 @@ def load_components(r) -> tuple[np.ndarray, ComponentSet]:
     return r.output(), comps
 
 
-def head_labels(r) -> dict[tuple[int, int], str]:
-    df = r.query("SELECT layer, head, label FROM head_labels")
-    return {(int(l), int(h)): str(lab) for l, h, lab in df.itertuples(index=False)}
-
-
 def cached_class_embeddings(r, specs: list) -> dict[str, np.ndarray]:
     """Cached [class, d_embed] per task whose classes and prompts are unchanged."""
     df = r.query("SELECT * FROM zeroshot_classes ORDER BY task, class_index")

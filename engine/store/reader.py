@@ -255,6 +255,11 @@ class StoreReader:
         wide = wide.reindex(index=range(self.info["n_images"]), columns=names)
         return list(names), wide.to_numpy(dtype=np.int64)
 
+    def head_labels(self) -> dict[tuple[int, int], str]:
+        """(layer, head) -> label from the store's interpretation (empty before `interpret`)."""
+        df = self.query("SELECT layer, head, label FROM head_labels")
+        return {(int(l), int(h)): str(lab) for l, h, lab in df.itertuples(index=False)}
+
     @property
     def interpreted(self) -> bool:
         n = self.query(
