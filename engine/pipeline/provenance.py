@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 import engine
@@ -42,10 +44,6 @@ def insert_run(
     con, kind: str, run_id: str, info: dict, params: dict, timings: dict, started
 ) -> None:
     """Record a run over a store (`interpret`, `segeval`, `ablate`) in its `runs` table."""
-    import json
-
-    import pandas as pd
-
     con.execute(
         "INSERT INTO runs (run_id, kind, model_spec, weights_hash, code_version, image_set_hash, "
         "parameters, timings, started_at, finished_at, skipped_files, host) "
