@@ -12,7 +12,7 @@ def table(store, name: str) -> pd.DataFrame:
     """A DuckDB table of the store as a DataFrame (every schema table exists; may be empty)."""
     if name not in schema.TABLES:
         raise KeyError(f"{name} is not a store table")
-    return store.query(f"SELECT * FROM {name}")
+    return store.table(name)
 
 
 def interpreted(store) -> bool:
@@ -26,8 +26,4 @@ def head_labels(store) -> dict[tuple[int, int], str]:
 
 def textspan_texts(store, layer: int, head: int) -> pd.DataFrame:
     """TextSpan texts of one head, best first: columns rank, text, variance_removed."""
-    return store.query(
-        "SELECT rank, text, variance_removed FROM textspan WHERE layer = ? AND head = ? "
-        "ORDER BY rank",
-        [int(layer), int(head)],
-    )
+    return store.textspan(layer, head)[["rank", "text", "variance_removed"]]

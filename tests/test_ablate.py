@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-import engine.pipeline.ablate as ablate_mod
 from engine.cli import main
 from engine.pipeline.ablate import AblateParams, run_ablate
 from engine.pipeline.build import BuildParams, build_store
 from engine.pipeline.interpret import run_interpretation
+from engine.session import StoreSession
 from engine.store import open_store
 from engine.store.decomposition import load_components
 
@@ -55,7 +55,7 @@ def test_cli_round_trip_records_the_run_and_caches_the_tasks(store, capsys, monk
     assert dict(zip(classes.task, classes.n, strict=True))["colour"] == 6
     assert "ablate" in kinds
     # a second run reads the cached class embeddings: the model is not needed
-    monkeypatch.setattr(ablate_mod, "encode_tasks", lambda *a, **k: pytest.fail("re-encoded"))
+    monkeypatch.setattr(StoreSession, "text_embeddings", lambda *a, **k: pytest.fail("re-encoded"))
     again = run_ablate(AblateParams(str(store), "label:colour", random=5, write=False))
     assert again.result.to_dict()["tasks"] == out["tasks"]
 

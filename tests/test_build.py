@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -290,8 +291,8 @@ def test_demo_store_builds_once_then_interprets(tmp_path, monkeypatch, capsys):
 
     def fake_interpretation(store_path, labeller, bank):
         calls.append((str(store_path), labeller, bank))
-        with store.mutate_store(store_path) as con:
-            con.execute("INSERT INTO head_labels (layer, head, label) VALUES (0, 0, 'x')")
+        with store.mutate_store(store_path) as w:
+            w.append("head_labels", pd.DataFrame([{"layer": 0, "head": 0, "label": "x"}]))
 
     monkeypatch.setattr(engine.pipeline.interpret, "run_interpretation", fake_interpretation)
     link = tmp_path / "demo"

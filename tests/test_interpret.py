@@ -149,15 +149,13 @@ def test_reference_score_table_matches_readme_counts():
 def test_a_rebuild_during_interpret_is_refused_not_mislabelled(store):
     """interpret reads version V; a rebuild publishes V+1 (other images) before the write: the
     labels of V must not land on V+1's images."""
-    from engine.pipeline.interpret import text_embeddings
-
     with open_store(store) as r:
         before = r.version_path
 
-    def rebuild_then_embed(info, texts):
+    def rebuild_then_embed(session, texts):
         build_store(BuildParams(model="tiny-test", images="synthetic:64:9", store=str(store),
                                 random_weights=True, progress=False, layers="all"))  # fmt: skip
-        return text_embeddings(info, texts)
+        return session.text_embeddings(texts)
 
     with pytest.raises(UserError, match="republished while this ran"):
         run_interpretation(store, progress=False, text_embeddings_fn=rebuild_then_embed)

@@ -23,6 +23,22 @@ LAYERS = [5, 7]
 SIZES = schema.array_sizes(0, 8, LAYERS, n_heads=3, d_head=4, d_embed=8, image_chunk=4)
 
 
+FAKE_MODEL = schema.ModelRecord(
+    model_spec="fake", arch="fake", weights_hash="random:seed0", random_weights=True,
+    n_layers=8, n_heads=3, d_model=12, d_head=4, d_embed=8, image_size=32, patch_size=8, grid=4,
+)  # fmt: skip
+
+
+def fake_meta(**changes) -> schema.StoreMeta:
+    fields = dict(
+        schema_version=schema.SCHEMA_VERSION, layers=tuple(LAYERS), image_chunk=4, thumb_size=64,
+        images_source="test", built_at="2026-01-01 00:00:00", run_id="r", code_version="t",
+        build_key=None, factors=("colour", "shape"), image_set_hash=None, n_skipped=0,
+        reconstruction_error=None, reconstruction_tolerance=None, random_data=True,
+    )  # fmt: skip
+    return schema.StoreMeta(**{**fields, **changes})
+
+
 def publish_fake(link, n_images: int, fill: float, factors: bool = False, meta_extra=None):
     """Publish a store with known values: coord[i, l, h, 0] = fill + i + 10 l + 100 h (other
     coordinates 0), basis[l, h] = the first 4 unit vectors, so head_out[.., 0] = coord[.., 0]."""
@@ -56,7 +72,6 @@ def publish_fake(link, n_images: int, fill: float, factors: bool = False, meta_e
                 "class": ["a"] * n_images,
             }
         ),
-        "models": pd.DataFrame([{"model_spec": "fake", "n_layers": 8, "n_heads": 3}]),
     }
     if factors:
         tables["image_factors"] = pd.DataFrame(
@@ -67,14 +82,8 @@ def publish_fake(link, n_images: int, fill: float, factors: bool = False, meta_e
                 "value": "x",
             }
         )
-    meta = {
-        "layers": LAYERS,
-        "model_spec": "fake",
-        "factors": ["colour", "shape"],
-        "schema_version": schema.SCHEMA_VERSION,
-        **(meta_extra or {}),
-    }
-    store.write_database(staging, tables, meta)
+    meta = fake_meta(**(meta_extra or {}))
+    store.write_database(staging, tables, meta, FAKE_MODEL)
     return store.publish(link, staging)
 
 
@@ -92,7 +101,7 @@ def test_schema_round_trip(tmp_path):
     assert arrays["attn_rest"].shape == (10, 6, 8) and arrays["attn_bias"].shape == (2, 8)
     assert arrays["thumbnail"].chunks == (1, 64, 64, 3)  # one thumbnail per inner chunk
     assert arrays["thumbnail"].shards == (4, 64, 64, 3)
-    store.write_database(tmp_path, {}, {"k": [1, 2]})
+    store.write_database(tmp_path, {}, fake_meta(), FAKE_MODEL)
     con = duckdb.connect(str(tmp_path / schema.STORE_DB), read_only=True)
     tables = {
         r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
@@ -100,10 +109,9 @@ def test_schema_round_trip(tmp_path):
     assert tables == set(schema.TABLES)
     cols = [r[0] for r in con.execute("DESCRIBE images").fetchall()]
     assert cols == ["image_id", "path", "sha256", "width", "height", "class"]
-    assert json.loads(con.execute("SELECT value FROM store_meta WHERE key='k'").fetchone()[0]) == [
-        1,
-        2,
-    ]
+    rows = dict(con.execute("SELECT key, value FROM store_meta").fetchall())
+    assert schema.StoreMeta.from_rows(rows) == fake_meta()  # the typed record round-trips
+    assert json.loads(rows["layers"]) == LAYERS and json.loads(rows["meta_version"]) == 1
     con.close()
 
 
@@ -215,11 +223,9 @@ def test_mutate_store_publishes_copy_or_nothing(tmp_path):
     link = tmp_path / "s"
     v1 = publish_fake(link, 4, 0.0)
     reader = store.open_store(link)
-    with store.mutate_store(link) as con:
-        con.execute(
-            "INSERT INTO textspan (layer, head, rank, text, category, bank, run_id) "
-            "VALUES (7, 0, 0, 'a red object', 'colour', 'world', 'r')"
-        )
+    with store.mutate_store(link) as w:
+        w.append("textspan", pd.DataFrame([{"layer": 7, "head": 0, "rank": 0,
+                 "text": "a red object", "category": "colour", "bank": "world", "run_id": "r"}]))  # fmt: skip
     assert reader.version_path == v1 and not reader.interpreted  # old version untouched
     reader.close()
     with store.open_store(link) as r:
@@ -228,8 +234,8 @@ def test_mutate_store_publishes_copy_or_nothing(tmp_path):
         np.testing.assert_array_equal(r.coords(5, 1)[:, 0], np.arange(4) + 100)  # zarr shared
         v2 = r.version_path
     with pytest.raises(RuntimeError, match="boom"):
-        with store.mutate_store(link) as con:
-            con.execute("DELETE FROM textspan")
+        with store.mutate_store(link) as w:
+            w.delete("textspan")
             raise RuntimeError("boom")
     assert os.path.realpath(link) == str(v2)
     with store.open_store(link) as r:
@@ -280,8 +286,8 @@ def test_mutate_store_refuses_a_version_it_did_not_read(tmp_path):
     v1 = publish_fake(link, 4, 0.0)
     v2 = publish_fake(link, 5, 1.0)  # republished (e.g. rebuilt) after the caller read v1
     with pytest.raises(UserError, match=f"republished while this ran .*{v1.name}.*{v2.name}"):
-        with store.mutate_store(link, expect_version=v1) as con:
-            con.execute("DELETE FROM images")
+        with store.mutate_store(link, expect_version=v1) as w:
+            w.delete("images")
     assert os.path.realpath(link) == str(v2)
     with store.open_store(link) as r:
         assert len(r.images()) == 5
@@ -330,8 +336,8 @@ def test_nested_mutation_of_one_store_is_an_error_not_a_deadlock(tmp_path):
     old = signal.signal(signal.SIGALRM, timeout)
     signal.alarm(20)
     try:
-        with store.mutate_store(link) as con:
-            con.execute("DELETE FROM textspan")
+        with store.mutate_store(link) as w:
+            w.delete("textspan")
             with pytest.raises(UserError, match="already being modified by this thread"):
                 with store.mutate_store(link):
                     pass
@@ -361,11 +367,10 @@ def test_nested_mutation_of_one_store_is_an_error_not_a_deadlock(tmp_path):
 def test_a_store_of_the_old_format_is_refused_with_the_rebuild_command(tmp_path):
     link = tmp_path / "photos"
     publish_fake(link, 3, 0.0, meta_extra={"schema_version": 1})
-    with store.mutate_store(link) as con:
-        con.execute(
-            "INSERT INTO runs (run_id, kind, parameters) VALUES ('r', 'build', ?)",
-            [json.dumps({"images": "/data/photos", "layers_arg": "4", "random_weights": False})],
-        )
+    with store.mutate_store(link) as w:
+        params = {"images": "/data/photos", "layers_arg": "4", "random_weights": False}
+        w.append("runs", pd.DataFrame([{"run_id": "r", "kind": "build",
+                                        "parameters": json.dumps(params)}]))  # fmt: skip
     with pytest.raises(UserError) as e:
         store.open_store(link)
     msg = str(e.value)

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         from engine.store import open_store
 
         with open_store(res.store) as r:
-            rows = r.query("SELECT path, reason FROM skipped_files ORDER BY path LIMIT 5")
+            rows = r.skipped_files(limit=5)
         for path, reason in rows.itertuples(index=False):
             print(f"  skipped {path}: {reason}")
         if res.n_skipped > len(rows):

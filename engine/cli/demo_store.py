@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     with open_store(args.store) as r:
         interpreted = r.interpreted
-        ablated = len(r.query("SELECT run_id FROM head_effects LIMIT 1")) > 0
-        segmented = len(r.query("SELECT run_id FROM segmentation_scores LIMIT 1")) > 0
+        ablated = r.has_rows("head_effects")
+        segmented = r.has_rows("segmentation_scores")
         last = min(4, int(r.info["n_layers"]))  # the paper's "last four layers"
     if interpreted and not args.force:
         print(f"{args.store} is interpreted")

@@ -41,8 +41,8 @@ def _ranges(r, ranges: list[tuple[int, int]], normalise: str) -> list[dict]:
     """Scores of the stored labels over extra layer ranges (computed now, not stored)."""
     from engine.core import scores
 
-    labels = r.query("SELECT layer, head, label, labeller FROM head_labels ORDER BY layer, head")
-    ts = r.query('SELECT layer, head, "rank", category FROM textspan ORDER BY layer, head, "rank"')
+    labels = r.head_label_rows()
+    ts = r.textspan()
     cats = {k: g["category"].tolist() for k, g in ts.groupby(["layer", "head"])}
     out = []
     for lo, hi in ranges:
@@ -80,13 +80,12 @@ def run(args) -> int:
     if not Path(args.store).exists():
         raise UserError(f"store not found: {args.store}")
     with open_store(args.store) as r:
-        df = r.query(
-            "SELECT metric, scope, layer_from, layer_to, count, total, value, labeller "
-            "FROM scores ORDER BY scope DESC, layer_from, metric"
-        )
-        spec = r.info.get("model_spec", "")
-        interp = r.info.get("interpretation")
-        random_weights = bool(r.info.get("random_weights"))
+        df = r.score_rows()[
+            ["metric", "scope", "layer_from", "layer_to", "count", "total", "value", "labeller"]
+        ]
+        spec = r.model_record.model_spec
+        interp = r.interpretation
+        random_weights = r.model_record.random_weights
         extra = (
             _ranges(r, [_parse_range(x) for x in args.ranges], args.normalise)
             if not df.empty

@@ -142,8 +142,7 @@ def open_staging(
         )  # the sparse copy alone: finalise was killed while swapping in the compacted arrays
         if state is None or not arrays_there:
             shutil.rmtree(staging / store.BUILD_DIR, ignore_errors=True)  # records without arrays
-            attrs = {"build_key": plan.key, "layers": plan.layers, "rest_layers": plan.rest_layers}
-            arrays = store.create_arrays(staging, plan.sizes(), attrs=attrs)
+            arrays = store.create_arrays(staging, plan.sizes())
             if constants:
                 store.write_constants(arrays, plan.decomposer().constants())  # weight-only arrays
             state = {
@@ -212,7 +211,9 @@ def decode_stream(
     p = plan.params
     lookahead = max(2 * p.batch_size, 4 * p.workers)
     source, preprocess = plan.source, plan.lm.preprocess
-    return collection.ordered_stream(pool, lambda i: source.load(i, preprocess), indices, lookahead)
+    return collection.ordered_stream(
+        pool, lambda i: source.load(i, preprocess, store.schema.THUMB_SIZE), indices, lookahead
+    )
 
 
 def _counted(stream: Iterator, bar) -> Iterator:

@@ -9,7 +9,6 @@ one line naming them.
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
 from dataclasses import asdict
 
@@ -51,8 +50,7 @@ def finalise(plan: BuildPlan, timings: dict | None = None, resumed: int = 0) -> 
                 f"skipped (first reason: {first})"
             )
         if n_good < plan.source.n_items:  # skipped files left gaps: make the rows consecutive
-            attrs = {"build_key": plan.key, "layers": plan.layers, "rest_layers": plan.rest_layers}
-            store.compact_rows(staging, parts, plan.sizes(), attrs)
+            store.compact_rows(staging, parts, plan.sizes())
         timings = {**chunk_timings(staging), **(timings or {})}
         _write_database(plan, state, timings)
         store.finish_staging(staging)
@@ -67,7 +65,7 @@ def published_result(plan: BuildPlan) -> BuildResult | None:
         return None
     try:
         with store.open_store(plan.link) as r:
-            if r.info.get("build_key") == plan.key:
+            if r.meta.build_key == plan.key:
                 return BuildResult(
                     plan.link, r.version_path, r.info["n_images"], 0, up_to_date=True
                 )
@@ -79,7 +77,7 @@ def published_result(plan: BuildPlan) -> BuildResult | None:
 def _publish(plan: BuildPlan) -> BuildResult:
     version = store.publish_locked(plan.link, plan.staging)
     with store.open_store(version) as r:
-        return BuildResult(plan.link, version, r.info["n_images"], r.info.get("n_skipped", 0))
+        return BuildResult(plan.link, version, r.info["n_images"], r.meta.n_skipped)
 
 
 def missing_message(plan: BuildPlan, missing: list[int], shards: int | None) -> str:
@@ -117,81 +115,77 @@ def chunk_timings(staging) -> dict:
 
 
 def _write_database(plan: BuildPlan, state: dict, timings: dict) -> None:
-    lm, params, dims, source = plan.lm, plan.params, plan.lm.dims, plan.source
+    lm, params, source = plan.lm, plan.params, plan.source
     run_id = state["run_id"]
-    meta = {
-        "model_spec": lm.spec,
-        "arch": lm.arch,
-        "weights_hash": lm.weights_hash,
-        "layers": plan.layers,
-        "rest_layers": plan.rest_layers,
-        "n_layers": dims.n_layers,
-        "n_heads": dims.n_heads,
-        "d_model": dims.d_model,
-        "d_head": dims.d_head,
-        "d_embed": dims.d_embed,
-        "image_size": dims.image_size,
-        "thumb_size": store.schema.THUMB_SIZE,
-        "image_chunk": plan.chunk,
-        "images_source": source.describe,
-        "built_at": provenance.now(),
-        "run_id": run_id,
-        "code_version": provenance.code_version(),
-        "build_key": plan.key,
-        "schema_version": store.schema.SCHEMA_VERSION,
-        "factors": list(source.factors) if source.factors else None,
-        # worst per-batch max |output - Σ components| / max ||output|| (fp32 compute, before
-        # fp16 storage) over every chunk; every batch was checked against the tolerance
-        "reconstruction_error": max(
-            (r.get("reconstruction_error", 0.0) for r in store.iter_chunk_records(plan.staging)),
-            default=0.0,
-        ),
-        "reconstruction_tolerance": plan.decomposer().tolerance,
-    }
     params_json = {
         "images": params.images,
         "batch_size": params.batch_size,
         "device": params.device,
-        "layers": plan.layers,
-        "layers_arg": params.layers,
+        "layers_arg": params.layers,  # as typed; the stored layers are StoreMeta.layers
         "random_weights": params.random_weights,
         "workers": params.workers,
         "image_chunk": plan.chunk,
         "build_key": plan.key,
         "attempts": state.get("attempts", 1),
     }
+    code = provenance.code_version()
     with store.new_database(plan.staging) as db:
         image_set_hash, skipped = _write_images(db, plan, run_id)
-        meta.update(image_set_hash=image_set_hash, n_skipped=len(skipped))
-        db.set_meta(meta)
-        db.append("models", _models_row(plan))
-        run = {
-            "run_id": run_id,
-            "kind": "build",
-            "model_spec": lm.spec,
-            "weights_hash": lm.weights_hash,
-            "code_version": meta["code_version"],
-            "image_set_hash": image_set_hash,
-            "parameters": json.dumps(params_json),
-            "timings": json.dumps(timings),
-            "started_at": pd.Timestamp(state["started_at"]),
-            "finished_at": pd.Timestamp(provenance.now()),
-            "skipped_files": json.dumps(skipped),
-            "host": socket.gethostname(),
-        }
-        db.append("runs", pd.DataFrame([run]))
+        db.set_meta(
+            store.schema.StoreMeta(
+                schema_version=store.schema.SCHEMA_VERSION,
+                layers=tuple(plan.layers),
+                image_chunk=plan.chunk,
+                thumb_size=store.schema.THUMB_SIZE,
+                images_source=source.describe,
+                built_at=provenance.now(),
+                run_id=run_id,
+                code_version=code,
+                build_key=plan.key,
+                factors=tuple(source.factors) if source.factors else None,
+                image_set_hash=image_set_hash,
+                n_skipped=len(skipped),
+                # worst per-batch max |output - Σ components| / max ||output|| (fp32 compute,
+                # before fp16 storage) over every chunk; every batch was checked against it
+                reconstruction_error=max(
+                    (
+                        r.get("reconstruction_error", 0.0)
+                        for r in store.iter_chunk_records(plan.staging)
+                    ),
+                    default=0.0,
+                ),  # fmt: skip
+                reconstruction_tolerance=plan.decomposer().tolerance,
+                random_data=False,
+            )
+        )
+        db.set_model(_model_record(plan))
+        db.record_run(
+            store.schema.RunRecord(
+                run_id=run_id,
+                kind="build",
+                model_spec=lm.spec,
+                weights_hash=lm.weights_hash,
+                code_version=code,
+                image_set_hash=image_set_hash,
+                parameters=params_json,
+                timings=timings,
+                started_at=state["started_at"],
+                finished_at=provenance.now(),
+                host=socket.gethostname(),
+                skipped_files=skipped,
+            )
+        )
 
 
-def _models_row(plan: BuildPlan) -> pd.DataFrame:
+def _model_record(plan: BuildPlan) -> store.schema.ModelRecord:
     lm = plan.lm
-    row = {
-        "model_spec": lm.spec,
-        "arch": lm.arch,
-        "weights_hash": lm.weights_hash,
-        "random_weights": bool(plan.params.random_weights) or lm.weights_hash.startswith("random"),
+    return store.schema.ModelRecord(
+        model_spec=lm.spec,
+        arch=lm.arch,
+        weights_hash=lm.weights_hash,
+        random_weights=bool(plan.params.random_weights) or lm.weights_hash.startswith("random"),
         **asdict(lm.dims),
-    }
-    return pd.DataFrame([row])
+    )
 
 
 def _write_images(db, plan: BuildPlan, run_id: str) -> tuple[str, list[dict]]:

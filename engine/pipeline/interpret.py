@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,9 @@ from engine.core import groundtruth, labels, scores, textspan
 from engine.core.layers import parse_layers
 from engine.errors import UserError
 from engine.pipeline import provenance
+from engine.session import StoreSession
 from engine.sources import banks, reference
+from engine.store import mutate_store
 
 
 @dataclass
@@ -44,42 +47,6 @@ class InterpretResult:
         return self.matched_heads / self.clear_heads if self.clear_heads else float("nan")
 
 
-def _seed(weights_hash: str) -> int:
-    if str(weights_hash).startswith("random:seed"):
-        try:
-            return int(str(weights_hash)[len("random:seed") :])
-        except ValueError:
-            return 0
-    return 0
-
-
-def text_embeddings(info: dict, texts: list[str], progress: bool = False) -> np.ndarray:
-    """The bank embedded by the store's own model: [text, d_embed] fp32, unit rows."""
-    from engine.model import encode_text, load_model
-
-    random_weights = bool(info.get("random_weights", False))
-    lm = load_model(
-        info["model_spec"], random_weights=random_weights, seed=_seed(info.get("weights_hash", ""))
-    )
-    stored_hash = info.get("weights_hash")
-    if stored_hash and stored_hash != "unknown" and lm.weights_hash not in (stored_hash, "unknown"):
-        raise UserError(
-            f"the weights of {info['model_spec']} changed since the store was built "
-            f"({lm.weights_hash[:12]} != {str(stored_hash)[:12]}); rebuild the store"
-        )
-    batch = 256
-    parts = [
-        encode_text(lm, texts[i : i + batch]).numpy()  # [text, d_embed]
-        for i in tqdm(
-            range(0, len(texts), batch), desc="encode bank", unit="batch", disable=not progress
-        )
-    ]
-    r = np.concatenate(parts).astype(np.float32)  # [text, d_embed]
-    if r.shape[1] != int(info.get("d_embed", r.shape[1])):
-        raise UserError(f"text d_embed {r.shape[1]} differs from the store's {info['d_embed']}")
-    return r
-
-
 def _votes(cats: list[str], weights: np.ndarray, k: int = labels.TOP_K) -> dict[str, float]:
     """Share of the top-k removed variance per category (what the offline labeller weighs)."""
     w = np.clip(np.asarray(weights[:k], dtype=np.float64), 0, None)
@@ -88,6 +55,35 @@ def _votes(cats: list[str], weights: np.ndarray, k: int = labels.TOP_K) -> dict[
     for c, wi in zip(cats[:k], w, strict=True):
         out[c] = round(out.get(c, 0.0) + float(wi) / tot, 6)
     return out
+
+
+Head = tuple[int, int]
+
+
+@dataclass
+class _Described:
+    """What was read and computed per head before labelling."""
+
+    heads: list[Head]
+    spans: dict[Head, textspan.TextSpanResult]
+    eta: dict[Head, np.ndarray]  # [factor] η² per head (demo-world stores)
+    top_cats: dict[Head, list[str]]
+
+
+@dataclass
+class _Labels:
+    name: str  # offline | llm:MODEL
+    labels: dict[Head, str]
+    votes: dict[Head, dict]
+    new_llm_entries: list = field(default_factory=list)
+
+
+@dataclass
+class _GroundTruth:
+    rows: list[tuple]
+    clear: int = 0
+    matched: int = 0
+    comparable: bool = True
 
 
 def run_interpretation(
@@ -107,10 +103,54 @@ def run_interpretation(
 ) -> InterpretResult:
     """Interpret every head of the chosen layers and write the results into the store.
 
-    `text_embeddings_fn(info, texts) -> [text, d_embed]` replaces the store's model (tests).
-    """
-    from engine.store import mutate_store, open_store
+    read (bank embedded by the store's verified model) -> TextSpan per head -> labels -> scores
+    and ground truth -> one write. `text_embeddings_fn(session, texts) -> [text, d_embed]`
+    replaces the store's model (tests)."""
+    _check_choices(labeller, normalise, texts_per_head, rank)
+    t0 = time.perf_counter()
+    started = provenance.now()
+    run_id = uuid.uuid4().hex
+    timings: dict[str, float] = {}
+    with StoreSession.open(store_path) as s:
+        chosen = parse_layers(layers, s.model_record.n_layers, available=s.layers)
+        factors = s.reader.factors()
+        b = banks.load_bank(bank or ("world" if factors is not None else "general"))
+        with _timed(timings, "encode_texts_s"):
+            embed = text_embeddings_fn or (
+                lambda s_, texts: s_.text_embeddings(texts, progress=progress)
+            )
+            emb = embed(s, b.texts)  # [text, d_embed]
+        with _timed(timings, "textspan_s"):
+            described = _describe(s, chosen, emb, b, factors, rank, texts_per_head, progress)
+        cache = s.reader.llm_responses() if labeller == "llm" else {}
+        with _timed(timings, "label_s"):
+            lab = _label(store_path, labeller, described, b, cache, llm_model, llm_timeout,
+                         llm_retries, progress)  # fmt: skip
+        rows = scores.score_rows(
+            [l for l, _ in described.heads], [lab.labels[k] for k in described.heads],
+            [described.top_cats[k] for k in described.heads],
+            normalise=labels.NORMALISATIONS[normalise],
+        )  # fmt: skip
+        gt = _ground_truth(described, lab.labels, factors, b)
+        timings["total_s"] = round(time.perf_counter() - t0, 3)
+        params = {
+            "labeller": lab.name, "bank": b.name, "n_texts_bank": len(b), "layers": chosen,
+            "texts_per_head": texts_per_head, "rank": rank, "normalise": normalise,
+        }  # fmt: skip
+        tables = _tables(run_id, described, lab, rows, gt, b)
+        run = provenance.run_record("interpret", run_id, s, params, timings, started)
+        with mutate_store(store_path, expect_version=s.version_path) as w:
+            w.replace_interpretation(tables)
+            w.add_llm_responses(lab.new_llm_entries)
+            w.record_run(run)
+            w.set_interpretation({"run_id": run_id, **params})
+    return InterpretResult(
+        run_id, lab.name, b.name, chosen, len(described.heads), rows, gt.clear, gt.matched,
+        gt.comparable, timings,
+    )  # fmt: skip
 
+
+def _check_choices(labeller: str, normalise: str, texts_per_head: int, rank: int) -> None:
     if labeller not in labels.LABELLERS:
         raise UserError(f"unknown labeller {labeller!r}; use one of {', '.join(labels.LABELLERS)}")
     if normalise not in labels.NORMALISATIONS:
@@ -121,174 +161,115 @@ def run_interpretation(
         raise UserError("--texts-per-head must be at least 1")
     if rank < 1:
         raise UserError("--rank must be at least 1")
-    t0 = time.perf_counter()
-    started = pd.Timestamp.now(tz="UTC").tz_localize(None)
-    run_id = uuid.uuid4().hex
-    timings: dict[str, float] = {}
-    with open_store(store_path) as r:
-        version = r.version_path  # results are written against this version only
-        info = dict(r.info)
-        chosen = parse_layers(layers, int(info["n_layers"]), available=r.layers)
-        n_heads = int(info["n_heads"])
-        factors = r.factors()
-        bank_spec = bank or ("world" if factors is not None else "general")
-        b = banks.load_bank(bank_spec)
-        cache = {}
-        if labeller == "llm":
-            cached = r.query("SELECT prompt_hash, response FROM llm_cache")
-            cache = dict(zip(cached["prompt_hash"], cached["response"], strict=True))
-        t = time.perf_counter()
-        if text_embeddings_fn is None:
-            emb = text_embeddings(info, b.texts, progress=progress)  # [text, d_embed]
-        else:
-            emb = text_embeddings_fn(info, b.texts)
-        timings["encode_texts_s"] = round(time.perf_counter() - t, 3)
-        heads = [(lay, h) for lay in chosen for h in range(n_heads)]
-        spans: dict[tuple[int, int], textspan.TextSpanResult] = {}
-        eta: dict[tuple[int, int], np.ndarray] = {}
-        t = time.perf_counter()
-        bar = tqdm(heads, desc="TextSpan", unit="head", disable=not progress)
-        for lay, h in bar:
-            # each head once, in its own coordinates [image, d_head] (read around the reader's
-            # cache: a pass over every head would only evict); the bank is projected onto the
-            # head's basis once, [text, d_head]: same picks and shares as on [image, d_embed]
-            c = r.coords(lay, h, cache=False)  # [image, d_head] fp32
-            bank_c = textspan.project_bank(emb, r.basis(lay, h))  # [text, d_head]
-            spans[(lay, h)] = textspan.textspan(c, bank_c, rank=rank, n_texts=texts_per_head)
-            if factors is not None:
-                eta[(lay, h)] = groundtruth.head_eta2(c, factors[1])  # [factor], basis-invariant
-        timings["textspan_s"] = round(time.perf_counter() - t, 3)
 
-    # ---- labels
+
+@contextmanager
+def _timed(timings: dict, key: str):
     t = time.perf_counter()
-    head_labels: dict[tuple[int, int], str] = {}
-    votes: dict[tuple[int, int], dict] = {}
-    top_cats: dict[tuple[int, int], list[str]] = {}
-    for key in heads:
-        res = spans[key]
-        top_cats[key] = [b.categories[i] for i in res.indices]
+    yield
+    timings[key] = round(time.perf_counter() - t, 3)
+
+
+def _describe(s, chosen, emb, b, factors, rank, texts_per_head, progress) -> _Described:
+    """TextSpan (and η² against the world's factors) for every head of the chosen layers."""
+    heads = [(lay, h) for lay in chosen for h in range(s.n_heads)]
+    spans: dict[Head, textspan.TextSpanResult] = {}
+    eta: dict[Head, np.ndarray] = {}
+    for lay, h in tqdm(heads, desc="TextSpan", unit="head", disable=not progress):
+        # each head once, in its own coordinates [image, d_head] (read around the reader's
+        # cache: a pass over every head would only evict); the bank is projected onto the
+        # head's basis once, [text, d_head]: same picks and shares as on [image, d_embed]
+        c = s.reader.coords(lay, h, cache=False)  # [image, d_head] fp32
+        bank_c = textspan.project_bank(emb, s.reader.basis(lay, h))  # [text, d_head]
+        spans[(lay, h)] = textspan.textspan(c, bank_c, rank=rank, n_texts=texts_per_head)
+        if factors is not None:
+            eta[(lay, h)] = groundtruth.head_eta2(c, factors[1])  # [factor], basis-invariant
+    top_cats = {k: [b.categories[i] for i in spans[k].indices] for k in heads}
+    return _Described(heads, spans, eta, top_cats)
+
+
+def _label(store_path, labeller, d: _Described, b, cache, llm_model, timeout, retries,
+           progress) -> _Labels:  # fmt: skip
     if labeller == "offline":
-        labeller_name = "offline"
-        for key in heads:
-            res = spans[key]
-            head_labels[key] = labels.offline_label(top_cats[key], res.variance_removed)
-            votes[key] = _votes(top_cats[key], res.variance_removed)
-    else:
-        from engine.pipeline.llm import DEFAULT_MODEL, LLMLabeller
-
-        model = llm_model or DEFAULT_MODEL
-        labeller_name = f"llm:{model}"
-        vocab = b.vocabulary or sorted(banks.load_bank("general").vocabulary)
-        llm = LLMLabeller(
-            model, vocab, banks.load_llm_examples(), cache=cache,
-            timeout=llm_timeout, max_retries=llm_retries,
-        )  # fmt: skip
-        try:
-            for key in tqdm(heads, desc="LLM labels", unit="head", disable=not progress):
-                res = spans[key]
-                if len(res) == 0:
-                    head_labels[key], votes[key] = labels.MIXED, {"response": None}
-                    continue
-                out = llm.label([b.texts[i] for i in res.indices])
-                head_labels[key] = out.label
-                votes[key] = {"response": out.response, "in_vocabulary": out.in_vocabulary}
-        except UserError:
-            if llm.new_entries:  # keep what was paid for; no labels are written
-                with mutate_store(store_path) as con:
-                    _insert_cache(con, llm.new_entries)
-            raise
-    timings["label_s"] = round(time.perf_counter() - t, 3)
-
-    # ---- scores and ground truth
-    layer_of = [lay for lay, _ in heads]
-    rows = scores.score_rows(
-        layer_of, [head_labels[k] for k in heads], [top_cats[k] for k in heads],
-        normalise=labels.NORMALISATIONS[normalise],
-    )  # fmt: skip
-    gt_rows, clear, matched, comparable = [], 0, 0, True
-    if factors is not None:
-        names = factors[0]
-        # labels from a bank whose categories are not the factor names cannot match (NULL)
-        comparable = set(names) <= set(b.vocabulary)
-        for key in heads:
-            truth = groundtruth.dominant_factor(eta[key], names)
-            lab = head_labels[key]
-            for name, e in zip(names, eta[key], strict=True):
-                dom = name == truth.factor
-                match = (dom and groundtruth.label_matches(lab, name)) if comparable else None
-                gt_rows.append((*key, name, float(e), dom, lab, match))
-            if truth.is_dominant:
-                clear += 1
-                matched += comparable and groundtruth.label_matches(lab, truth.factor)
-    timings["total_s"] = round(time.perf_counter() - t0, 3)
-
-    # ---- write, replacing the previous interpretation
-    ts_df = pd.DataFrame(
-        [
-            (lay, h, k, b.texts[i], b.categories[i], float(v), float(sv), b.name, run_id)
-            for (lay, h) in heads
-            for k, (i, v, sv) in enumerate(
-                zip(
-                    spans[(lay, h)].indices,
-                    spans[(lay, h)].variance_removed,
-                    spans[(lay, h)].score_var,
-                    strict=True,
-                )
-            )
-        ],
-        columns=[
-            "layer", "head", "rank", "text", "category", "variance_removed", "score_var",
-            "bank", "run_id",
-        ],
-    )  # fmt: skip
-    hl_df = pd.DataFrame(
-        [(lay, h, head_labels[(lay, h)], labeller_name, json.dumps(votes[(lay, h)]), run_id)
-         for lay, h in heads],
-        columns=["layer", "head", "label", "labeller", "votes", "run_id"],
-    )  # fmt: skip
-    sc_df = pd.DataFrame(
-        [(s.metric, s.scope, s.layer_from, s.layer_to, s.count, s.total, s.value,
-          labeller_name, run_id) for s in rows],
-        columns=["metric", "scope", "layer_from", "layer_to", "count", "total", "value",
-                 "labeller", "run_id"],
-    )  # fmt: skip
-    gt_df = pd.DataFrame(
-        [(*g, run_id) for g in gt_rows],
-        columns=["layer", "head", "factor", "eta2", "is_dominant", "label", "match", "run_id"],
-    )
-    params = {
-        "labeller": labeller_name, "bank": b.name, "n_texts_bank": len(b), "layers": chosen,
-        "texts_per_head": texts_per_head, "rank": rank, "normalise": normalise,
-    }  # fmt: skip
-    with mutate_store(store_path, expect_version=version) as con:
-        for table in ("textspan", "head_labels", "scores", "ground_truth"):
-            con.execute(f"DELETE FROM {table}")
-        for table, df in (
-            ("textspan", ts_df), ("head_labels", hl_df), ("scores", sc_df), ("ground_truth", gt_df)
-        ):  # fmt: skip
-            if len(df):
-                con.register("_df", df)
-                con.execute(f"INSERT INTO {table} ({', '.join(df.columns)}) SELECT * FROM _df")
-                con.unregister("_df")
-        if labeller == "llm":
-            _insert_cache(con, llm.new_entries)
-        provenance.insert_run(con, "interpret", run_id, info, params, timings, started)
-        con.execute(
-            "INSERT OR REPLACE INTO store_meta VALUES ('interpretation', ?)",
-            [json.dumps({"run_id": run_id, **params})],
+        return _Labels(
+            "offline",
+            {k: labels.offline_label(d.top_cats[k], d.spans[k].variance_removed) for k in d.heads},
+            {k: _votes(d.top_cats[k], d.spans[k].variance_removed) for k in d.heads},
         )
-    return InterpretResult(
-        run_id, labeller_name, b.name, chosen, len(heads), rows, clear, matched, comparable,
-        timings,
-    )  # fmt: skip
+    return _llm_labels(store_path, d, b, cache, llm_model, timeout, retries, progress)
 
 
-def _insert_cache(con, entries: list[tuple[str, str, str]]) -> None:
-    now = pd.Timestamp.now(tz="UTC").tz_localize(None)
-    for h, model, response in entries:
-        con.execute(
-            "INSERT OR REPLACE INTO llm_cache VALUES (?, ?, ?, ?)", [h, model, response, now]
-        )
+def _llm_labels(store_path, d: _Described, b, cache, llm_model, timeout, retries,
+                progress) -> _Labels:  # fmt: skip
+    from engine.pipeline.llm import DEFAULT_MODEL, LLMLabeller
+
+    model = llm_model or DEFAULT_MODEL
+    vocab = b.vocabulary or sorted(banks.load_bank("general").vocabulary)
+    llm = LLMLabeller(model, vocab, banks.load_llm_examples(), cache=cache,
+                      timeout=timeout, max_retries=retries)  # fmt: skip
+    out = _Labels(f"llm:{model}", {}, {})
+    try:
+        for key in tqdm(d.heads, desc="LLM labels", unit="head", disable=not progress):
+            res = d.spans[key]
+            if len(res) == 0:
+                out.labels[key], out.votes[key] = labels.MIXED, {"response": None}
+                continue
+            got = llm.label([b.texts[i] for i in res.indices])
+            out.labels[key] = got.label
+            out.votes[key] = {"response": got.response, "in_vocabulary": got.in_vocabulary}
+    except UserError:
+        if llm.new_entries:  # keep what was paid for; no labels are written
+            with mutate_store(store_path) as w:
+                w.add_llm_responses(llm.new_entries)
+        raise
+    out.new_llm_entries = list(llm.new_entries)
+    return out
+
+
+def _ground_truth(d: _Described, head_labels: dict, factors, b) -> _GroundTruth:
+    """Demo-world stores: each head's dominant factor (η²) against its label."""
+    if factors is None:
+        return _GroundTruth([])
+    names = factors[0]
+    # labels from a bank whose categories are not the factor names cannot match (NULL)
+    gt = _GroundTruth([], comparable=set(names) <= set(b.vocabulary))
+    for key in d.heads:
+        truth = groundtruth.dominant_factor(d.eta[key], names)
+        lab = head_labels[key]
+        for name, e in zip(names, d.eta[key], strict=True):
+            dom = name == truth.factor
+            match = (dom and groundtruth.label_matches(lab, name)) if gt.comparable else None
+            gt.rows.append((*key, name, float(e), dom, lab, match))
+        if truth.is_dominant:
+            gt.clear += 1
+            gt.matched += gt.comparable and groundtruth.label_matches(lab, truth.factor)
+    return gt
+
+
+def _tables(run_id, d: _Described, lab: _Labels, rows, gt: _GroundTruth, b) -> dict:
+    """The interpretation tables' rows (schema.INTERPRETATION_TABLES), by column name."""
+    textspan_rows = [
+        {"layer": lay, "head": h, "rank": k, "text": b.texts[i], "category": b.categories[i],
+         "variance_removed": float(v), "score_var": float(sv), "bank": b.name, "run_id": run_id}
+        for (lay, h) in d.heads
+        for k, (i, v, sv) in enumerate(zip(d.spans[(lay, h)].indices,
+                                           d.spans[(lay, h)].variance_removed,
+                                           d.spans[(lay, h)].score_var, strict=True))
+    ]  # fmt: skip
+    label_rows = [
+        {"layer": lay, "head": h, "label": lab.labels[(lay, h)], "labeller": lab.name,
+         "votes": json.dumps(lab.votes[(lay, h)]), "run_id": run_id}
+        for lay, h in d.heads
+    ]  # fmt: skip
+    score_rows = [{**asdict(r), "labeller": lab.name, "run_id": run_id} for r in rows]
+    gt_cols = ["layer", "head", "factor", "eta2", "is_dominant", "label", "match"]
+    gt_rows = [{**dict(zip(gt_cols, g, strict=True)), "run_id": run_id} for g in gt.rows]
+    return {
+        "textspan": pd.DataFrame(textspan_rows),
+        "head_labels": pd.DataFrame(label_rows),
+        "scores": pd.DataFrame(score_rows),
+        "ground_truth": pd.DataFrame(gt_rows),
+    }
 
 
 # ---- the published labels of the paper's six models

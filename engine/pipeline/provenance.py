@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 import engine
+from engine.store.schema import RunRecord
 
 
 def code_version() -> str:
@@ -40,17 +39,12 @@ def env_info() -> dict:
     return {"host": socket.gethostname(), "cpus": os.cpu_count(), "torch": torch.__version__}
 
 
-def insert_run(
-    con, kind: str, run_id: str, info: dict, params: dict, timings: dict, started
-) -> None:
-    """Record a run over a store (`interpret`, `segeval`, `ablate`) in its `runs` table."""
-    con.execute(
-        "INSERT INTO runs (run_id, kind, model_spec, weights_hash, code_version, image_set_hash, "
-        "parameters, timings, started_at, finished_at, skipped_files, host) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', ?)",
-        [
-            run_id, kind, info.get("model_spec"), info.get("weights_hash"), code_version(),
-            info.get("image_set_hash"), json.dumps(params), json.dumps(timings),
-            started, pd.Timestamp(now()), socket.gethostname(),
-        ],
+def run_record(kind: str, run_id: str, r, params: dict, timings: dict, started: str) -> RunRecord:
+    """The `runs` row of a run over a store (`interpret`, `segeval`, `ablate`) read through `r`
+    (a StoreReader or StoreSession: its model and metadata records)."""
+    return RunRecord(
+        run_id=run_id, kind=kind, model_spec=r.model_record.model_spec,
+        weights_hash=r.model_record.weights_hash, code_version=code_version(),
+        image_set_hash=r.meta.image_set_hash, parameters=params, timings=timings,
+        started_at=str(started), finished_at=now(), host=socket.gethostname(),
     )  # fmt: skip

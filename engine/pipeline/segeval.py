@@ -32,10 +32,11 @@ from engine.core.decompose import patch_maps
 from engine.core.layers import head_name
 from engine.core.zeroshot import class_embeddings
 from engine.errors import UserError
-from engine.model import capture, encode_text, load_model, vision_weights
+from engine.model import capture
 from engine.pipeline import provenance
+from engine.session import StoreSession
 from engine.sources import imageio, world
-from engine.store import DatabaseWriter, mutate_store, open_store
+from engine.store import mutate_store
 
 WORLD_SEED_OFFSET = 1_000_003  # held-out world: a seed no demo store is built from
 METRICS = ("pixel_acc", "miou", "map", "pointing")
@@ -77,8 +78,9 @@ class SegEvalResult:
         return self.rows[self.rows["scope"] == "aggregate"].iloc[0].to_dict()
 
 
-def _world_set(lm, info: dict, n: int) -> EvalSet:
-    src = str(info.get("images_source", ""))
+def _world_set(s, n: int) -> EvalSet:
+    lm = s.model()
+    src = s.meta.images_source
     seed = int(src.split(":")[2]) if src.startswith("synthetic:") and src.count(":") == 2 else 0
     batch = world.generate(0, n, seed=seed + WORLD_SEED_OFFSET, masks=True)
     size = lm.dims.image_size
@@ -88,13 +90,13 @@ def _world_set(lm, info: dict, n: int) -> EvalSet:
     masks = np.stack([imageio.mask_to_crop(m, size) for m in batch.masks])
     colour = world.FACTOR_NAMES.index("colour")
     cls = class_embeddings(
-        lambda t: encode_text(lm, t).numpy(), prompts=world.value_texts("colour")
+        lambda t: s.text_embeddings(list(t)), prompts=world.value_texts("colour")
     )  # [class, d_embed]
     directions = cls[batch.codes[:, colour].astype(np.int64)]  # [image, d_embed]
     return EvalSet(pixels, masks, directions, f"world:{n}:seed{seed + WORLD_SEED_OFFSET}", "colour")
 
 
-def _folder_set(lm, images: str | None, masks: str, text: str | None) -> EvalSet:
+def _folder_set(s, images: str | None, masks: str, text: str | None) -> EvalSet:
     if not images:
         raise UserError("--masks DIR needs --images DIR (the images the masks belong to)")
     root, mroot = Path(images), Path(masks)
@@ -102,6 +104,7 @@ def _folder_set(lm, images: str | None, masks: str, text: str | None) -> EvalSet
         raise UserError(f"mask folder {masks} does not exist")
     if not root.is_dir():
         raise UserError(f"image folder {images} does not exist")
+    lm = s.model()
     size = lm.dims.image_size
     pix, ms, texts = [], [], []
     for path in imageio.discover(root):
@@ -125,7 +128,7 @@ def _folder_set(lm, images: str | None, masks: str, text: str | None) -> EvalSet
     if not pix:
         raise UserError(f"no image under {images} has a same-named .png mask under {masks}")
     uniq = sorted(set(texts))
-    emb = encode_text(lm, uniq).numpy()
+    emb = s.text_embeddings(uniq)
     directions = emb[[uniq.index(t) for t in texts]]
     return EvalSet(torch.stack(pix), np.stack(ms), directions, f"folder:{images}", text or "class")
 
@@ -165,12 +168,40 @@ def _score_rows(maps: np.ndarray, masks: np.ndarray, layers: list[int], sets: di
 
 
 def run_segeval(p: SegEvalParams, progress: bool = True) -> SegEvalResult:
+    """Score every stored head's maps (and each head set, and all heads summed) against
+    masks, with the store's verified model; recorded in the store unless `write` is off."""
     t0 = time.perf_counter()
-    started = pd.Timestamp(provenance.now())
-    with open_store(p.store) as r:
-        info = dict(r.info)
-        layers = list(r.layers)
-        version = r.version_path
+    started = provenance.now()
+    with StoreSession.open(p.store) as s:
+        _check(p, s.layers)
+        if p.masks == "world" and not s.meta.factors:
+            raise UserError("--masks world needs a demo-world store (built from synthetic:N)")
+        s.model()  # verified against the store's weights before any work
+        if p.masks == "world":
+            ev = _world_set(s, p.n_images)
+        else:
+            ev = _folder_set(s, p.images, p.masks, p.text)
+        t_setup = time.perf_counter() - t0
+        maps = _all_maps(s, ev, p.batch_size, progress)
+        t_maps = time.perf_counter() - t0 - t_setup
+        rows = pd.DataFrame(_score_rows(maps, ev.masks, s.layers, p.head_sets))
+        run_id = uuid.uuid4().hex
+        rows.insert(0, "run_id", run_id)
+        rows["source"], rows["text"] = ev.source, ev.text
+        timings = {"setup_s": round(t_setup, 3), "maps_s": round(t_maps, 3),
+                   "wall_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
+        if p.write:
+            params = {"masks": p.masks, "images": p.images, "text": p.text,
+                      "n_images": len(ev.pixels),
+                      "head_sets": {k: [list(h) for h in v] for k, v in p.head_sets.items()}}  # fmt: skip
+            run = provenance.run_record("segeval", run_id, s, params, timings, started)
+            with mutate_store(p.store, expect_version=s.version_path) as w:
+                w.append("segmentation_scores", rows)
+                w.record_run(run)
+    return SegEvalResult(run_id, rows, ev.source, ev.text, timings)
+
+
+def _check(p: SegEvalParams, layers: list[int]) -> None:
     if not layers:
         raise UserError(f"{p.store} stores no heads to score")
     if p.n_images < 1 or p.batch_size < 1:
@@ -181,40 +212,19 @@ def run_segeval(p: SegEvalParams, progress: bool = True) -> SegEvalResult:
             raise UserError(f"set {name!r}: heads {bad} are not stored (stored layers {layers})")
     if p.masks != "world" and p.images is None:
         raise UserError("--masks DIR needs --images DIR (or use --masks world)")
-    lm = load_model(info["model_spec"], random_weights=bool(info.get("random_weights")))
-    w = vision_weights(lm)
-    if p.masks == "world":
-        if not info.get("factors"):
-            raise UserError("--masks world needs a demo-world store (built from synthetic:N)")
-        ev = _world_set(lm, info, p.n_images)
-    else:
-        ev = _folder_set(lm, p.images, p.masks, p.text)
-    t_setup = time.perf_counter() - t0
+
+
+def _all_maps(s, ev: EvalSet, batch_size: int, progress: bool) -> np.ndarray:
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(ev.pixels), unit="img", desc="segeval maps")
-    maps = _maps(lm, w, layers, ev, p.batch_size, bar)
-    if bar is not None:
-        bar.close()
-    t_maps = time.perf_counter() - t0 - t_setup
-    rows = pd.DataFrame(_score_rows(maps, ev.masks, layers, p.head_sets))
-    run_id = uuid.uuid4().hex
-    rows.insert(0, "run_id", run_id)
-    rows["source"], rows["text"] = ev.source, ev.text
-    timings = {
-        "setup_s": round(t_setup, 3),
-        "maps_s": round(t_maps, 3),
-        "wall_s": round(time.perf_counter() - t0, 3),
-    }
-    if p.write:
-        params = {"masks": p.masks, "images": p.images, "text": p.text, "n_images": len(ev.pixels),
-                  "head_sets": {k: [list(h) for h in v] for k, v in p.head_sets.items()}}  # fmt: skip
-        with mutate_store(p.store, expect_version=version) as con:
-            DatabaseWriter(con).append("segmentation_scores", rows)
-            provenance.insert_run(con, "segeval", run_id, info, params, timings, started)
-    return SegEvalResult(run_id, rows, ev.source, ev.text, timings)
+    try:
+        return _maps(s.model(), s.vision_weights(), s.layers, ev, batch_size, bar)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def summary_json(res: SegEvalResult) -> str:

@@ -19,7 +19,6 @@ from PIL import Image
 
 from engine.errors import UserError
 from engine.sources import imageio
-from engine.store.schema import THUMB_SIZE
 
 
 @dataclass
@@ -33,7 +32,8 @@ class Item:
 
 
 class Source:
-    """An ordered list of images; `load(i)` decodes item i (thread-safe).
+    """An ordered list of images; `load(i, preprocess, thumb_size)` decodes item i (thread-safe)
+    into the model's pixels and a `thumb_size` thumbnail (the store's, given by the pipeline).
 
     image_size: the model's input size, set once the model is loaded (decoding hints).
     """
@@ -44,7 +44,7 @@ class Source:
     factors: dict[str, tuple[str, ...]] | None = None
     image_size: int | None = None
 
-    def load(self, i: int, preprocess: Callable) -> Item:
+    def load(self, i: int, preprocess: Callable, thumb_size: int) -> Item:
         raise NotImplementedError
 
 
@@ -69,7 +69,7 @@ class FolderSource(Source):
         self.fingerprint = "files:" + h.hexdigest()[:32]
         self.describe = str(self.root.resolve())
 
-    def load(self, i: int, preprocess: Callable) -> Item:
+    def load(self, i: int, preprocess: Callable, thumb_size: int) -> Item:
         path = self.files[i]
         rel = path.relative_to(self.root).as_posix()
         try:
@@ -83,7 +83,7 @@ class FolderSource(Source):
             "height": d.height,
             "class": imageio.class_of(path, self.root),
         }
-        return Item(preprocess(d.image), imageio.thumbnail(d.image, THUMB_SIZE), meta)
+        return Item(preprocess(d.image), imageio.thumbnail(d.image, thumb_size), meta)
 
 
 class SyntheticSource(Source):
@@ -100,7 +100,7 @@ class SyntheticSource(Source):
         self.describe = f"synthetic:{n}:{seed}"
         self.factors = dict(world.FACTORS)
 
-    def load(self, i: int, preprocess: Callable) -> Item:
+    def load(self, i: int, preprocess: Callable, thumb_size: int) -> Item:
         batch = self.world.generate(i, i + 1, self.seed)
         arr = batch.images[0]  # uint8 [H, W, 3]
         img = Image.fromarray(arr)
@@ -112,7 +112,7 @@ class SyntheticSource(Source):
             "class": None,
             "codes": [int(c) for c in batch.codes[0]],
         }
-        return Item(preprocess(img), imageio.thumbnail(img, THUMB_SIZE), meta)
+        return Item(preprocess(img), imageio.thumbnail(img, thumb_size), meta)
 
 
 class RandomSource(Source):
@@ -127,7 +127,7 @@ class RandomSource(Source):
     def size(self) -> int:
         return max(self.image_size or 224, 32)  # noise at the model's input size
 
-    def load(self, i: int, preprocess: Callable) -> Item:
+    def load(self, i: int, preprocess: Callable, thumb_size: int) -> Item:
         rng = np.random.default_rng([self.seed, i])
         arr = rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)
         img = Image.fromarray(arr)
@@ -138,7 +138,7 @@ class RandomSource(Source):
             "height": self.size,
             "class": None,
         }
-        return Item(preprocess(img), imageio.thumbnail(img, THUMB_SIZE), meta)
+        return Item(preprocess(img), imageio.thumbnail(img, thumb_size), meta)
 
 
 def parse_source(images: str) -> Source:

@@ -1,11 +1,15 @@
 """The store: all file I/O of decompositions and interpretations (Zarr arrays + DuckDB tables).
 
 schema (declared once) -> versions (paths, locks, atomic publication, gc, copy-on-write mutation)
--> writer (new versions, build records) and reader (read-only views).
+-> writer (new versions, build records; `StoreWriter`, the typed table writes of `db`) and
+reader (read-only views, typed records `StoreMeta` and `ModelRecord`). No SQL naming a store
+table is written outside this package (tests/test_store_contract.py checks it).
 """
 
 from engine.store import schema
+from engine.store.db import StoreWriter
 from engine.store.reader import StoreReader, StoreSummary, list_stores, open_store
+from engine.store.schema import ModelRecord, RunRecord, StoreMeta
 from engine.store.versions import (
     BUILD_DIR,
     LOCK_FILE,
@@ -49,6 +53,10 @@ __all__ = [
     "STAGING_PREFIX",
     "TMP_PREFIX",
     "DatabaseWriter",
+    "ModelRecord",
+    "RunRecord",
+    "StoreMeta",
+    "StoreWriter",
     "StoreReader",
     "StoreSummary",
     "create_arrays",

@@ -71,9 +71,7 @@ def write_random_store(
     sizes["image_chunk"] = chunk
     staging = store.staging_dir(link, uuid.uuid4().hex[:8])
     staging.mkdir(parents=True)
-    arrays = store.create_arrays(
-        staging, sizes, attrs={"layers": layers, "rest_layers": rest, "synthetic": True}
-    )
+    arrays = store.create_arrays(staging, sizes)
     rng = np.random.default_rng(seed)
     basis = random_basis(rng, len(layers), n_heads, d_head, d_embed)
     attn_bias = (0.01 * rng.standard_normal((len(layers), d_embed))).astype(np.float32)
@@ -123,15 +121,11 @@ def write_random_store(
             shape = (n, schema.THUMB_SIZE, schema.THUMB_SIZE, 3)
             rows["thumbnail"] = rng.integers(0, 255, shape, np.uint8)
         store.write_rows(arrays, start, rows)
-    model = {
-        "model_spec": spec,
-        "arch": arch,
-        "weights_hash": weights_hash,
-        "random_weights": random_weights,
+    model = schema.ModelRecord(
+        model_spec=spec, arch=arch, weights_hash=weights_hash, random_weights=random_weights,
         **dims,
-    }
+    )  # fmt: skip
     tables = {
-        "models": pd.DataFrame([model]),
         "images": pd.DataFrame(
             {
                 "image_id": np.arange(n_images, dtype=np.int32),
@@ -143,20 +137,23 @@ def write_random_store(
             }
         ),
     }
-    meta = {
-        "model_spec": spec,
-        "arch": arch,
-        "layers": layers,
-        "rest_layers": rest,
-        **dims,
-        "built_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "run_id": run_id or "random-" + uuid.uuid4().hex,
-        "images_source": f"random data ({n_images} rows, seed {seed})",
-        "random_data": True,
-        "schema_version": schema.SCHEMA_VERSION,
-        "thumb_size": schema.THUMB_SIZE,
-        "image_chunk": chunk,
-    }
-    store.write_database(staging, tables, meta)
+    meta = schema.StoreMeta(
+        schema_version=schema.SCHEMA_VERSION,
+        layers=tuple(layers),
+        image_chunk=chunk,
+        thumb_size=schema.THUMB_SIZE,
+        images_source=f"random data ({n_images} rows, seed {seed})",
+        built_at=time.strftime("%Y-%m-%d %H:%M:%S"),
+        run_id=run_id or "random-" + uuid.uuid4().hex,
+        code_version=None,
+        build_key=None,
+        factors=None,
+        image_set_hash=None,
+        n_skipped=0,
+        reconstruction_error=None,
+        reconstruction_tolerance=None,
+        random_data=True,
+    )
+    store.write_database(staging, tables, meta, model)
     store.finish_staging(staging)
     return store.publish(link, staging)

@@ -6,8 +6,9 @@ import fcntl
 import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import duckdb
 import numpy as np
@@ -59,16 +60,14 @@ class StoreReader:
         try:
             self._check_format()
             self._group = zarr.open_group(str(version / schema.STORE_ZARR), mode="r")
-            self.info = self._load_info()
+            self.meta = schema.StoreMeta.from_rows(self._meta_rows(), where=str(self.path))
+            self.model_record = self._load_model_record()
         except BaseException:
             self.close()
             raise
-        self._layers = [int(x) for x in self.info.get("layers", [])]
-        rest = self.info.get("rest_layers")
-        if rest is None:
-            n_layers = int(self.info.get("n_layers", len(self._layers)))
-            rest = [l for l in range(n_layers) if l not in self._layers]
-        self._rest_layers = [int(x) for x in rest]
+        self._layers = list(self.meta.layers)
+        self._rest_layers = [l for l in range(self.model_record.n_layers) if l not in self._layers]
+        self.info = self._info_view()
         self.cache = ByteBudgetCache(cache_bytes)
         self._basis: np.ndarray | None = None
 
@@ -85,7 +84,9 @@ class StoreReader:
         )
 
     def _rebuild_command(self) -> str:
-        """The command that rebuilds this store (from its own build record when there is one)."""
+        """The command that rebuilds this store (from its own build record when there is one).
+
+        The store is of another format here: its metadata is read as it was written, untyped."""
         meta = {
             k: json.loads(v)
             for k, v in self.query("SELECT key, value FROM store_meta").itertuples(index=False)
@@ -97,27 +98,94 @@ class StoreReader:
             params = json.loads(runs["parameters"].iloc[0]) if len(runs) else {}
         except duckdb.Error:
             params = {}
+        models = self.query("SELECT model_spec FROM models LIMIT 1")
+        spec = models["model_spec"].iloc[0] if len(models) else meta.get("model_spec", "MODEL")
         images = params.get("images", "IMAGES")
         layers = params.get("layers_arg", "")
-        cmd = f"python -m engine build --model {meta.get('model_spec', 'MODEL')} --images {images}"
+        cmd = f"python -m engine build --model {spec} --images {images}"
         if params.get("random_weights"):
             cmd += " --random-weights"
         if layers:
             cmd += f" --layers {layers}"
         return cmd + f" --store {self.path}"
 
-    def _load_info(self) -> dict:
-        info = {
-            k: json.loads(v)
-            for k, v in self.query("SELECT key, value FROM store_meta").itertuples(index=False)
+    def _meta_rows(self) -> dict[str, str]:
+        rows = self.query("SELECT key, value FROM store_meta")
+        return {
+            k: v for k, v in rows.itertuples(index=False) if k != schema.INTERPRETATION_META_KEY
         }
+
+    def _load_model_record(self) -> schema.ModelRecord:
         models = self.query("SELECT * FROM models")
-        if len(models):
-            row = models.iloc[0].to_dict()
-            row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-            info = {**row, **info}
-        info["n_images"] = int(self._group["output"].shape[0])
-        return info
+        if len(models) != 1:
+            raise UserError(f"{self.path}: the models table holds {len(models)} rows, not 1 "
+                            "(a broken store; rebuild it)")  # fmt: skip
+        return schema.ModelRecord.from_row(models.iloc[0].to_dict(), where=str(self.path))
+
+    def _info_view(self) -> dict:
+        """A flat read-only dict of the typed records (`meta`, `model`) plus derived facts, for
+        code that reads facts by name; every value comes from one persisted place."""
+        meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.meta).items()}
+        return MappingProxyType({
+            **self.model_record.as_row(), **meta, "rest_layers": list(self._rest_layers),
+            "n_images": int(self._group["output"].shape[0]),
+            "interpretation": self.interpretation,
+        })  # fmt: skip
+
+    @property
+    def interpretation(self) -> dict | None:
+        """The latest interpretation's parameters (None before `interpret`)."""
+        rows = self.query(
+            "SELECT value FROM store_meta WHERE key = ?", [schema.INTERPRETATION_META_KEY]
+        )
+        return json.loads(rows["value"].iloc[0]) if len(rows) else None
+
+    # ---- table reads (the SQL stays here, in engine.store)
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A whole store table as a DataFrame (every schema table exists; may be empty)."""
+        if name not in schema.TABLES:
+            raise UserError(f"{name!r} is not a store table ({', '.join(schema.TABLES)})")
+        return self.query(f"SELECT * FROM {name}")
+
+    def has_rows(self, name: str) -> bool:
+        if name not in schema.TABLES:
+            raise UserError(f"{name!r} is not a store table ({', '.join(schema.TABLES)})")
+        return len(self.query(f"SELECT 1 FROM {name} LIMIT 1")) > 0
+
+    def textspan(self, layer: int | None = None, head: int | None = None) -> pd.DataFrame:
+        """TextSpan rows ordered by (layer, head, rank); one head's when given."""
+        if layer is None:
+            return self.query('SELECT * FROM textspan ORDER BY layer, head, "rank"')
+        return self.query(
+            'SELECT * FROM textspan WHERE layer = ? AND head = ? ORDER BY "rank"',
+            [int(layer), int(head)],
+        )
+
+    def head_label_rows(self) -> pd.DataFrame:
+        """head_labels ordered by (layer, head): layer, head, label, labeller, votes, run_id."""
+        return self.query("SELECT * FROM head_labels ORDER BY layer, head")
+
+    def score_rows(self) -> pd.DataFrame:
+        """The interpretation's scores, range scope first."""
+        return self.query("SELECT * FROM scores ORDER BY scope DESC, layer_from, metric")
+
+    def llm_responses(self) -> dict[str, str]:
+        """prompt_hash -> response of the LLM labeller's cache."""
+        df = self.query("SELECT prompt_hash, response FROM llm_cache")
+        return dict(zip(df["prompt_hash"], df["response"], strict=True))
+
+    def skipped_files(self, limit: int | None = None) -> pd.DataFrame:
+        sql = "SELECT path, reason FROM skipped_files ORDER BY path"
+        return self.query(sql + (f" LIMIT {int(limit)}" if limit else ""))
+
+    def runs(self, kind: str | None = None) -> pd.DataFrame:
+        if kind is None:
+            return self.query("SELECT * FROM runs ORDER BY started_at")
+        return self.query("SELECT * FROM runs WHERE kind = ? ORDER BY started_at", [kind])
+
+    def zeroshot_classes(self) -> pd.DataFrame:
+        return self.query("SELECT * FROM zeroshot_classes ORDER BY task, class_index")
 
     @property
     def is_stale(self) -> bool:
@@ -250,7 +318,7 @@ class StoreReader:
         df = self.query("SELECT image_id, factor, value_code FROM image_factors")
         if len(df) == 0:
             return None
-        names = self.info.get("factors") or sorted(df["factor"].unique())
+        names = list(self.meta.factors or sorted(df["factor"].unique()))
         wide = df.pivot(index="image_id", columns="factor", values="value_code")
         wide = wide.reindex(index=range(self.info["n_images"]), columns=names)
         return list(names), wide.to_numpy(dtype=np.int64)
@@ -288,10 +356,10 @@ def list_stores(root: str | os.PathLike = "artifacts") -> list[StoreSummary]:
                     StoreSummary(
                         name=p.name,
                         path=str(p),
-                        model_spec=str(r.info.get("model_spec", "")),
+                        model_spec=r.model_record.model_spec,
                         n_images=int(r.info["n_images"]),
                         interpreted=r.interpreted,
-                        built_at=str(r.info.get("built_at", "")),
+                        built_at=r.meta.built_at,
                     )
                 )
         except (UserError, duckdb.Error, OSError, KeyError):

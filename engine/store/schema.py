@@ -22,8 +22,11 @@ over all images: inner chunks `(image_chunk, 1, 1, d_head)` packed into shards
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+
+from engine.errors import UserError
 
 STORE_DB = "store.duckdb"
 STORE_ZARR = "contrib.zarr"
@@ -409,3 +412,152 @@ CREATE TABLE head_effects (
 }
 
 INTERPRETATION_TABLES = ("textspan", "head_labels", "scores", "ground_truth")
+"""What one `interpret` run writes; a new run replaces all of them (`StoreWriter.replace_interpretation`)."""
+
+
+# ---------------------------------------------------------------- typed records of the tables
+
+META_VERSION = 1
+"""Version of the `StoreMeta` record. Rows without a `meta_version` key were written before the
+record was typed (format 2 stores built before it): read through `_upgrade_legacy_meta`, which says
+exactly what it fills in. From version 1 on every field is written and a missing one is an error."""
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """The `store_meta` table as one typed record: facts of the store itself, each persisted once.
+
+    Written whole, from one place (`StoreWriter.set_meta`), by every writer (`finalise`,
+    `random_store`); read back with `from_rows` (a missing key is an error naming it). The model's
+    facts (spec, weights hash, dimensions) are the `models` table's (`ModelRecord`), not repeated
+    here; `rest_layers` is derived from `layers` and the model's `n_layers`, never stored.
+    """
+
+    schema_version: int  # the store format (SCHEMA_VERSION when written)
+    layers: tuple[int, ...]  # absolute indices of the layers whose heads are stored in `coord`
+    image_chunk: int  # images per chunk of the per-image arrays
+    thumb_size: int
+    images_source: str  # what the images came from (a folder, synthetic:N, random data)
+    built_at: str
+    run_id: str  # the build's run (its `runs` row)
+    code_version: str | None
+    build_key: str | None  # the build's staging key (None: not written by `build`)
+    factors: tuple[str, ...] | None  # demo-world factor names (None: not a world store)
+    image_set_hash: str | None
+    n_skipped: int
+    reconstruction_error: float | None  # worst per-batch relative error, before fp16 storage
+    reconstruction_tolerance: float | None
+    random_data: bool  # random arrays (engine.store.random_store), not a model's decomposition
+
+    def to_rows(self) -> dict[str, str]:
+        """key -> JSON value, every field plus `meta_version` (what `store_meta` holds)."""
+        rows = {k: json.dumps(list(v) if isinstance(v, tuple) else v)
+                for k, v in asdict(self).items()}  # fmt: skip
+        rows["meta_version"] = json.dumps(META_VERSION)
+        return rows
+
+    @classmethod
+    def from_rows(cls, rows: dict[str, str], where: str = "store") -> StoreMeta:
+        """The record from `store_meta` rows (key -> JSON text); a missing key is a UserError."""
+        values = {k: json.loads(v) for k, v in rows.items()}
+        version = values.pop("meta_version", None)
+        if version is None:
+            values = _upgrade_legacy_meta(values)
+        elif version != META_VERSION:
+            raise UserError(f"{where}: store metadata version {version} is not readable by this "
+                            f"version (reads {META_VERSION})")  # fmt: skip
+        missing = [f.name for f in fields(cls) if f.name not in values]
+        if missing:
+            raise UserError(f"{where}: store_meta lacks {', '.join(missing)} (a broken store; "
+                            "rebuild it)")  # fmt: skip
+        return cls(**{f.name: _typed(f.name, values[f.name]) for f in fields(cls)})
+
+
+# keys written into store_meta before the record was typed, now facts of `models` or derived
+LEGACY_META_KEYS = ("model_spec", "arch", "weights_hash", "rest_layers", "n_layers", "n_heads",
+                    "d_model", "d_head", "d_embed", "image_size", "patch_size", "grid",
+                    "interpretation")  # fmt: skip
+
+
+def _upgrade_legacy_meta(values: dict) -> dict:
+    """Rows of a store written before META_VERSION 1: builds wrote every field but
+    `random_data` (they are not random data); `random_store` wrote neither provenance nor
+    reconstruction fields (there was no build, no model run)."""
+    out = {k: v for k, v in values.items() if k not in LEGACY_META_KEYS}
+    random = bool(out.get("random_data", False))
+    out["random_data"] = random
+    if random:
+        for k in ("code_version", "build_key", "factors", "image_set_hash",
+                  "reconstruction_error", "reconstruction_tolerance"):  # fmt: skip
+            out.setdefault(k, None)
+        out.setdefault("n_skipped", 0)
+    return out
+
+
+def _typed(name: str, v):
+    if name in ("layers", "factors"):
+        return None if v is None else tuple(int(x) if name == "layers" else str(x) for x in v)
+    return v
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The `models` table's one row: the model a store was built with (typed; read with
+    `from_row`, where a missing or NULL column is an error)."""
+
+    model_spec: str
+    arch: str
+    weights_hash: str  # `engine.model.load_model`'s hash; `random:seedN` at random init
+    random_weights: bool
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    d_embed: int
+    image_size: int
+    patch_size: int
+    grid: int
+
+    @classmethod
+    def from_row(cls, row: dict, where: str = "store") -> ModelRecord:
+        missing = [f.name for f in fields(cls) if row.get(f.name) is None]
+        if missing:
+            raise UserError(f"{where}: the models table lacks {', '.join(missing)} (a broken "
+                            "store; rebuild it)")  # fmt: skip
+        out = {}
+        for f in fields(cls):
+            v = row[f.name]
+            v = v.item() if hasattr(v, "item") else v
+            out[f.name] = {"str": str, "bool": bool, "int": int}[f.type](v)
+        return cls(**out)
+
+    def as_row(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One `runs` row: a build, interpret, ablate or segeval run over the store (provenance)."""
+
+    run_id: str
+    kind: str
+    model_spec: str
+    weights_hash: str
+    code_version: str
+    image_set_hash: str | None
+    parameters: dict
+    timings: dict
+    started_at: str
+    finished_at: str
+    host: str
+    skipped_files: list = ()  # build: the files skipped (also in `skipped_files`)
+
+    def as_row(self) -> dict:
+        row = asdict(self)
+        for k in ("parameters", "timings", "skipped_files"):
+            row[k] = json.dumps(list(row[k]) if k == "skipped_files" else row[k], default=str)
+        return row
+
+
+INTERPRETATION_META_KEY = "interpretation"
+"""`store_meta` key of the latest interpretation's parameters (absent before `interpret`)."""

@@ -32,6 +32,7 @@ import duckdb
 
 from engine.errors import UserError
 from engine.store import schema
+from engine.store.db import StoreWriter
 
 LOCK_FILE = ".lock"
 STAGING_PREFIX = "staging-"
@@ -201,8 +202,8 @@ def _try_delete(version: Path) -> bool:
 @contextmanager
 def mutate_store(
     path: str | os.PathLike, *, expect_version: str | os.PathLike | None = None
-) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A writable DuckDB connection on a new copy-on-write version, published on clean exit.
+) -> Iterator[StoreWriter]:
+    """A `StoreWriter` (typed writes) on a new copy-on-write version, published on clean exit.
 
     The DuckDB file is copied and the Zarr group hard-linked; on an exception the copy is
     discarded and the published store is untouched. Mutations of one store are serialised.
@@ -230,7 +231,7 @@ def mutate_store(
             )
             con = duckdb.connect(str(tmp / schema.STORE_DB))
             try:
-                yield con
+                yield StoreWriter(con)
                 con.execute("CHECKPOINT")
             finally:
                 con.close()

@@ -16,6 +16,7 @@ import pandas as pd
 import zarr
 
 from engine.store import schema
+from engine.store.db import StoreWriter
 from engine.store.versions import BUILD_DIR, STAGING_PREFIX, versions_dir
 
 
@@ -25,13 +26,13 @@ def create_tables(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(sql)
 
 
-def create_arrays(folder: Path, sizes: dict[str, int], attrs: dict | None = None) -> dict:
+def create_arrays(folder: Path, sizes: dict[str, int]) -> dict:
     """Create (overwrite) every Zarr array of the schema in `folder/contrib.zarr`.
 
-    sizes: every dimension size (`schema.array_sizes`), plus image_chunk.
+    sizes: every dimension size (`schema.array_sizes`), plus image_chunk. The group carries no
+    attributes: the store's facts are its `StoreMeta` record (each persisted once).
     """
     group = zarr.open_group(str(folder / schema.STORE_ZARR), mode="w", zarr_format=3)
-    group.attrs.update(attrs or {})
     arrays = {}
     for spec in schema.ARRAYS.values():
         arrays[spec.name] = group.create_array(
@@ -131,46 +132,36 @@ def load_build_state(folder: Path) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-class DatabaseWriter:
-    """Appends DataFrames to the tables of a new store database (columns matched by name)."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection):
-        self.con = con
-
-    def append(self, table: str, df: pd.DataFrame | None) -> None:
-        if df is None or len(df) == 0:
-            return
-        self.con.register("_rows", df)
-        try:
-            self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
-        finally:
-            self.con.unregister("_rows")
-
-    def set_meta(self, meta: dict) -> None:
-        for key, value in meta.items():
-            self.con.execute("INSERT INTO store_meta VALUES (?, ?)", [key, json.dumps(value)])
+DatabaseWriter = StoreWriter  # the name new_database's writer had before the contract
 
 
 @contextmanager
-def new_database(folder: Path) -> Iterator[DatabaseWriter]:
+def new_database(folder: Path) -> Iterator[StoreWriter]:
     """Create `folder/store.duckdb` with every schema table; checkpointed and closed on exit."""
     db = folder / schema.STORE_DB
     db.unlink(missing_ok=True)
     con = duckdb.connect(str(db))
     try:
         create_tables(con)
-        yield DatabaseWriter(con)
+        yield StoreWriter(con)
         con.execute("CHECKPOINT")
     finally:
         con.close()
 
 
-def write_database(folder: Path, tables: dict[str, pd.DataFrame], meta: dict) -> None:
-    """Create `folder/store.duckdb` with every schema table, filled from DataFrames by name."""
+def write_database(
+    folder: Path,
+    tables: dict[str, pd.DataFrame],
+    meta: schema.StoreMeta,
+    model: schema.ModelRecord,
+) -> None:
+    """Create `folder/store.duckdb` with every schema table: the metadata record, the model
+    record and the given tables (DataFrames by name)."""
     with new_database(folder) as db:
+        db.set_meta(meta)
+        db.set_model(model)
         for name, df in tables.items():
             db.append(name, df)
-        db.set_meta(meta)
 
 
 def finish_staging(folder: Path) -> None:
@@ -184,7 +175,7 @@ COMPACT_DIR = ".compact"  # staging/.compact/contrib.zarr: the compacted arrays 
 SPARSE_ZARR = ".sparse.zarr"  # the chunk-addressed arrays, moved aside while swapping
 
 
-def compact_rows(folder: Path, parts: list[tuple[int, int]], sizes: dict, attrs: dict) -> None:
+def compact_rows(folder: Path, parts: list[tuple[int, int]], sizes: dict) -> None:
     """Make the rows `parts = [(start, n), ...]` of `folder/contrib.zarr` consecutive from row 0.
 
     Streams one array at a time into a new group, writing whole shards of `sizes["image_chunk"]`
@@ -198,7 +189,7 @@ def compact_rows(folder: Path, parts: list[tuple[int, int]], sizes: dict, attrs:
             shutil.rmtree(tmp, ignore_errors=True)
             total = sum(n for _, n in parts)
             src = open_arrays(folder, mode="r")
-            dst = create_arrays(tmp, {**sizes, "image": total}, attrs)
+            dst = create_arrays(tmp, {**sizes, "image": total})
             chunk = int(sizes["image_chunk"])
             for name, spec in schema.ARRAYS.items():
                 if spec.per_image:
