@@ -40,13 +40,11 @@ import render  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from engine import store
-from engine.core import analysis
-from engine.core.decompose import decompose, patch_maps  # noqa: E402
-from engine.model import capture, encode_text, load_model, vision_weights  # noqa: E402
+from engine.core import analysis  # noqa: E402
+from engine.session import ImageQuery, StoreSession  # noqa: E402
 from engine.sources import world  # noqa: E402
 from engine.sources.imageio import load_upload  # noqa: E402
-from engine.store import schema
+from engine.store import schema  # noqa: E402
 from engine.store.random_store import write_random_store  # noqa: E402
 
 TEXTS = ("a red object", "a blue object")
@@ -73,45 +71,31 @@ def png(arr: np.ndarray) -> bytes:
 
 
 def bench_analyses(store_path: str, trials: int = 5) -> dict:
-    """Median wall time of upload -> all five analyses, and of a bare encode_image."""
-    s = store.open_store(store_path)
-    info = s.info
-    lm = load_model(info["model_spec"], random_weights=bool(info.get("random_weights")))
-    w = vision_weights(lm)
-    layers = list(info["layers"])
-    n_heads = int(info["n_heads"])
+    """Median wall time of upload -> all five analyses through the store session (the calls
+    the dashboard's pages make), and of a bare encode_image."""
+    s = StoreSession.open(store_path)
+    lm = s.model()
+    layers, n_heads = s.layers, s.n_heads
     last = layers[-1]
     prop_heads = [(last, h) for h in range(min(4, n_heads))]
     img_heads = [(layers[-2] if len(layers) > 1 else last, h) for h in range(min(3, n_heads))]
     text_head = (last, 0)
-    wanted = sorted(set(prop_heads + img_heads + [text_head]))
-    banks = {}  # warm dashboard: per-head matrices already cached
     reads = []
-    for lay, h in wanted:
-        li = layers.index(lay)
+    for hd in sorted(set(prop_heads + img_heads + [text_head])):  # warm: per-head matrices
         t = time.perf_counter()  # what the dashboard does once per head and process
-        banks[(lay, h)] = analysis.HeadContributions.from_coords(
-            s.coord_array[:, li, h, :], s.basis(lay, h)
-        )
+        s.head_contributions(*hd)
         reads.append((time.perf_counter() - t) * 1000)
-    t_red, t_blue = encode_text(lm, list(TEXTS)).numpy()  # cached texts
-    mask = np.ones((len(layers), n_heads), dtype=bool)
+    s.text_embeddings(list(TEXTS))  # warm: the default texts
 
     def one(data: bytes) -> None:
         img = load_upload(data)
-        pixels = lm.preprocess(img)[None]  # [image=1, 3, H, W]
-        cap = capture(lm, pixels, layers)
-        dec = decompose(w, cap, layers)
-        head_out = dec.head_out[0].numpy()  # [layer, head, d_embed]
+        q = ImageQuery.from_image(img)
         crop = np.asarray(img.resize((384, 384)))
-        q = np.stack([head_out[layers.index(lay), h] for lay, h in prop_heads])
-        ids = [analysis.top_k(analysis.property_scores(q, [banks[x] for x in prop_heads]), 8)]
-        for direction in (t_red, analysis.contrast_direction(t_red, t_blue)):
-            maps = patch_maps(w, cap, 0, layers, None, torch.from_numpy(direction)).numpy()
-            render.heat_overlay(crop, analysis.aggregate_maps(maps, mask))
-        q = np.stack([head_out[layers.index(lay), h] for lay, h in img_heads])
-        ids += analysis.head_image_neighbours(q, [banks[x] for x in img_heads], 8)
-        ids.append(analysis.top_k(banks[text_head].dot(t_red), 8))
+        ids = [s.property_neighbours(q, prop_heads, k=8)]
+        render.heat_overlay(crop, s.topic_segmentation(q, TEXTS[0]))
+        render.heat_overlay(crop, s.contrastive_segmentation(q, *TEXTS))
+        ids += s.head_image_neighbours(q, img_heads, k=8)
+        ids.append(s.head_text_neighbours(text_head, TEXTS[0], k=8))
         s.thumbnails(np.concatenate([r.index for r in ids]))
 
     uploads = [png(world.render_image(world.sample_codes(i, 7), [7, i])) for i in range(trials + 1)]
@@ -128,12 +112,13 @@ def bench_analyses(store_path: str, trials: int = 5) -> dict:
             lm.model.encode_image(pixels)
             bases.append((time.perf_counter() - t) * 1000)
             base_cpus.append((time.process_time() - c) * 1000)
+    record, n_images = s.model_record, s.n_images
     s.close()
     total, base = statistics.median(times), statistics.median(bases)
     cpu, base_cpu = statistics.median(cpus), statistics.median(base_cpus)
     return {
-        "model": info["model_spec"] + (" (random init)" if info.get("random_weights") else ""),
-        "n_images": int(info["n_images"]),
+        "model": record.model_spec + (" (random init)" if record.random_weights else ""),
+        "n_images": n_images,
         "all_analyses_ms": round(total, 1),
         "encode_image_ms": round(base, 1),
         "ratio": round(total / base, 1),

@@ -30,13 +30,17 @@ def _head_sets(store: str, specs: list[str]) -> dict[str, list[tuple[int, int]]]
     """Each --set in the ablation spec language (heads, label:, layers:), as its stored heads."""
     from engine.core.ablation_spec import parse_ablation_spec
     from engine.core.layers import parse_head_name
-    from engine.store import open_store
+    from engine.session import StoreSession
 
     if not specs:
         return {}
-    with open_store(store) as r:
-        heads = [(l, h) for l in r.layers for h in range(r.n_heads)]
-        labels, n_layers, layers = r.head_labels(), int(r.info["n_layers"]), r.layers
+    with StoreSession.open(store) as s:
+        heads, labels, n_layers, layers = (
+            s.heads(),
+            s.head_labels(),
+            s.model_record.n_layers,
+            s.layers,
+        )
     out = {}
     for spec in specs:
         names = parse_ablation_spec(spec, heads, labels, n_layers, stored_layers=layers)

@@ -172,7 +172,7 @@ def _timed(timings: dict, key: str):
 
 def _describe(s, chosen, emb, b, factors, rank, texts_per_head, progress) -> _Described:
     """TextSpan (and η² against the world's factors) for every head of the chosen layers."""
-    heads = [(lay, h) for lay in chosen for h in range(s.n_heads)]
+    heads = [hd for hd in s.heads() if hd[0] in chosen]
     spans: dict[Head, textspan.TextSpanResult] = {}
     eta: dict[Head, np.ndarray] = {}
     for lay, h in tqdm(heads, desc="TextSpan", unit="head", disable=not progress):
