@@ -43,6 +43,7 @@ def test_tables_and_arrays(store):
         assert list(heads.columns[:6]) == ["name", "layer", "head", "label", "labeller",
                                            "top_texts"]  # fmt: skip
         assert len(heads) == len(ref.heads()) and heads["label"].notna().all()
+        assert heads["gt_eta2"].between(0, 1).all() and heads["gt_factor"].notna().all()
         top = heads["top_texts"].iloc[0]
         assert 0 < len(top) <= 3 and all(isinstance(v, float) for _, v in top)
         imgs = s.images()

@@ -11,6 +11,7 @@ reach a store's model, heads, texts and analyses through it, so each is defined 
     s.model()               # LoadedModel, verified against the store's weights hash (UserError)
     s.heads()               # [(layer, head), ...]: THE store's heads
     s.head_labels()         # {(layer, head): label}
+    s.heads_table()         # DataFrame: one row per head, label, TextSpan texts, evidence
     s.text_embeddings(["a red shape"])      # [text, d_embed], by the store's model, cached
     s.head_contributions(l, h)              # core.analysis.HeadContributions (cached)
     q = s.query_from_store(12)              # or ImageQuery.from_image(pil), or a PIL image

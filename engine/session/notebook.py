@@ -71,21 +71,9 @@ class Store:
 
     def heads(self, texts: int = 5) -> pd.DataFrame:
         """One row per stored head: name, layer, head, label, labeller (None before
-        `interpret`), top_texts: its first `texts` TextSpan texts as (text, variance removed)."""
-        df = pd.DataFrame(self.session.heads(), columns=["layer", "head"])
-        df.insert(0, "name", [head_name(l, h) for l, h in self.session.heads()])
-        lab = self.session.reader.head_label_rows()[["layer", "head", "label", "labeller"]]
-        df = df.merge(lab.drop_duplicates(["layer", "head"]), on=["layer", "head"], how="left")
-        ts = self.session.reader.textspan()
-        top = {
-            (int(l), int(h)): [(t, float(v)) for t, v in
-                               zip(g["text"][:texts], g["variance_removed"][:texts], strict=True)]
-            for (l, h), g in ts.groupby(["layer", "head"])
-        }  # fmt: skip
-        df["top_texts"] = [
-            top.get((l, h), []) for l, h in zip(df["layer"], df["head"], strict=True)
-        ]
-        return df.astype({"label": object, "labeller": object}).where(df.notna(), None)
+        `interpret`), top_texts [(text, variance removed)], and the ground truth, ablation and
+        segmentation evidence where the store has them (`engine.session.tables.heads_table`)."""
+        return self.session.heads_table(texts)
 
     def images(self) -> pd.DataFrame:
         """One row per stored image: image_id, path, class, and each demo-world factor's value

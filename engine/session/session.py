@@ -156,6 +156,13 @@ class StoreSession:
         """THE store's heads: every (layer, head) of its stored layers, layer-major."""
         return [(l, h) for l in self.layers for h in range(self.n_heads)]
 
+    def heads_table(self, texts: int = 5):
+        """One row per stored head with its label, TextSpan texts and evidence (a DataFrame;
+        `engine.session.tables.heads_table`)."""
+        from engine.session.tables import heads_table
+
+        return heads_table(self, texts)
+
     def head_labels(self) -> dict[tuple[int, int], str]:
         """(layer, head) -> label of the store's interpretation (empty before `interpret`)."""
         return self.reader.head_labels()

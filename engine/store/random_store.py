@@ -62,30 +62,18 @@ def write_random_store(
     else left blank. Returns the published version's folder.
     """
     dims = dict(dims or VIT_B_32)
-    n_layers, n_heads, d_embed = dims["n_layers"], dims["n_heads"], dims["d_embed"]
-    d_head = dims["d_head"]
+    n_layers = dims["n_layers"]
     layers = list(range(n_layers - 4, n_layers))
-    rest = [l for l in range(n_layers) if l not in layers]
-    sizes = schema.array_sizes(n_images, n_layers, layers, n_heads, d_head, d_embed, 1)
-    chunk = image_chunk or schema.image_chunk_for(sizes, n_images)
-    sizes["image_chunk"] = chunk
+    sizes = schema.array_sizes(
+        n_images, n_layers, layers, dims["n_heads"], dims["d_head"], dims["d_embed"], 1
+    )
+    chunk = sizes["image_chunk"] = image_chunk or schema.image_chunk_for(sizes, n_images)
     staging = store.staging_dir(link, uuid.uuid4().hex[:8])
     staging.mkdir(parents=True)
     arrays = store.create_arrays(staging, sizes)
     rng = np.random.default_rng(seed)
-    basis = random_basis(rng, len(layers), n_heads, d_head, d_embed)
-    attn_bias = (0.01 * rng.standard_normal((len(layers), d_embed))).astype(np.float32)
-    ln_bias = (0.01 * rng.standard_normal(d_embed)).astype(np.float32)
-    store.write_constants(
-        arrays,
-        {
-            "basis": basis,
-            "rank": np.full((len(layers), n_heads), d_head, np.int32),
-            "attn_bias": attn_bias,
-            "ln_bias": ln_bias,
-        },
-    )
-    flat_basis = basis.reshape(len(layers) * n_heads * d_head, d_embed)
+    constants = _random_constants(rng, sizes)
+    store.write_constants(arrays, constants)
     starts = range(0, n_images, chunk)
     if progress:
         from tqdm import tqdm
@@ -93,50 +81,12 @@ def write_random_store(
         starts = tqdm(starts, unit="chunk", desc=f"random store {link.name}")
     for start in starts:  # one image chunk in RAM at a time
         n = min(chunk, n_images - start)
-        coord = rng.standard_normal((n, len(layers), n_heads, d_head), dtype=np.float32)
-        coord = (0.05 * coord).astype(np.float16)
-        std = (1.0 + rng.random(n, dtype=np.float32)).astype(np.float32)
-        rows = {"coord": coord, "std": std}
-        if complete:
-            for name, shape in (
-                ("mlp", (n, n_layers, d_embed)),
-                ("attn_rest", (n, len(rest), d_embed)),
-                ("embed", (n, d_embed)),
-            ):
-                rows[name] = (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(
-                    np.float16
-                )
-        if exact_output:
-            out = coord.reshape(n, -1).astype(np.float32) @ flat_basis
-            out += attn_bias.sum(axis=0)[None] / std[:, None] + ln_bias
-            for name in ("mlp", "attn_rest"):
-                if name in rows:
-                    out += rows[name].astype(np.float32).sum(axis=1)
-            if "embed" in rows:
-                out += rows["embed"].astype(np.float32)
-        else:
-            out = rng.standard_normal((n, d_embed), dtype=np.float32)
-        rows["output"] = out.astype(np.float32)
-        if thumbnails:
-            shape = (n, schema.THUMB_SIZE, schema.THUMB_SIZE, 3)
-            rows["thumbnail"] = rng.integers(0, 255, shape, np.uint8)
+        rows = _random_rows(rng, n, sizes, constants, complete, exact_output, thumbnails)
         store.write_rows(arrays, start, rows)
     model = schema.ModelRecord(
         model_spec=spec, arch=arch, weights_hash=weights_hash, random_weights=random_weights,
         **dims,
     )  # fmt: skip
-    tables = {
-        "images": pd.DataFrame(
-            {
-                "image_id": np.arange(n_images, dtype=np.int32),
-                "path": [f"random:{seed}/{i}" for i in range(n_images)],
-                "sha256": ["0" * 64] * n_images,
-                "width": dims["image_size"],
-                "height": dims["image_size"],
-                "class": None,
-            }
-        ),
-    }
     meta = schema.StoreMeta(
         schema_version=schema.SCHEMA_VERSION,
         layers=tuple(layers),
@@ -154,6 +104,62 @@ def write_random_store(
         reconstruction_tolerance=None,
         random_data=True,
     )
-    store.write_database(staging, tables, meta, model)
+    images = pd.DataFrame(
+        {
+            "image_id": np.arange(n_images, dtype=np.int32),
+            "path": [f"random:{seed}/{i}" for i in range(n_images)],
+            "sha256": ["0" * 64] * n_images,
+            "width": dims["image_size"],
+            "height": dims["image_size"],
+            "class": None,
+        }
+    )
+    store.write_database(staging, {"images": images}, meta, model)
     store.finish_staging(staging)
     return store.publish(link, staging)
+
+
+def _random_constants(rng, sizes: dict) -> dict[str, np.ndarray]:
+    """basis [layer, head, d_head, d_embed] (random orthonormal rows), rank, attn_bias, ln_bias."""
+    n_stored, n_heads, d_head, d_embed = (sizes[k] for k in ("layer", "head", "d_head", "d_embed"))
+    return {
+        "basis": random_basis(rng, n_stored, n_heads, d_head, d_embed),
+        "attn_bias": (0.01 * rng.standard_normal((n_stored, d_embed))).astype(np.float32),
+        "ln_bias": (0.01 * rng.standard_normal(d_embed)).astype(np.float32),
+        "rank": np.full((n_stored, n_heads), d_head, np.int32),
+    }
+
+
+def _random_rows(
+    rng, n: int, sizes: dict, constants: dict, complete: bool, exact_output: bool, thumbnails: bool
+) -> dict[str, np.ndarray]:
+    """One image chunk of n rows: coord (fp16), std, the other terms when `complete`, output
+    (their exact sum when `exact_output`), thumbnails when asked."""
+    n_stored, n_heads, d_head, d_embed = (sizes[k] for k in ("layer", "head", "d_head", "d_embed"))
+    coord = rng.standard_normal((n, n_stored, n_heads, d_head), dtype=np.float32)
+    coord = (0.05 * coord).astype(np.float16)
+    std = (1.0 + rng.random(n, dtype=np.float32)).astype(np.float32)
+    rows = {"coord": coord, "std": std}
+    if complete:
+        for name, shape in (
+            ("mlp", (n, sizes["layer_all"], d_embed)),
+            ("attn_rest", (n, sizes["rest_layer"], d_embed)),
+            ("embed", (n, d_embed)),
+        ):
+            rows[name] = (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float16)
+    if exact_output:
+        flat_basis = constants["basis"].reshape(n_stored * n_heads * d_head, d_embed)
+        out = coord.reshape(n, -1).astype(np.float32) @ flat_basis  # [image, d_embed]
+        out += constants["attn_bias"].sum(axis=0)[None] / std[:, None] + constants["ln_bias"]
+        for name in ("mlp", "attn_rest"):
+            if name in rows:
+                out += rows[name].astype(np.float32).sum(axis=1)
+        if "embed" in rows:
+            out += rows["embed"].astype(np.float32)
+    else:
+        out = rng.standard_normal((n, d_embed), dtype=np.float32)
+    rows["output"] = out.astype(np.float32)
+    if thumbnails:
+        shape = (n, schema.THUMB_SIZE, schema.THUMB_SIZE, 3)
+        rows["thumbnail"] = rng.integers(0, 255, shape, np.uint8)
+    return rows
