@@ -25,7 +25,6 @@ from engine.store.versions import (
 )
 from engine.store.writer import (
     SPARSE_ZARR,
-    DatabaseWriter,
     compact_rows,
     create_arrays,
     create_tables,
@@ -52,7 +51,6 @@ __all__ = [
     "LOCK_FILE",
     "STAGING_PREFIX",
     "TMP_PREFIX",
-    "DatabaseWriter",
     "ModelRecord",
     "RunRecord",
     "StoreMeta",

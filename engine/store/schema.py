@@ -193,8 +193,6 @@ ARRAYS: dict[str, ArraySpec] = {
     ]
 }
 
-DECOMPOSITION_ARRAYS = ("coord", "mlp", "attn_rest", "embed")  # fp16 per-image terms
-
 
 def array_sizes(
     n_images: int,

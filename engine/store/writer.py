@@ -132,9 +132,6 @@ def load_build_state(folder: Path) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-DatabaseWriter = StoreWriter  # the name new_database's writer had before the contract
-
-
 @contextmanager
 def new_database(folder: Path) -> Iterator[StoreWriter]:
     """Create `folder/store.duckdb` with every schema table; checkpointed and closed on exit."""
