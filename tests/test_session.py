@@ -134,3 +134,21 @@ def test_ablate_is_one_function_for_the_command_and_the_session(store, capsys):
         a = s.ablate("L2H0", random=2)
     assert [t["after"] for t in cli["tasks"]] == [t.after for t in a.result.tasks]
     assert cli["tasks_source"] == a.tasks_source == "factors"
+
+
+@pytest.mark.unit
+def test_the_dashboard_benchmark_measures_the_session_not_a_copy():
+    """bench_dashboard times the session's analyses (what the pages call), not its own
+    re-implementation of them (no model, decomposition or ranking code of its own)."""
+    import ast
+    from pathlib import Path
+
+    src = (Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dashboard.py").read_text()
+    fn = next(n for n in ast.walk(ast.parse(src))
+              if isinstance(n, ast.FunctionDef) and n.name == "bench_analyses")  # fmt: skip
+    calls = {n.func.attr for n in ast.walk(fn) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Attribute)}  # fmt: skip
+    analyses = {"property_neighbours", "topic_segmentation", "contrastive_segmentation",
+                "head_image_neighbours", "head_text_neighbours"}  # fmt: skip
+    assert analyses <= calls
+    assert not calls & {"patch_maps", "decompose", "capture", "property_scores", "top_k"}
