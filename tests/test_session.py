@@ -152,3 +152,17 @@ def test_the_dashboard_benchmark_measures_the_session_not_a_copy():
                 "head_image_neighbours", "head_text_neighbours"}  # fmt: skip
     assert analyses <= calls
     assert not calls & {"patch_maps", "decompose", "capture", "property_scores", "top_k"}
+
+
+def test_sessions_share_one_heads_budget(store):
+    from engine.store.cache import ByteBudgetCache
+
+    cache = ByteBudgetCache(10**8)
+    a = StoreSession.open(store, heads_cache=cache)
+    b = StoreSession.open(store, heads_cache=cache)
+    hd = a.heads()[0]
+    assert b.head_contributions(*hd) is a.head_contributions(*hd)  # one entry per version
+    assert len(cache) == 1 and cache.used > 0
+    a.close()  # drops this version's entries, the model stays with b
+    assert len(cache) == 0 and b.head_contributions(*hd) is not None
+    b.close()

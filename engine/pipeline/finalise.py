@@ -115,7 +115,7 @@ def chunk_timings(staging) -> dict:
 
 
 def _write_database(plan: BuildPlan, state: dict, timings: dict) -> None:
-    lm, params, source = plan.lm, plan.params, plan.source
+    lm, params = plan.lm, plan.params
     run_id = state["run_id"]
     params_json = {
         "images": params.images,
@@ -131,50 +131,35 @@ def _write_database(plan: BuildPlan, state: dict, timings: dict) -> None:
     code = provenance.code_version()
     with store.new_database(plan.staging) as db:
         image_set_hash, skipped = _write_images(db, plan, run_id)
-        db.set_meta(
-            store.schema.StoreMeta(
-                schema_version=store.schema.SCHEMA_VERSION,
-                layers=tuple(plan.layers),
-                image_chunk=plan.chunk,
-                thumb_size=store.schema.THUMB_SIZE,
-                images_source=source.describe,
-                built_at=provenance.now(),
-                run_id=run_id,
-                code_version=code,
-                build_key=plan.key,
-                factors=tuple(source.factors) if source.factors else None,
-                image_set_hash=image_set_hash,
-                n_skipped=len(skipped),
-                # worst per-batch max |output - Σ components| / max ||output|| (fp32 compute,
-                # before fp16 storage) over every chunk; every batch was checked against it
-                reconstruction_error=max(
-                    (
-                        r.get("reconstruction_error", 0.0)
-                        for r in store.iter_chunk_records(plan.staging)
-                    ),
-                    default=0.0,
-                ),  # fmt: skip
-                reconstruction_tolerance=plan.decomposer().tolerance,
-                random_data=False,
-            )
-        )
+        db.set_meta(_store_meta(plan, run_id, code, image_set_hash, len(skipped)))
         db.set_model(_model_record(plan))
         db.record_run(
             store.schema.RunRecord(
-                run_id=run_id,
-                kind="build",
-                model_spec=lm.spec,
-                weights_hash=lm.weights_hash,
-                code_version=code,
-                image_set_hash=image_set_hash,
-                parameters=params_json,
-                timings=timings,
-                started_at=state["started_at"],
-                finished_at=provenance.now(),
-                host=socket.gethostname(),
-                skipped_files=skipped,
+                run_id=run_id, kind="build", model_spec=lm.spec, weights_hash=lm.weights_hash,
+                code_version=code, image_set_hash=image_set_hash, parameters=params_json,
+                timings=timings, started_at=state["started_at"], finished_at=provenance.now(),
+                host=socket.gethostname(), skipped_files=skipped,
             )
-        )
+        )  # fmt: skip
+
+
+def _store_meta(plan: BuildPlan, run_id, code, image_set_hash, n_skipped) -> store.schema.StoreMeta:
+    """The store's metadata record of this build."""
+    # worst per-batch max |output - Σ components| / max ||output|| (fp32 compute, before fp16
+    # storage) over every chunk; every batch was checked against the tolerance
+    worst = max(
+        (r.get("reconstruction_error", 0.0) for r in store.iter_chunk_records(plan.staging)),
+        default=0.0,
+    )
+    return store.schema.StoreMeta(
+        schema_version=store.schema.SCHEMA_VERSION, layers=tuple(plan.layers),
+        image_chunk=plan.chunk, thumb_size=store.schema.THUMB_SIZE,
+        images_source=plan.source.describe, built_at=provenance.now(), run_id=run_id,
+        code_version=code, build_key=plan.key,
+        factors=tuple(plan.source.factors) if plan.source.factors else None,
+        image_set_hash=image_set_hash, n_skipped=n_skipped, reconstruction_error=worst,
+        reconstruction_tolerance=plan.decomposer().tolerance, random_data=False,
+    )  # fmt: skip
 
 
 def _model_record(plan: BuildPlan) -> store.schema.ModelRecord:

@@ -78,28 +78,50 @@ class StoreSession:
     `StoreSession.open(path)`; `with` closes it. `reader` is the underlying `StoreReader`
     (one version, resolved at open; `is_stale` says the link has moved on)."""
 
-    def __init__(self, reader: StoreReader, *, device: str = "cpu", cache_bytes: int | None = None):
+    def __init__(
+        self,
+        reader: StoreReader,
+        *,
+        device: str = "cpu",
+        cache_bytes: int | None = None,
+        heads_cache: ByteBudgetCache | None = None,
+    ):
+        """`heads_cache`: a byte-bounded cache shared by several sessions (a server with many
+        stores keeps one budget); default: the session's own, of `cache_bytes`."""
         self.reader = reader
         self.device = device
         self._model_lock = threading.Lock()
         self._lm = None
         self._w = None
-        self._heads_cache = ByteBudgetCache(cache_bytes)
+        self._heads_cache = ByteBudgetCache(cache_bytes) if heads_cache is None else heads_cache
+        self._key = str(reader.version_path)  # this version's entries in a shared heads cache
         self._texts = _Lru(TEXT_CACHE_ENTRIES)
         self._queries = _Lru(QUERY_CACHE_ENTRIES)
         self._maps = _Lru(MAPS_CACHE_ENTRIES)
-        self._once = _Lru(64)  # whole-store results: components, tasks, heads table
+        self._once = _Lru(8)  # whole-store results: components, tasks (drop_caches frees them)
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike, *, device: str = "cpu", cache_bytes: int | None = None
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        cache_bytes: int | None = None,
+        heads_cache: ByteBudgetCache | None = None,
     ) -> StoreSession:
         """Open the store at `path` (a store link or a version folder) read-only."""
-        return cls(StoreReader(path, cache_bytes=cache_bytes), device=device)
+        reader = StoreReader(path, cache_bytes=cache_bytes)
+        return cls(reader, device=device, cache_bytes=cache_bytes, heads_cache=heads_cache)
+
+    def drop_caches(self) -> None:
+        """Forget what was computed from the store (the model stays loaded)."""
+        for c in (self._texts, self._queries, self._maps, self._once):
+            c.clear()
+        self._heads_cache.drop(lambda key: key[0] == self._key)
+        self.reader.cache.clear()
 
     def close(self) -> None:
-        for c in (self._texts, self._queries, self._maps, self._once, self._heads_cache):
-            c.clear()
+        self.drop_caches()
         self.reader.close()
 
     def __enter__(self) -> StoreSession:
@@ -239,7 +261,7 @@ class StoreSession:
             coord = self.reader.coord_array[:, li, head, :]  # [image, d_head] fp16
             return analysis.HeadContributions.from_coords(coord, self.reader.basis(layer, head))
 
-        return self._heads_cache.get((layer, head), read)
+        return self._heads_cache.get((self._key, layer, head), read)
 
     def contributions(self, layer: int, head: int) -> np.ndarray:
         """One head's stored contributions in embedding space: [image, d_embed] float32."""

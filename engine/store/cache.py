@@ -85,3 +85,9 @@ class ByteBudgetCache:
         with self._lock:
             self._items.clear()
             self.used = 0
+
+    def drop(self, which: Callable[[Hashable], bool]) -> None:
+        """Forget the entries whose key `which` selects (e.g. one store version's)."""
+        with self._lock:
+            for key in [k for k in self._items if which(k)]:
+                self.used -= self._items.pop(key)[1]

@@ -87,23 +87,7 @@ def write_random_store(
         model_spec=spec, arch=arch, weights_hash=weights_hash, random_weights=random_weights,
         **dims,
     )  # fmt: skip
-    meta = schema.StoreMeta(
-        schema_version=schema.SCHEMA_VERSION,
-        layers=tuple(layers),
-        image_chunk=chunk,
-        thumb_size=schema.THUMB_SIZE,
-        images_source=f"random data ({n_images} rows, seed {seed})",
-        built_at=time.strftime("%Y-%m-%d %H:%M:%S"),
-        run_id=run_id or "random-" + uuid.uuid4().hex,
-        code_version=None,
-        build_key=None,
-        factors=None,
-        image_set_hash=None,
-        n_skipped=0,
-        reconstruction_error=None,
-        reconstruction_tolerance=None,
-        random_data=True,
-    )
+    meta = _meta(layers, chunk, n_images, seed, run_id)
     images = pd.DataFrame(
         {
             "image_id": np.arange(n_images, dtype=np.int32),
@@ -117,6 +101,18 @@ def write_random_store(
     store.write_database(staging, {"images": images}, meta, model)
     store.finish_staging(staging)
     return store.publish(link, staging)
+
+
+def _meta(layers, chunk: int, n_images: int, seed: int, run_id: str | None) -> schema.StoreMeta:
+    """The metadata record of a random store: no build, no model run (no provenance, no
+    reconstruction figures), `random_data` set."""
+    return schema.StoreMeta(
+        schema_version=schema.SCHEMA_VERSION, layers=tuple(layers), image_chunk=chunk,
+        thumb_size=schema.THUMB_SIZE, images_source=f"random data ({n_images} rows, seed {seed})",
+        built_at=time.strftime("%Y-%m-%d %H:%M:%S"), run_id=run_id or "random-" + uuid.uuid4().hex,
+        code_version=None, build_key=None, factors=None, image_set_hash=None, n_skipped=0,
+        reconstruction_error=None, reconstruction_tolerance=None, random_data=True,
+    )  # fmt: skip
 
 
 def _random_constants(rng, sizes: dict) -> dict[str, np.ndarray]:
