@@ -70,26 +70,7 @@ def build_store(
     timings = {"decode_wait_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
     timings["setup_s"] = time.perf_counter() - t_start  # model load, discovery, staging
     t_stream, cpu_stream = time.perf_counter(), time.process_time()
-    n_new = 0
-    with _shard_lock(plan, shard):
-        done_items = sum(len(plan.chunk_range(k)) for k in mine if k in recorded)
-        bar = progress_bar(params.progress, sum(len(plan.chunk_range(k)) for k in mine), plan)
-        if bar is not None:
-            bar.update(done_items)
-        with ThreadPoolExecutor(params.workers) as pool:
-            indices = itertools.chain.from_iterable(plan.chunk_range(k) for k in todo)
-            stream = _counted(decode_stream(plan, pool, indices), bar)
-            for j, k in enumerate(todo):
-                rec = run_chunk(plan, k, stream)
-                n_new += rec["n"]
-                for name in ("decode_wait_s", "compute_s", "write_s"):
-                    timings[name] += rec["timings"][name]
-                n_recorded = len(recorded) + j + 1
-                if fail_after_chunks is not None and n_recorded >= fail_after_chunks:
-                    if j + 1 < len(todo):
-                        raise RuntimeError(f"injected failure after {n_recorded} chunks")
-        if bar is not None:
-            bar.close()
+    n_new = _run_chunks(plan, shard, mine, recorded, todo, timings, fail_after_chunks)
     stream_s = time.perf_counter() - t_stream  # decode + decompose + write of every chunk
     timings.update(
         stream_s=stream_s,
@@ -112,6 +93,32 @@ def build_store(
         )
         res.timings["cpu_after_setup_s"] = round(time.process_time() - cpu_stream, 3)
     return res
+
+
+def _run_chunks(plan, shard, mine, recorded, todo, timings, fail_after_chunks) -> int:
+    """Decode, decompose and write the chunks `todo` in order (a progress bar over this
+    process's share `mine`); adds each chunk's costs to `timings`; returns the images done."""
+    n_new = 0
+    with _shard_lock(plan, shard):
+        done_items = sum(len(plan.chunk_range(k)) for k in mine if k in recorded)
+        bar = progress_bar(plan.params.progress, sum(len(plan.chunk_range(k)) for k in mine), plan)
+        if bar is not None:
+            bar.update(done_items)
+        with ThreadPoolExecutor(plan.params.workers) as pool:
+            indices = itertools.chain.from_iterable(plan.chunk_range(k) for k in todo)
+            stream = _counted(decode_stream(plan, pool, indices), bar)
+            for j, k in enumerate(todo):
+                rec = run_chunk(plan, k, stream)
+                n_new += rec["n"]
+                for name in ("decode_wait_s", "compute_s", "write_s"):
+                    timings[name] += rec["timings"][name]
+                n_recorded = len(recorded) + j + 1
+                if fail_after_chunks is not None and n_recorded >= fail_after_chunks:
+                    if j + 1 < len(todo):
+                        raise RuntimeError(f"injected failure after {n_recorded} chunks")
+        if bar is not None:
+            bar.close()
+    return n_new
 
 
 def finalise_build(params: BuildParams) -> BuildResult:
