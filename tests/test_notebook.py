@@ -29,6 +29,7 @@ def store(tmp_path_factory):
     return link
 
 
+@pytest.mark.unit
 def test_import_engine_stays_light():
     code = "import sys, engine; print(sorted(m for m in ('torch', 'open_clip', 'duckdb', 'zarr', 'pandas') if m in sys.modules))"  # noqa: E501
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

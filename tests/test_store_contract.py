@@ -21,7 +21,6 @@ from engine.pipeline.build import BuildParams, build_store
 from engine.store import schema
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +40,7 @@ def _meta_rows(version: Path) -> dict[str, str]:
         con.close()
 
 
+@pytest.mark.slow
 def test_a_build_writes_the_typed_record_and_each_fact_once(built):
     with store.open_store(built) as r:
         version, meta, model = r.version_path, r.meta, r.model_record
@@ -57,6 +57,7 @@ def test_a_build_writes_the_typed_record_and_each_fact_once(built):
     assert dict(zarr.open_group(str(version / schema.STORE_ZARR), mode="r").attrs) == {}
 
 
+@pytest.mark.slow
 def test_a_missing_metadata_key_is_an_error_not_a_default(built, tmp_path):
     import shutil
 
@@ -72,6 +73,7 @@ def test_a_missing_metadata_key_is_an_error_not_a_default(built, tmp_path):
             store.open_store(copy)
 
 
+@pytest.mark.slow
 def test_a_missing_model_fact_is_an_error(built, tmp_path):
     import shutil
 
@@ -85,6 +87,7 @@ def test_a_missing_model_fact_is_an_error(built, tmp_path):
         store.open_store(tmp_path / "v")
 
 
+@pytest.mark.unit
 def test_legacy_metadata_is_upgraded_explicitly():
     """Rows written before META_VERSION 1 (no meta_version, model facts, rest_layers) read as the
     record; a newer metadata version is refused."""
@@ -100,6 +103,7 @@ def test_legacy_metadata_is_upgraded_explicitly():
         schema.StoreMeta.from_rows(rows)
 
 
+@pytest.mark.slow
 def test_mutate_store_hands_out_typed_writes_only(built):
     with store.open_store(built) as r:
         v, meta = r.version_path, r.meta
@@ -141,10 +145,12 @@ def sql_naming_store_tables(root: Path) -> list[str]:
     return hits
 
 
+@pytest.mark.unit
 def test_no_sql_names_a_store_table_outside_engine_store():
     assert sql_naming_store_tables(ROOT) == []
 
 
+@pytest.mark.unit
 def test_the_sql_check_finds_what_it_looks_for(tmp_path):
     (tmp_path / "engine" / "cli").mkdir(parents=True)
     (tmp_path / "engine" / "cli" / "x.py").write_text(
@@ -168,6 +174,7 @@ def _imports(package: str) -> set[str]:
     return out
 
 
+@pytest.mark.unit
 def test_store_sources_and_model_are_independent():
     siblings = ("store", "sources", "model")
     for pkg in siblings:
