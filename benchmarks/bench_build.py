@@ -116,7 +116,7 @@ def overhead(model: str, n: int, batch: int, reps: int, tmp: Path) -> dict:
     lm = load_model(model, random_weights=True)
     src = RandomSource(n, 99)
     src.image_size = lm.dims.image_size
-    pixels = torch.stack([src.load(i, lm.preprocess, 64).pixels for i in range(n)])
+    pixels = torch.stack([src.load(i, lm.preprocess, schema.THUMB_SIZE).pixels for i in range(n)])
     batches = list(pixels.split(batch))  # [image, 3, H, W] per batch
     encode_rate(lm, batches[:1])  # warm-up
     warm = BuildParams(model, f"random:{batch}:7", str(tmp / "warm"), batch_size=batch)
@@ -194,7 +194,9 @@ def single_thread_cpu(model: str, n: int, batch: int, reps: int, tmp: Path) -> d
         src = RandomSource(n, 5)
         src.image_size = lm.dims.image_size
         batches = list(
-            torch.stack([src.load(i, lm.preprocess, 64).pixels for i in range(n)]).split(batch)
+            torch.stack(
+                [src.load(i, lm.preprocess, schema.THUMB_SIZE).pixels for i in range(n)]
+            ).split(batch)
         )
         weights = vision_weights(lm)
         layers = list(range(max(0, lm.dims.n_layers - 4), lm.dims.n_layers))
