@@ -416,9 +416,11 @@ INTERPRETATION_TABLES = ("textspan", "head_labels", "scores", "ground_truth")
 # ---------------------------------------------------------------- typed records of the tables
 
 META_VERSION = 1
-"""Version of the `StoreMeta` record. Rows without a `meta_version` key were written before the
-record was typed (format 2 stores built before it): read through `_upgrade_legacy_meta`, which says
-exactly what it fills in. From version 1 on every field is written and a missing one is an error."""
+"""Version of the `StoreMeta` record. Rows without a `meta_version` key (version 0) were written
+before the record was typed. Every older version is read through `META_UPGRADES`, which says
+exactly what each step fills in; within a version every field is written and a missing one is an
+error. A new field: add it to `StoreMeta`, bump META_VERSION, add the step that says what older
+stores hold for it."""
 
 
 @dataclass(frozen=True)
@@ -458,12 +460,12 @@ class StoreMeta:
     def from_rows(cls, rows: dict[str, str], where: str = "store") -> StoreMeta:
         """The record from `store_meta` rows (key -> JSON text); a missing key is a UserError."""
         values = {k: json.loads(v) for k, v in rows.items()}
-        version = values.pop("meta_version", None)
-        if version is None:
-            values = _upgrade_legacy_meta(values)
-        elif version != META_VERSION:
+        version = int(values.pop("meta_version", 0))
+        if version > META_VERSION:
             raise UserError(f"{where}: store metadata version {version} is not readable by this "
-                            f"version (reads {META_VERSION})")  # fmt: skip
+                            f"version (reads up to {META_VERSION}); update the engine")  # fmt: skip
+        for step in range(version, META_VERSION):
+            values = META_UPGRADES[step](values)
         missing = [f.name for f in fields(cls) if f.name not in values]
         if missing:
             raise UserError(f"{where}: store_meta lacks {', '.join(missing)} (a broken store; "
@@ -490,6 +492,9 @@ def _upgrade_legacy_meta(values: dict) -> dict:
             out.setdefault(k, None)
         out.setdefault("n_skipped", 0)
     return out
+
+
+META_UPGRADES = {0: _upgrade_legacy_meta}  # version -> the step to version + 1
 
 
 def _typed(name: str, v):
