@@ -16,6 +16,7 @@ from torch import Tensor
 from engine.core import decompose as core_decompose
 from engine.core.types import VisionCapture, ViTWeights
 from engine.model.loading import LoadedModel
+from engine.model.timm_tower import decompose_pooled_images, is_timm_tower
 
 
 def vision_weights(lm: LoadedModel | torch.nn.Module) -> ViTWeights:
@@ -120,6 +121,10 @@ def capture(
 
 
 def decompose_images(lm, pixels: Tensor, layers: Sequence[int], weights=None):
-    """capture + decompose for pixels [image, 3, H, W] -> `engine.core.decompose.Decomposition`."""
+    """capture + decompose for pixels [image, 3, H, W] -> `engine.core.decompose.Decomposition`
+    (a MAP-pooled timm tower: `engine.core.pooling.PooledDecomposition`)."""
+    model = lm.model if isinstance(lm, LoadedModel) else lm
+    if is_timm_tower(model):
+        return decompose_pooled_images(model, pixels, layers, weights)
     w = weights if weights is not None else vision_weights(lm)
     return core_decompose.decompose(w, capture(lm, pixels, layers), layers)

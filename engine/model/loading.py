@@ -17,6 +17,8 @@ import torch
 from engine.core.types import ModelDims
 from engine.errors import UnsupportedModel, UserError, WeightsMissing
 from engine.model.specs import DEMO_DIR, ModelSpec, _open_clip, local_weights, parse_spec
+from engine.model.timm_tower import check_timm_supported, is_timm_tower, pool_info, timm_dims
+from engine.model.tokenizers import load_tokenizer
 
 
 @dataclass
@@ -218,7 +220,12 @@ def load_model(
         raise _load_error(s, spec, e) from e
     model.eval()
     check_supported(model, spec)
-    tokenizer = oc.get_tokenizer(name)
+    tokenizer, tokenizer_name = load_tokenizer(
+        oc, name, model, random_weights=random_weights, spec=spec
+    )
+    extra = {"tokenizer": tokenizer_name}
+    if is_timm_tower(model):
+        extra.update(pool_info(model))
     if not random_weights:
         weights_hash = weights_hash_of(spec)
     return LoadedModel(
@@ -231,6 +238,7 @@ def load_model(
         dims=_dims(model),
         device=torch.device(device),
         quick_gelu=quick_gelu,
+        extra=extra,
     )
 
 
@@ -303,6 +311,8 @@ def check_supported(model: torch.nn.Module, spec: str = "") -> None:
     """
     from open_clip.transformer import VisionTransformer
 
+    if is_timm_tower(model):  # SigLIP / SigLIP 2: timm ViT with attention pooling
+        return check_timm_supported(model, spec)
     v = getattr(model, "visual", None)
     if not isinstance(v, VisionTransformer):
         raise UnsupportedModel(
@@ -310,7 +320,10 @@ def check_supported(model: torch.nn.Module, spec: str = "") -> None:
         )
     if getattr(v, "attn_pool", None) is not None:
         raise UnsupportedModel(
-            f"{spec}: attention pooling is not supported (class-token pooling only)"
+            f"{spec}: open_clip's attentional_pool (CoCa-style) is not decomposed: its "
+            "n_queries queries pass through ln_q / ln_k and the pooled tokens through ln_post, "
+            "which the same frozen-softmax math would handle but is not implemented; timm "
+            "towers with attention pooling (SigLIP) are"
         )
     if getattr(v, "pool_type", "tok") != "tok":
         raise UnsupportedModel(f"{spec}: pool_type {v.pool_type!r} unsupported (class token only)")
@@ -341,6 +354,8 @@ def check_supported(model: torch.nn.Module, spec: str = "") -> None:
 
 
 def _dims(model) -> ModelDims:
+    if is_timm_tower(model):
+        return timm_dims(model)
     v = model.visual
     blk = v.transformer.resblocks[0]
     d_model = v.transformer.width
