@@ -81,6 +81,9 @@ def _open_clip():
 
     if CONFIG_DIR.is_dir() and not getattr(_open_clip, "_registered", False):
         open_clip.add_model_config(CONFIG_DIR)  # our configs, registered the open_clip way
+        from engine.model.timm_tower import register_timm_models
+
+        register_timm_models()  # the tiny SigLIP-shaped timm tower its config names
         _open_clip._registered = True
     return open_clip
 

@@ -149,7 +149,9 @@ def check_timm_supported(model: torch.nn.Module, spec: str = "") -> None:
     if pparams - POOL_PARAMS:
         raise _unexpected({"attn_pool." + n for n in pparams - POOL_PARAMS}, "the pool", spec)
     if POOL_REQUIRED - pparams:
-        raise UnsupportedModel(f"{spec}: the pool lacks {', '.join(sorted(POOL_REQUIRED - pparams))}")
+        raise UnsupportedModel(
+            f"{spec}: the pool lacks {', '.join(sorted(POOL_REQUIRED - pparams))}"
+        )
     if pool.latent_len != 1 or pool.mlp is None:
         raise UnsupportedModel(
             f"{spec}: attention pool with {pool.latent_len} latent queries"
@@ -219,7 +221,9 @@ def pooled_weights(model: torch.nn.Module) -> pooling.PooledWeights:
         out = []
         for i in range(n_layers):
             key = f"blocks.{i}.{suffix}"
-            out.append(sd[key] if key in sd else torch.zeros(d_model, dtype=sd["norm.weight"].dtype))
+            out.append(
+                sd[key] if key in sd else torch.zeros(d_model, dtype=sd["norm.weight"].dtype)
+            )
         return torch.stack(out)
 
     pool = t.attn_pool
@@ -295,3 +299,45 @@ def decompose_pooled_images(model: torch.nn.Module, pixels: torch.Tensor, layers
     """capture + decompose for a MAP-pooled timm tower -> `PooledDecomposition`."""
     w = weights if weights is not None else pooled_weights(model)
     return pooling.decompose_pooled(w, capture_pooled(model, pixels, layers), layers)
+
+
+# A tiny SigLIP-shaped timm tower for fast tests (`ClipInterpretTinySigLIP`, engine/data/
+# model_configs): registered with timm the way timm registers its own models.
+TINY_TIMM_NAME = "clip_interpret_tiny_siglip"
+TINY_TIMM_ARGS = dict(
+    img_size=32,
+    patch_size=8,
+    embed_dim=64,
+    depth=3,
+    num_heads=4,
+    class_token=False,
+    global_pool="map",
+)
+
+
+def tiny_siglip_trunk(pretrained: bool = False, **kwargs):
+    """timm VisionTransformer in SigLIP's shape (no class token, MAP pooling), 3 blocks of
+    width 64; `kwargs` override (tests build unsupported variants this way)."""
+    from functools import partial
+
+    from timm.models.vision_transformer import VisionTransformer
+
+    args = dict(TINY_TIMM_ARGS, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's factory's
+        kwargs.pop(key, None)
+    args.update(kwargs)
+    return VisionTransformer(**args)
+
+
+def register_timm_models() -> None:
+    """Register the tiny tower with timm once (what open_clip's TimmModel creates by name)."""
+    import timm
+    from timm.models import register_model
+
+    if TINY_TIMM_NAME in timm.list_models(TINY_TIMM_NAME):
+        return
+
+    def clip_interpret_tiny_siglip(pretrained: bool = False, **kwargs):
+        return tiny_siglip_trunk(pretrained, **kwargs)
+
+    register_model(clip_interpret_tiny_siglip)
