@@ -252,3 +252,37 @@ def test_standin_tokenizer_only_with_random_weights(tiny):
     assert ids.shape == (3, tiny.model.context_length)
     assert torch.equal(ids[0], ids[1]) and int(ids[2].abs().sum()) == 0
     assert int(ids.max()) < tok.vocab_size and int(ids[0, :3].min()) >= 1
+
+
+# ------------------------------------------------------------------------------- hf-hub
+
+
+@pytest.mark.unit
+def test_hf_hub_siglip_loads_from_the_local_cache(tiny, tmp_path, monkeypatch):
+    """An `hf-hub:` SigLIP-shaped model whose config and weights are in the Hugging Face cache
+    loads offline, with the weights of the cache (not a random init) and their hash."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from engine.model.specs import CONFIG_DIR
+
+    snap = tmp_path / "hub" / "models--test--tiny-siglip" / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (tmp_path / "hub" / "models--test--tiny-siglip" / "refs").mkdir()
+    (tmp_path / "hub" / "models--test--tiny-siglip" / "refs" / "main").write_text("0" * 40)
+    cfg = json.loads((CONFIG_DIR / f"{TINY}.json").read_text())
+    (snap / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    other = load_model(TINY, random_weights=True, seed=7)  # weights unlike `tiny`'s
+    state = {k: v.contiguous() for k, v in other.model.state_dict().items()}
+    save_file(state, str(snap / "open_clip_model.safetensors"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lm = load_model("hf-hub:test/tiny-siglip")
+    assert lm.weights_hash.startswith("sha256:")
+    assert lm.extra["pooling"] == "map"
+    pixels = _pixels(lm, 1)
+    d = decompose_images(lm, pixels, [0, 1, 2])
+    assert d.relative_error() < TOL
+    ref = decompose_images(other, pixels, [0, 1, 2])
+    assert torch.allclose(d.output, ref.output, atol=1e-6)
