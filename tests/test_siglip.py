@@ -286,3 +286,24 @@ def test_hf_hub_siglip_loads_from_the_local_cache(tiny, tmp_path, monkeypatch):
     assert d.relative_error() < TOL
     ref = decompose_images(other, pixels, [0, 1, 2])
     assert torch.allclose(d.output, ref.output, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- registry
+
+
+@pytest.mark.unit
+def test_registry_lists_siglip_models_with_pretrained_tags(capsys):
+    from engine.model import parse_spec
+
+    assert cli_main(["models", "--json"]) == 0
+    rows = {r["spec"]: r for r in json.loads(capsys.readouterr().out)}
+    siglip = {s for s in rows if "SigLIP" in s}
+    assert {
+        "ViT-B-16-SigLIP/webli",
+        "ViT-B-16-SigLIP2/webli",
+        "ViT-SO400M-14-SigLIP/webli",
+    } <= siglip
+    for spec in siglip:
+        s = parse_spec(spec)  # a real open_clip architecture and pretrained tag
+        assert s.kind == "tag" and s.tag == "webli"
+        assert not rows[spec]["available"]  # no weights on this machine

@@ -40,6 +40,26 @@ class ModelEntry:
 MODELS: tuple[ModelEntry, ...] = (
     ModelEntry("demo", "demo", "bundled small CLIP trained on the procedural demo world"),
     ModelEntry("tiny-test", "tiny-test", "2-layer random ViT for tests (random weights only)"),
+    # SigLIP / SigLIP 2: timm towers with attention pooling (engine.model.timm_tower); every
+    # other open_clip SigLIP config/tag is listed by `models --all`
+    ModelEntry(
+        "ViT-B-16-SigLIP/webli", "ViT-B-16-SigLIP/webli", "SigLIP B/16, 224 px (attention pooling)"
+    ),
+    ModelEntry(
+        "ViT-B-16-SigLIP2/webli",
+        "ViT-B-16-SigLIP2/webli",
+        "SigLIP 2 B/16, 224 px (attention pooling)",
+    ),
+    ModelEntry(
+        "ViT-SO400M-14-SigLIP/webli",
+        "ViT-SO400M-14-SigLIP/webli",
+        "SigLIP SO400M/14, 224 px (attention pooling)",
+    ),
+    ModelEntry(
+        "ViT-L-16-SigLIP2-256/webli",
+        "ViT-L-16-SigLIP2-256/webli",
+        "SigLIP 2 L/16, 256 px (attention pooling)",
+    ),
 )
 
 
