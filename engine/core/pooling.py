@@ -280,7 +280,9 @@ def decompose_pooled(
     layers = sorted(set(int(l) for l in layers))
     missing = [l for l in layers if l not in cap.qkv]
     if missing:
-        raise ValueError(f"layers {missing} were not captured; capture(..., layers) must include them")
+        raise ValueError(
+            f"layers {missing} were not captured; capture(..., layers) must include them"
+        )
     device = cap.resid.device
     b = bases if bases is not None else pooled_bases(w, dtype, device)
     resid = cap.resid.to(dtype)  # [image, token, d_model]
