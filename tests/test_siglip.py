@@ -175,6 +175,7 @@ def test_verify_cli_reports_error_for_tiny_siglip(capsys):
     assert cli_main(["verify", "--model", TINY, "--random-weights", "-n", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] and out["relative_error"] < TOL
+    assert 0 < out["pool_mlp_share"]  # ||pool_mlp|| / ||output||, mean over the images
 
 
 # ------------------------------------------------------------------------------- refusals
@@ -307,3 +308,22 @@ def test_registry_lists_siglip_models_with_pretrained_tags(capsys):
         s = parse_spec(spec)  # a real open_clip architecture and pretrained tag
         assert s.kind == "tag" and s.tag == "webli"
         assert not rows[spec]["available"]  # no weights on this machine
+
+
+@pytest.mark.unit
+def test_tiny_patch_maps_sum_to_head_contribution(tiny):
+    from engine.core.pooling import pooled_patch_maps
+
+    pixels = _pixels(tiny, 2, seed=3)
+    w = pooled_weights(tiny.model)
+    cap = capture_pooled(tiny.model, pixels, [1, 2])
+    d = decompose_pooled(w, cap, [1, 2])
+    u = torch.nn.functional.normalize(torch.randn(tiny.dims.d_embed), dim=0)
+    maps = pooled_patch_maps(w, cap, 1, [1, 2], [0, 3], u)
+    g = tiny.dims.grid
+    assert maps.shape == (2, 2, g, g)
+    want = d.head_out[1][:, [0, 3]] @ u  # [layer, head]
+    assert torch.allclose(
+        maps.sum(dim=(-1, -2)), want, atol=1e-5 * float(d.output.norm(dim=-1).max())
+    )
+    assert float(maps.abs().max()) > 0

@@ -84,6 +84,8 @@ def run(args) -> int:
         "relative_error": d.relative_error(),
         "tolerance": args.tolerance,
     }
+    if hasattr(d, "pool_mlp_share"):  # attention pooling (SigLIP): the one nonlinear term
+        result["pool_mlp_share"] = float(d.pool_mlp_share().mean())
     result["ok"] = result["relative_error"] < args.tolerance
     if args.json:
         print(json.dumps(result, indent=2))

@@ -337,3 +337,52 @@ def decompose_pooled(
         token_weight=wt,
         output=cap.output.to(dtype),
     )
+
+
+@torch.no_grad()
+def pooled_patch_maps(
+    w: PooledWeights,
+    cap: PooledCapture,
+    image: int,
+    layers: Sequence[int],
+    heads: Sequence[int] | None,
+    direction: Tensor,
+    bases: PooledBases | None = None,
+) -> Tensor:
+    """Per-patch contributions of chosen heads along a text direction, through the frozen pool.
+
+    direction: [d_embed]. Returns maps [layer, head, grid, grid]: maps[l, h] at source patch s is
+    Σ_g m[g, h, s] · v[h, s] W_O[h]ᵀ Q[g] R_g · direction — what the head reads from patch s
+    (its pattern weighted by the pool's attention over the tokens it writes to, / σ) — and
+    maps[l, h].sum() == head_out[image, l, h] @ direction exactly (no class token: every token is
+    a patch). The direction is pulled back into each head's value space first (one [d_head]
+    vector per head and pool head), so d_embed is never formed per patch."""
+    layers = [int(l) for l in layers]
+    heads = list(range(w.n_heads)) if heads is None else [int(h) for h in heads]
+    dtype = torch.float32
+    device = cap.resid.device
+    b = bases if bases is not None else pooled_bases(w, dtype, device)
+    G, dp, H, dh = w.n_pool_heads, w.d_pool_head, w.n_heads, w.d_head
+    u = direction.to(dtype=dtype, device=device)
+    ug = (u @ w.pool_w_proj.to(dtype=dtype, device=device)).reshape(G, dp)  # R_g u: [g, dp]
+    qu = torch.einsum("gdp,gp->gd", b.Q, ug)  # Q[g] R_g u: [g, d_model]
+    resid = cap.resid[image].to(dtype)  # [token, d_model]
+    std = (resid.var(dim=-1, unbiased=False) + w.norm_eps).sqrt()  # [token]
+    a = pool_pattern(w, cap.pool_kv[image : image + 1].to(dtype))[0]  # [g, token]
+    wt = a / std  # [g, token]
+    n_token = resid.shape[0]
+    maps = []
+    for l in layers:
+        if l not in cap.qkv:
+            raise ValueError(f"layer {l} was not captured")
+        qkv = cap.qkv[l][image].to(dtype).reshape(n_token, 3, H, dh)
+        q, k, v = qkv.permute(1, 2, 0, 3)[:, heads]  # each [head, token, d_head]
+        pattern = ((q * dh**-0.5) @ k.transpose(-1, -2)).softmax(dim=-1)  # [head, t, s]
+        m = torch.einsum("gt,hts->hgs", wt, pattern)  # [head, g, s]
+        w_o = w.w_out[l].to(dtype).T.reshape(H, dh, w.d_model)[heads]  # [head, d_head, d_model]
+        p = torch.einsum("hkd,gd->hgk", w_o, qu)  # pulled-back direction: [head, g, d_head]
+        value_dot = torch.einsum("hsk,hgk->hgs", v, p)  # [head, g, source token]
+        maps.append((m * value_dot).sum(dim=1))  # [head, token]
+    out = torch.stack(maps)  # [layer, head, token]
+    grid = int(round(n_token**0.5))
+    return out.reshape(len(layers), len(heads), grid, grid)  # row-major patch order -> grid
