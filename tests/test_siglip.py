@@ -327,3 +327,11 @@ def test_tiny_patch_maps_sum_to_head_contribution(tiny):
         maps.sum(dim=(-1, -2)), want, atol=1e-5 * float(d.output.norm(dim=-1).max())
     )
     assert float(maps.abs().max()) > 0
+
+
+@pytest.mark.unit
+def test_store_build_of_siglip_is_one_clear_refusal(tiny):
+    from engine.model import vision_weights
+
+    with pytest.raises(UnsupportedModel, match="stores of them are not built yet"):
+        vision_weights(tiny)

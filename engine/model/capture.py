@@ -15,13 +15,16 @@ from torch import Tensor
 
 from engine.core import decompose as core_decompose
 from engine.core.types import VisionCapture, ViTWeights
+from engine.errors import UnsupportedModel
 from engine.model.loading import LoadedModel
-from engine.model.timm_tower import decompose_pooled_images, is_timm_tower
+from engine.model.timm_tower import STORE_NOT_YET, decompose_pooled_images, is_timm_tower
 
 
 def vision_weights(lm: LoadedModel | torch.nn.Module) -> ViTWeights:
     """Read the vision tower's weights from its state dict (names are stable across open_clip)."""
     model = lm.model if isinstance(lm, LoadedModel) else lm
+    if is_timm_tower(model):
+        raise UnsupportedModel(STORE_NOT_YET)
     v = model.visual
     sd = {k: t.detach() for k, t in v.state_dict().items()}
     n_layers = len(v.transformer.resblocks)
