@@ -335,3 +335,12 @@ def test_store_build_of_siglip_is_one_clear_refusal(tiny):
 
     with pytest.raises(UnsupportedModel, match="stores of them are not built yet"):
         vision_weights(tiny)
+
+
+@pytest.mark.unit
+def test_siglip_pretrained_tag_without_weights_is_a_clear_error(monkeypatch):
+    from engine.errors import WeightsMissing
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsMissing, match=r"ViT-B-16-SigLIP:/path/to"):
+        load_model("ViT-B-16-SigLIP/webli")
