@@ -118,6 +118,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=2, help="images per batch")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--models", default="ViT-B-16-SigLIP", help="comma list; the first is timed")
+    ap.add_argument("--no-timing", action="store_true", help="only shares and compression")
+    ap.add_argument("--out", default="siglip.json", help="file name under benchmarks/results")
     args = ap.parse_args()
     record = {"env": env_info(), "models": {}}
     for i, arch in enumerate(args.models.split(",")):
@@ -146,11 +148,11 @@ def main() -> int:
             "clip_vit_b16_coord_bytes_per_image_fp16": 12 * 12 * 64 * 2,
             "compression": compression(lm),
         }
-        if i == 0:
+        if i == 0 and not args.no_timing:
             entry["cost"] = cost(lm, pixels, args.reps)
         record["models"][arch] = entry
         del lm, d
-    out = ROOT / "benchmarks" / "results" / "siglip.json"
+    out = ROOT / "benchmarks" / "results" / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
