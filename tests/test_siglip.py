@@ -219,18 +219,17 @@ def test_swiglu_and_other_pools_refused(tiny):
 
 @pytest.mark.unit
 def test_open_clip_attentional_pool_refused_with_reason():
+    """open_clip's own VisionTransformer with a CoCa-style attentional pooler: refused, saying
+    why (not the timm MAP head this module decomposes)."""
     import open_clip
 
-    from engine.model.specs import _open_clip
+    from engine.model.specs import TINY_ARCH, _open_clip
 
-    _open_clip()
-    model = open_clip.create_model(
-        "ViT-B-32", pretrained=None
-    )  # a real config, then an attentional pooler as CoCa has
-    from open_clip.transformer import AttentionalPooler
-
-    model.visual.attn_pool = AttentionalPooler(512, 768, n_head=8, n_queries=4)
-    with pytest.raises(UnsupportedModel, match="attentional_pool"):
+    _open_clip()  # registers our configs
+    cfg = json.loads(json.dumps(open_clip.get_model_config(TINY_ARCH)))
+    cfg["vision_cfg"].update(attentional_pool=True, attn_pooler_heads=4)
+    model = open_clip.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"])
+    with pytest.raises(UnsupportedModel, match="attentional_pool.*not implemented"):
         check_supported(model, "coca-like")
 
 
