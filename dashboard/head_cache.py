@@ -12,10 +12,9 @@ bounded whatever the store's size (a 1,000,000-image ViT-B head is ~132 MB, a 50
 from __future__ import annotations
 
 import numpy as np
-import settings  # noqa: F401  (the repository root on sys.path)
-import stores
 import streamlit as st
 
+from dashboard import stores
 from engine.core import analysis
 from engine.core.layers import head_name
 from engine.errors import UserError

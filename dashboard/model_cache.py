@@ -6,13 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import head_cache
 import numpy as np
-import settings  # noqa: F401  (the repository root on sys.path)
-import stores
 import streamlit as st
 from PIL import Image
 
+from dashboard import head_cache, stores
 from engine.errors import UserError
 
 

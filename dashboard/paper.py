@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import settings  # noqa: F401  (the repository root on sys.path)
-
 from engine.sources import reference
 
 PAPER_SCORES = reference.paper_scores()  # the paper's Tables 1-2, shown beside computed scores

@@ -12,9 +12,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import settings
 import streamlit as st
 
+from dashboard import settings
 from engine.errors import UserError
 from engine.store import StoreReader, list_stores
 
@@ -100,22 +100,6 @@ def _list_store_paths(root: str) -> list[str]:
 def same_store(a: str, b: str) -> bool:
     """Whether two paths name the same store version now."""
     return Path(a).resolve() == Path(b).resolve()
-
-
-def current_store() -> StoreReader | None:
-    """The store picked in the sidebar (None when there is none)."""
-    path = st.session_state.get("store_path")
-    if not path:
-        return None
-    try:
-        return open_store(path)
-    except UserError:
-        return None
-
-
-def display_path() -> str:
-    """The store path as the user picked it (for commands shown on the page)."""
-    return str(st.session_state.get("store_path") or "artifacts/demo")
 
 
 def store_layers(store: StoreReader) -> list[int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pandas as pd
-import settings  # noqa: F401  (the repository root on sys.path)
 
 from engine.store import schema
 

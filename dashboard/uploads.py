@@ -7,9 +7,11 @@ import hashlib
 import io
 from pathlib import Path
 
-import settings
 from PIL import Image
-from query import QueryImage
+
+from dashboard import settings
+from dashboard.query import QueryImage
+from engine.sources.imageio import load_upload
 
 
 def sample_paths() -> list[Path]:
@@ -39,7 +41,5 @@ def conversion_notes(data: bytes) -> tuple[str, ...]:
 
 def query_from_bytes(data: bytes, label: str) -> QueryImage:
     """Decode an upload; UserError with one clear reason if unusable."""
-    from engine.sources.imageio import load_upload
-
     image = load_upload(data)
     return QueryImage(image, hashlib.sha256(data).hexdigest(), label, notes=conversion_notes(data))

@@ -5,17 +5,13 @@ Rendering only: values come from the cached handles (`stores`, `head_cache`, `ta
 
 from __future__ import annotations
 
-import head_cache
 import numpy as np
 import pandas as pd
-import query
-import render
-import settings
-import stores
 import streamlit as st
-import tables
 from PIL import Image
 
+from dashboard import head_cache, render, settings, stored, stores, tables
+from dashboard.query import QueryImage
 from engine.core import analysis
 from engine.core.layers import head_name
 
@@ -47,16 +43,18 @@ def head_picker(
 
 
 def show_thumbs(store, ranking: analysis.Ranking, caption_fmt: str = "{:.3f}") -> None:
-    """Stored thumbnails (96 px, wrapping) captioned '#image_id · score', best first."""
+    """Stored thumbnails (96 px, wrapping), best first, captioned '#image_id · score · name ·
+    class' (or the demo world's factors)."""
     if len(ranking.index) == 0:
         st.warning("No stored images to rank.")
         return
     thumbs = head_cache.thumbnails(store, ranking.index)
+    names = stored.captions(store, ranking.index)
     st.image(
         [Image.fromarray(t) for t in thumbs],
         caption=[
-            f"#{i} · {caption_fmt.format(s)}"
-            for i, s in zip(ranking.index, ranking.score, strict=True)
+            f"#{i} · {caption_fmt.format(s)} · {n}"
+            for i, s, n in zip(ranking.index, ranking.score, names, strict=True)
         ],
         width=96,
     )
@@ -65,7 +63,7 @@ def show_thumbs(store, ranking: analysis.Ranking, caption_fmt: str = "{:.3f}") -
 # ------------------------------------------------------------------------ heatmap rendering
 
 
-def show_heatmap(q: query.QueryImage, grid_map: np.ndarray, high: str, low: str, note: str) -> None:
+def show_heatmap(q: QueryImage, grid_map: np.ndarray, high: str, low: str, note: str) -> None:
     """The map over the model's crop of the image, its legend, and the grid values."""
     import altair as alt
 
@@ -154,3 +152,26 @@ def head_mask_picker(store, key: str) -> np.ndarray | None:
     for l in chosen_layers:
         mask[layers.index(l), chosen_heads] = True
     return mask
+
+
+# ------------------------------------------------------------------------- page preconditions
+
+
+def require_store(ctx):
+    """The open store, or stop the page saying where to pick one."""
+    if ctx.store is None:
+        st.info(
+            "No store is open: pick one in the sidebar (**Store**), or build one — see **Home**."
+        )
+        st.stop()
+    return ctx.store
+
+
+def require_query(ctx) -> QueryImage:
+    """The query image, or stop the page with a clear message."""
+    if ctx.query is None:
+        if ctx.query_error:
+            st.error(ctx.query_error)
+        st.info("Pick a sample, a stored image or upload one in the sidebar (**Image**).")
+        st.stop()
+    return ctx.query

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import model_cache
-import query
-import stores
 import streamlit as st
-import widgets
 
+from dashboard import model_cache, state, stores, widgets
 from engine.core import analysis
 
 st.title("Contrastive segmentation")
-store = stores.current_store()
-if store is None:
-    st.stop()
-q = query.require_query()
+ctx = state.page_context()
+store = widgets.require_store(ctx)
+q = widgets.require_query(ctx)
 
 c1, c2 = st.columns(2)
 t1 = c1.text_input("Text 1 (map: red, +)", value="a blue shape", key="contrast_t1").strip()

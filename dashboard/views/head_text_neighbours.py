@@ -3,20 +3,15 @@
 
 from __future__ import annotations
 
-import head_cache
-import model_cache
-import stores
 import streamlit as st
-import tables
-import widgets
 
+from dashboard import head_cache, model_cache, state, stores, tables, widgets
 from engine.core import analysis
 from engine.core.layers import head_name
 
 st.title("Head text neighbours")
-store = stores.current_store()
-if store is None:
-    st.stop()
+ctx = state.page_context()
+store = widgets.require_store(ctx)
 
 labels = tables.head_labels(store)
 all_heads = stores.store_heads(store)

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import head_cache
-import model_cache
-import paper
-import query
-import stores
 import streamlit as st
-import tables
-import widgets
 
+from dashboard import head_cache, model_cache, paper, state, stores, tables, widgets
 from engine.core import analysis
 from engine.core.labels import MIXED, NON_LABELS
 from engine.core.layers import head_name
 
 st.title("Property neighbours")
-store = stores.current_store()
-if store is None:
-    st.stop()
-q = query.require_query()
+ctx = state.page_context()
+store = widgets.require_store(ctx)
+q = widgets.require_query(ctx)
 
 # property -> heads: the store's own labels, else the demo's ground truth, plus the paper's lists
 labels = tables.head_labels(store)
@@ -66,8 +59,8 @@ if not heads:
     st.stop()
 
 banks = head_cache.many_head_contributions(store, heads)
-query = model_cache.query_head_out(store, q, heads)  # [head, d_embed]
-scores = analysis.property_scores(query, banks, combine)
+query_out = model_cache.query_head_out(store, q, heads)  # [head, d_embed]
+scores = analysis.property_scores(query_out, banks, combine)
 exclude = [q.store_index] if q.store_index is not None else []
 ranking = analysis.top_k(scores, k, exclude)
 

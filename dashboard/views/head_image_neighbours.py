@@ -3,22 +3,16 @@ most similar (cosine) to the image's."""
 
 from __future__ import annotations
 
-import head_cache
-import model_cache
-import query
-import stores
 import streamlit as st
-import tables
-import widgets
 
+from dashboard import head_cache, model_cache, state, stores, tables, widgets
 from engine.core import analysis
 from engine.core.layers import head_name
 
 st.title("Head image neighbours")
-store = stores.current_store()
-if store is None:
-    st.stop()
-q = query.require_query()
+ctx = state.page_context()
+store = widgets.require_store(ctx)
+q = widgets.require_query(ctx)
 
 labels = tables.head_labels(store)
 all_heads = stores.store_heads(store)
@@ -38,9 +32,9 @@ if not heads:
     st.stop()
 
 banks = head_cache.many_head_contributions(store, heads)
-query = model_cache.query_head_out(store, q, heads)  # [head, d_embed]
+query_out = model_cache.query_head_out(store, q, heads)  # [head, d_embed]
 exclude = [q.store_index] if q.store_index is not None else []
-rankings = analysis.head_image_neighbours(query, banks, k, exclude)
+rankings = analysis.head_image_neighbours(query_out, banks, k, exclude)
 
 st.image(q.crop(128), caption=q.label, width=128)
 cols = st.columns(len(heads))

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import model_cache
-import query
-import stores
 import streamlit as st
-import widgets
 
+from dashboard import model_cache, state, stores, widgets
 from engine.core import analysis
 
 st.title("Topic segmentation")
-store = stores.current_store()
-if store is None:
-    st.stop()
-q = query.require_query()
+ctx = state.page_context()
+store = widgets.require_store(ctx)
+q = widgets.require_query(ctx)
 
 text = st.text_input("Text", value="a blue shape", key="topic_text")
 mask = widgets.head_mask_picker(store, key="topic")

@@ -6,17 +6,14 @@ import io
 
 import altair as alt
 import pandas as pd
-import paper
-import stores
 import streamlit as st
-import tables
 
+from dashboard import paper, state, stores, tables, widgets
 from engine.core.layers import head_name
 
 st.title("Heads")
-store = stores.current_store()
-if store is None:
-    st.stop()
+ctx = state.page_context()
+store = widgets.require_store(ctx)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -88,7 +85,7 @@ df = heads_table(stores.version_key(store))
 if df["label"].isna().all():
     st.info(
         "Heads are not labelled yet: run "
-        f"`python -m engine interpret --store {stores.display_path()}`."
+        f"`python -m engine interpret --store {ctx.store_path}`."
     )
 
 c1, c2, c3 = st.columns([2, 1, 1])

@@ -7,13 +7,11 @@ for tasks whose class embeddings are not cached in the store yet.
 from __future__ import annotations
 
 import altair as alt
-import model_cache
 import numpy as np
 import pandas as pd
-import stores
 import streamlit as st
-import tables
 
+from dashboard import model_cache, state, stores, tables, widgets
 from engine.core import ablation
 from engine.core.layers import head_name
 from engine.core.zeroshot import ZeroShotTask, class_embeddings
@@ -27,9 +25,8 @@ st.caption(
     "mean over one half of the stored images, and zero-shot accuracy is measured on the other "
     "half. Exact arithmetic on the stored decomposition; no image is run again."
 )
-store = stores.current_store()
-if store is None:
-    st.stop()
+ctx = state.page_context()
+store = widgets.require_store(ctx)
 key = stores.version_key(store)
 
 
@@ -128,7 +125,7 @@ if not spec:
     st.info("Choose what to ablate.")
     st.stop()
 st.caption(f"Spec: `{spec}` — the same run from the command line: "
-           f"`python -m engine ablate --store {stores.display_path()} --ablate '{spec}'`")  # fmt: skip
+           f"`python -m engine ablate --store {ctx.store_path} --ablate '{spec}'`")  # fmt: skip
 
 try:
     result = _run(key, spec, draws, split, seed, _tasks(store, specs))

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import altair as alt
 import pandas as pd
-import paper
-import stores
 import streamlit as st
-import tables
+
+from dashboard import paper, state, stores, tables, widgets
 
 st.title("Overview")
-store = stores.current_store()
-if store is None:
-    st.stop()
+ctx = state.page_context()
+store = widgets.require_store(ctx)
 info = store.info
 scores = tables.table(store, "scores")
 st.caption(
@@ -39,7 +37,7 @@ def overall(df: pd.DataFrame) -> pd.DataFrame:
 if scores.empty:
     st.warning(
         "This store has no scores yet. Run "
-        f"`python -m engine interpret --store {stores.display_path()}` to label heads and "
+        f"`python -m engine interpret --store {ctx.store_path}` to label heads and "
         "score them."
     )
 else:

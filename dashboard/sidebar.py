@@ -1,0 +1,171 @@
+"""The sidebar: the store picker (with the store's provenance) and the query-image picker.
+
+Widgets only: their keys are `dashboard.state`'s, their values are returned to the entrypoint,
+which publishes them (URL + page context).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard import settings, state, stored, stores, tables, uploads
+from dashboard.query import QueryImage
+from engine.errors import UserError
+from engine.store import StoreReader
+
+
+@dataclass(frozen=True)
+class StoreChoice:
+    store: StoreReader | None
+    path: str | None
+
+
+def store_picker(paths: list[str]) -> StoreChoice:
+    """Store picker (the listed stores, or any folder typed) -> the open store or None."""
+    st.sidebar.subheader("Store")
+    choice = st.sidebar.selectbox(
+        "Store",
+        paths + [settings.OTHER_PATH],
+        key=state.K_STORE_CHOICE,
+        format_func=lambda p: Path(p).name if p != settings.OTHER_PATH else p,
+        label_visibility="collapsed",
+    )
+    if choice == settings.OTHER_PATH:
+        path = st.sidebar.text_input(
+            "Store folder", key=state.K_STORE_TYPED, placeholder="artifacts/demo"
+        ).strip()
+    else:
+        path = choice
+    if not path:
+        return StoreChoice(None, None)
+    try:
+        store = stores.open_store(path)
+    except UserError as e:
+        st.sidebar.error(str(e))
+        return StoreChoice(None, None)
+    _provenance(store, path)
+    return StoreChoice(store, path)
+
+
+def _provenance(store: StoreReader, path: str) -> None:
+    i = store.info
+    interpreted = tables.interpreted(store)
+    st.sidebar.markdown(
+        f"**Model** `{i.get('model_spec', '?')}`"
+        + (" (random weights)" if i.get("random_weights") else "")
+        + f"  \n**Images** {int(i.get('n_images', 0)):,}"
+        + f"  \n**Heads** layers {stores.store_layers(store)} × {i.get('n_heads')} heads"
+        + f"  \n**Built** {str(i.get('built_at', '?'))[:19]}"
+        + f"  \n**Run** `{str(i.get('run_id', '?'))[:12]}` · code `{i.get('code_version', '?')}`"
+        + f"  \n**Images from** {i.get('images_source', '?')}"
+        + "  \n**Interpreted** "
+        + ("yes" if interpreted else f"no — run `python -m engine interpret --store {path}`")
+    )
+
+
+@dataclass(frozen=True)
+class ImageChoice:
+    """The query image (or the reason there is none) and its URL identity (empty: an upload,
+    which cannot be linked)."""
+
+    query: QueryImage | None
+    error: str | None
+    params: dict[str, str]
+    linked: bool
+
+
+def image_picker(store: StoreReader) -> ImageChoice:
+    """Image picker: a bundled sample, a stored image (searchable by file name or class) or an
+    upload."""
+    st.sidebar.subheader("Image")
+    source = st.sidebar.radio(
+        "Image source",
+        state.IMAGE_SOURCES,
+        key=state.K_IMAGE_SOURCE,
+        horizontal=True,
+        label_visibility="collapsed",
+    )
+    try:
+        choice = _pick(store, source)
+    except UserError as e:
+        st.sidebar.error(str(e))
+        return ImageChoice(None, str(e), {}, source != state.SOURCE_UPLOAD)
+    q = choice.query
+    if q is not None and q.notes:
+        st.sidebar.info("Upload converted: " + "; ".join(q.notes))
+    if q is not None:
+        st.sidebar.image(q.crop(192), caption=f"{q.label} (the model's centre crop)", width=192)
+        if q.duplicate_of is not None:
+            st.sidebar.warning(
+                f"This upload is stored image #{q.duplicate_of} (identical pixels): it is its "
+                "own best neighbour. Pick it **From the store** to leave it out."
+            )
+    if not choice.linked and q is not None:
+        st.sidebar.caption(
+            "An uploaded image is not part of the page's link: a copied URL opens the same "
+            "store and page without it."
+        )
+    return choice
+
+
+def _pick(store: StoreReader, source: str) -> ImageChoice:
+    if source == state.SOURCE_SAMPLE:
+        path = st.sidebar.selectbox(
+            "Sample",
+            uploads.sample_paths(),
+            key=state.K_SAMPLE,
+            format_func=lambda p: p.stem.replace("_", " "),
+        )
+        if path is None:
+            return ImageChoice(None, None, {}, True)
+        q = uploads.query_from_bytes(Path(path).read_bytes(), f"sample {Path(path).stem}")
+        return ImageChoice(q, None, {state.P_SAMPLE: Path(path).stem}, True)
+    if source == state.SOURCE_STORE:
+        n = int(store.info.get("n_images", 0))
+        if n == 0:
+            st.sidebar.info("This store has no images.")
+            return ImageChoice(None, None, {}, True)
+        _search_stored(store)
+        state.clamp_store_image(n)
+        idx = st.sidebar.number_input(
+            "Stored image #", min_value=0, max_value=n - 1, step=1, key=state.K_STORE_IMAGE
+        )
+        q = stored.query_from_store(store, int(idx))
+        return ImageChoice(q, None, {state.P_IMAGE: str(int(idx))}, True)
+    up = st.sidebar.file_uploader(
+        "Upload an image",
+        type=None,
+        key=state.K_UPLOAD,
+        help="Any common format (PNG, JPEG, WebP, GIF, TIFF, BMP). Size limit from "
+        ".streamlit/config.toml.",
+    )
+    if up is None:
+        return ImageChoice(None, None, {}, False)
+    q = uploads.query_from_bytes(up.getvalue(), up.name)
+    return ImageChoice(stored.flag_duplicate(store, q), None, {}, False)
+
+
+def _search_stored(store: StoreReader) -> None:
+    """Search the stored images by file name or class; a pick sets the image number."""
+    text = st.sidebar.text_input(
+        "Search stored images",
+        key=state.K_STORE_IMAGE_SEARCH,
+        placeholder="file name or class",
+    ).strip()
+    if not text:
+        return
+    hits = stored.search(store, text)
+    if hits.empty:
+        st.sidebar.caption(f"No stored image matches “{text}”.")
+        return
+    shown = hits.head(50)
+    pick = st.sidebar.selectbox(
+        f"{len(hits):,} match(es)",
+        list(shown.index),
+        format_func=lambda i: f"#{i} · {shown.loc[i, 'caption']}",
+    )
+    if pick is not None:
+        state.set_store_image(int(pick))
