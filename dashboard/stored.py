@@ -74,7 +74,7 @@ def query_from_store(store: StoreReader, index: int) -> QueryImage:
     """A stored image: its source file when still readable, else its thumbnail."""
     index = int(index)
     sha = f"store:{stores.version_key(store)}:{index}"
-    label = f"#{index} · {captions(store, [index])[0]}"
+    label = f"stored image #{index} · {captions(store, [index])[0]}"
     row = store.images().iloc[index]
     path = str(row["path"] or "")
     if path and Path(path).is_file():

@@ -8,7 +8,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import paper, state, stores, tables, widgets
+from dashboard import charts, paper, state, stores, tables, widgets
 from engine.core.layers import head_name
 
 st.title("Heads")
@@ -84,8 +84,7 @@ def heads_table(key: str) -> pd.DataFrame:
 df = heads_table(stores.version_key(store))
 if df["label"].isna().all():
     st.info(
-        "Heads are not labelled yet: run "
-        f"`python -m engine interpret --store {ctx.store_path}`."
+        f"Heads are not labelled yet: run `python -m engine interpret --store {ctx.store_path}`."
     )
 
 c1, c2, c3 = st.columns([2, 1, 1])
@@ -119,7 +118,7 @@ d2.download_button(
 )
 
 st.subheader("Layer × head grid")
-grid = df.assign(label=df["label"].fillna("(unlabelled)"))
+grid = df.assign(label=df["label"].fillna(charts.UNLABELLED))
 tooltip = ["name", "label"] + [c for c in ("reference_label", "gt_factor") if c in grid]
 chart = (
     alt.Chart(grid)
@@ -127,7 +126,11 @@ chart = (
     .encode(
         x=alt.X("head:O"),
         y=alt.Y("layer:O", sort="descending"),
-        color=alt.Color("label:N", legend=alt.Legend(columns=2, title="label")),
+        color=alt.Color(
+            "label:N",
+            scale=charts.label_scale(grid["label"]),  # mixed / unlabelled: neutral greys
+            legend=alt.Legend(columns=2, title="label"),
+        ),
         tooltip=tooltip,
     )
     .properties(height=max(120, 40 * df.layer.nunique()))

@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import paper, state, stores, tables, widgets
+from dashboard import charts, paper, state, stores, tables, widgets
 
 st.title("Overview")
 ctx = state.page_context()
@@ -63,24 +63,7 @@ else:
     if per_layer.empty:
         st.info("No per-layer breakdown stored.")
     else:
-        chart = (
-            alt.Chart(per_layer)
-            .mark_bar()
-            .encode(
-                x=alt.X("layer_from:O", title="layer"),
-                y=alt.Y("value:Q", title="score", scale=alt.Scale(domain=[0, 1])),
-                color=alt.Color("metric:N"),
-                xOffset="metric:N",
-                tooltip=[
-                    "metric",
-                    "layer_from",
-                    "count",
-                    "total",
-                    alt.Tooltip("value:Q", format=".3f"),
-                ],
-            )
-            .properties(height=260)
-        )
+        chart = charts.per_layer_chart(per_layer, stores.store_layers(store))
         st.altair_chart(chart, width="stretch")
         st.dataframe(per_layer.drop(columns=["run_id"]), hide_index=True)
 
@@ -92,6 +75,10 @@ for path in stores.list_store_paths():
     except Exception:
         continue
     o = overall(tables.table(other, "scores"))
+    name = f"{path.rsplit('/', 1)[-1]} ({other.info['model_spec']})"
+    if o.empty:  # not interpreted: a row that says so, not an empty slot
+        rows += [{"model": name, "metric": m, "value": None, "source": "computed (store)"}
+                 for m in PAPER_METRIC]  # fmt: skip
     for r in o.itertuples():
         rows.append(
             {
@@ -113,17 +100,19 @@ for r in paper.PAPER_SCORES.itertuples():
         )
 cmp = pd.DataFrame(rows)
 cmp = cmp[cmp["metric"].isin(list(PAPER_METRIC))]  # the metrics the paper reports
+cmp["text"] = [("no data" if pd.isna(v) else f"{v:.3f}") for v in cmp["value"]]
+cmp["shown"] = cmp["value"].fillna(0.0)
+base = alt.Chart(cmp).encode(
+    y=alt.Y("model:N", title=None, sort=None),
+    x=alt.X("shown:Q", title="score", scale=alt.Scale(domain=[0, 1])),
+    tooltip=["model", "metric", "source", "text"],
+)
+bars = base.mark_bar().encode(color=alt.Color("source:N", legend=alt.Legend(orient="bottom")))
+values = base.mark_text(align="left", dx=3, fontSize=10).encode(text="text:N")  # 0 vs no data
 chart = (
-    alt.Chart(cmp)
-    .mark_bar()
-    .encode(
-        y=alt.Y("model:N", title=None, sort=None),
-        x=alt.X("value:Q", title="score", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("source:N", legend=alt.Legend(orient="bottom")),
-        column=alt.Column("metric:N", title=None, sort=list(PAPER_METRIC)),
-        tooltip=["model", "metric", "source", alt.Tooltip("value:Q", format=".3f")],
-    )
+    alt.layer(bars, values, data=cmp)
     .properties(width=260)
+    .facet(column=alt.Column("metric:N", title=None, sort=list(PAPER_METRIC)))
 )
 st.altair_chart(chart)
 st.caption(

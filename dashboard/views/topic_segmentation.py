@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import model_cache, state, stores, widgets
+from dashboard import model_cache, state, widgets
 from engine.core import analysis
 
 st.title("Topic segmentation")

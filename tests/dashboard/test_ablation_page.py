@@ -15,7 +15,7 @@ def _app(monkeypatch, artifacts) -> AppTest:
     monkeypatch.delenv("CLIP_INTERPRET_STORE", raising=False)
     at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=300)
     at.run()
-    at.switch_page("pages/ablation.py")
+    at.switch_page("views/ablation.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at

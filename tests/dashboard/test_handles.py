@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 from pathlib import Path
 
 import duckdb
@@ -13,13 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dashboard import paper, query, uploads
 from engine.errors import UserError
-from tests.dashboard.conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "dashboard"))
-import paper  # noqa: E402
-import query  # noqa: E402
-import uploads  # noqa: E402
 
 pytestmark = pytest.mark.dashboard
 
@@ -80,8 +74,7 @@ def test_query_crop_is_the_models_centre_crop():
 
 def test_stale_reader_is_closed_and_its_version_collected(tmp_path):
     """A cached reader of a superseded version is closed on the next open, so gc can delete it."""
-    import stores
-
+    from dashboard import stores
     from engine.store import mutate_store
     from tests.dashboard.conftest import paper_shaped_store
 

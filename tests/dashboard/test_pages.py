@@ -17,14 +17,14 @@ pytestmark = [pytest.mark.dashboard, pytest.mark.demo, pytest.mark.slow]  # demo
 
 HOME = str(ROOT / "dashboard" / "Home.py")
 PAGES = [
-    "pages/overview.py",
-    "pages/heads.py",
-    "pages/property_neighbours.py",
-    "pages/topic_segmentation.py",
-    "pages/contrastive_segmentation.py",
-    "pages/head_image_neighbours.py",
-    "pages/head_text_neighbours.py",
-    "pages/ablation.py",
+    "views/overview.py",
+    "views/heads.py",
+    "views/property_neighbours.py",
+    "views/topic_segmentation.py",
+    "views/contrastive_segmentation.py",
+    "views/head_image_neighbours.py",
+    "views/head_text_neighbours.py",
+    "views/ablation.py",
 ]
 
 
@@ -115,7 +115,7 @@ def test_store_typed_path_and_bad_path(monkeypatch, store_env, tmp_path):
     at.sidebar.text_input(key="store_typed").set_value(str(store)).run()
     _ok(at)
     assert not at.sidebar.error
-    _page(at, "pages/heads.py")
+    _page(at, "views/heads.py")
     from engine.store import open_store
 
     with open_store(store) as s:
@@ -128,7 +128,7 @@ def test_store_typed_path_and_bad_path(monkeypatch, store_env, tmp_path):
 
 def test_overview(monkeypatch, either_store_env):
     root, store, interpreted = either_store_env
-    at = _page(_app(monkeypatch, root), "pages/overview.py")
+    at = _page(_app(monkeypatch, root), "views/overview.py")
     charts = at.get("vega_lite_chart")
     assert charts, "the comparison chart with the paper's figures is always drawn"
     from engine.store import open_store
@@ -154,7 +154,7 @@ def test_heads_table_filter_and_exports(monkeypatch, either_store_env, exports):
     with open_store(store) as s:
         heads = [(l, h) for l in s.layers for h in range(int(s.info["n_heads"]))]
         labels = s.query("SELECT layer, head, label FROM head_labels")
-    at = _page(_app(monkeypatch, root), "pages/heads.py")
+    at = _page(_app(monkeypatch, root), "views/heads.py")
     df = at.dataframe[0].value
     assert list(zip(df["layer"], df["head"], strict=True)) == heads
     assert list(df["name"]) == [head_name(l, h) for l, h in heads]
@@ -215,7 +215,7 @@ def _assert_exports(at: AppTest, shown, files: dict[str, bytes]) -> None:
 
 def test_property_neighbours_on_sample(monkeypatch, either_store_env):
     root, store, interpreted = either_store_env
-    at = _page(_app(monkeypatch, root), "pages/property_neighbours.py")
+    at = _page(_app(monkeypatch, root), "views/property_neighbours.py")
     if not interpreted:  # no labels and no ground truth yet: heads are chosen by hand
         assert "No head labels yet" in at.info[0].value
         assert not [w for w in at.selectbox if w.key == "prop_name"]
@@ -243,7 +243,7 @@ def test_property_neighbours_on_stored_image_excludes_itself(monkeypatch, store_
     at = _app(monkeypatch, root)
     at.sidebar.radio(key="image_source").set_value("From the store").run()
     at.sidebar.number_input(key="store_image").set_value(7).run()
-    _page(at, "pages/property_neighbours.py")
+    _page(at, "views/property_neighbours.py")
     ids = _neighbour_ids(at)
     assert len(ids) == 8 and 7 not in ids
 
@@ -259,7 +259,7 @@ def _sum_over_patches(at: AppTest) -> float:
 
 def test_topic_segmentation_single_and_aggregate(monkeypatch, store_env):
     root, _, _ = store_env
-    at = _page(_app(monkeypatch, root), "pages/topic_segmentation.py")
+    at = _page(_app(monkeypatch, root), "views/topic_segmentation.py")
     assert len(_images(at)) >= 2  # overlay + colour bar
     assert at.get("vega_lite_chart")
     assert at.radio(key="topic_mode").value == "Aggregate"  # the default
@@ -272,14 +272,14 @@ def test_topic_segmentation_single_and_aggregate(monkeypatch, store_env):
 
 def test_contrastive_is_difference_of_topics_and_truly_aggregates(monkeypatch, store_env):
     root, _, _ = store_env
-    at = _page(_app(monkeypatch, root), "pages/topic_segmentation.py")
+    at = _page(_app(monkeypatch, root), "views/topic_segmentation.py")
     at.radio(key="topic_mode").set_value("Aggregate").run()
     sums = {}
     for t in ("a red object", "a blue object"):
         at.text_input(key="topic_text").set_value(t).run()
         _ok(at)
         sums[t] = _sum_over_patches(at)
-    _page(at, "pages/contrastive_segmentation.py")
+    _page(at, "views/contrastive_segmentation.py")
     at.text_input(key="contrast_t1").set_value("a red object")
     at.text_input(key="contrast_t2").set_value("a blue object")
     at.radio(key="contrast_mode").set_value("Aggregate").run()
@@ -306,7 +306,7 @@ def test_head_image_neighbours_upload_round_trip(monkeypatch, store_env):
     _upload(at, "stored5.png", _png(thumb))
     _ok(at)
     assert not at.sidebar.error
-    _page(at, "pages/head_image_neighbours.py")
+    _page(at, "views/head_image_neighbours.py")
     heads = at.multiselect(key="hin_heads").value
     ids, scores = _neighbour_ids(at), _scores(at)
     assert len(ids) == 8 * len(heads)
@@ -319,7 +319,7 @@ def test_head_image_neighbours_upload_round_trip(monkeypatch, store_env):
 
 def test_head_text_neighbours(monkeypatch, either_store_env):
     root, store, interpreted = either_store_env
-    at = _page(_app(monkeypatch, root), "pages/head_text_neighbours.py")
+    at = _page(_app(monkeypatch, root), "views/head_text_neighbours.py")
     sources = at.radio(key="htn_source").options
     assert sources == (["TextSpan text", "Typed text"] if interpreted else ["Typed text"])
     at.radio(key="htn_source").set_value("Typed text").run()
@@ -368,7 +368,7 @@ def test_bad_upload_gives_clear_error(monkeypatch, store_env, name):
     assert message.startswith(("cannot use this upload: ", "upload too large"))
     assert "Traceback" not in message and "\n" not in message
     # analysis pages repeat the reason instead of analysing anything
-    _page(at, "pages/topic_segmentation.py")
+    _page(at, "views/topic_segmentation.py")
     assert [e.value for e in at.error] == [message]
     assert not _images(at)
 
@@ -400,7 +400,7 @@ def test_unusual_but_valid_uploads_work(monkeypatch, store_env, mode, note):
     _ok(at)
     assert not at.sidebar.error
     assert note in " ".join(i.value for i in at.sidebar.info), "the conversion is stated"
-    _page(at, "pages/topic_segmentation.py")
+    _page(at, "views/topic_segmentation.py")
     assert len(_images(at)) >= 2
 
 
@@ -433,18 +433,18 @@ def test_paper_model_store_without_weights(monkeypatch, tmp_path):
     root = tmp_path / "artifacts"
     root.mkdir()
     paper_shaped_store(root / "vitb32")
-    at = _page(_app(monkeypatch, root), "pages/overview.py")  # not interpreted: says how
+    at = _page(_app(monkeypatch, root), "views/overview.py")  # not interpreted: says how
     assert "python -m engine interpret" in at.warning[0].value
     assert at.get("vega_lite_chart")  # the paper's figures are shown anyway
-    _page(at, "pages/heads.py")
+    _page(at, "views/heads.py")
     df = at.dataframe[0].value
     assert len(df) == 48 and df["reference_label"].notna().all()
     assert df["label"].isna().all() and "interpret" in at.info[0].value
-    _page(at, "pages/topic_segmentation.py")
+    _page(at, "views/topic_segmentation.py")
     assert at.error and "ViT-B-32/openai" in at.error[0].value
     at = _app(monkeypatch, root)
     at.sidebar.radio(key="image_source").set_value("From the store").run()
-    _page(at, "pages/property_neighbours.py")
+    _page(at, "views/property_neighbours.py")
     prop = at.selectbox(key="prop_name").value
     assert prop.endswith("(paper demo)")
     ids = _neighbour_ids(at)

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dashboard"))
-import render  # noqa: E402
+from dashboard import render
 
 pytestmark = pytest.mark.unit
 
