@@ -162,10 +162,12 @@ def _search_stored(store: StoreReader) -> None:
         st.sidebar.caption(f"No stored image matches “{text}”.")
         return
     shown = hits.head(50)
-    pick = st.sidebar.selectbox(
-        f"{len(hits):,} match(es)",
+    st.sidebar.selectbox(
+        f"{len(hits):,} match(es)" + (" (first 50)" if len(hits) > 50 else ""),
         list(shown.index),
+        index=None,
+        placeholder="pick a match",
+        key=state.K_STORE_IMAGE_HIT,
         format_func=lambda i: f"#{i} · {shown.loc[i, 'caption']}",
+        on_change=state.take_store_image_hit,
     )
-    if pick is not None:
-        state.set_store_image(int(pick))

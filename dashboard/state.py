@@ -42,6 +42,7 @@ K_IMAGE_SOURCE = "image_source"
 K_SAMPLE = "sample"
 K_STORE_IMAGE = "store_image"
 K_STORE_IMAGE_SEARCH = "store_image_search"
+K_STORE_IMAGE_HIT = "store_image_hit"
 K_UPLOAD = "upload"
 # the session's own
 _K_SEEDED = "_seeded_from_url"
@@ -126,9 +127,11 @@ def clamp_store_image(n_images: int) -> None:
         ss[K_STORE_IMAGE] = max(0, n_images - 1)
 
 
-def set_store_image(index: int) -> None:
-    """Pick stored image `index` (from a search hit) before the number widget is drawn."""
-    st.session_state[K_STORE_IMAGE] = int(index)
+def take_store_image_hit() -> None:
+    """Callback of the stored-image search: the picked match becomes the stored image."""
+    hit = st.session_state.get(K_STORE_IMAGE_HIT)
+    if hit is not None:
+        st.session_state[K_STORE_IMAGE] = int(hit)
 
 
 # ------------------------------------------------------------------------------ publishing
