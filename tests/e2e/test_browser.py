@@ -7,31 +7,13 @@ screenshots to test-results/. Skipped only when /usr/bin/chromium is absent outs
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
 
-from tests.dashboard.conftest import ROOT, build_fixture
+from tests.e2e.conftest import ARGS, CHROMIUM, RESULTS, ROOT, serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.demo, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-RESULTS = ROOT / "test-results"
-PAGES = [  # (navigation link text, what must be visible)
+PAGES = [  # (navigation link text, what must be visible), in the navigation's order
     ("Overview", "chart"),
     ("Heads", "table"),
     ("Property neighbours", "images"),
@@ -39,53 +21,14 @@ PAGES = [  # (navigation link text, what must be visible)
     ("Contrastive segmentation", "images"),
     ("Head image neighbours", "images"),
     ("Head text neighbours", "images"),
+    ("Ablation", "table"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing in CI: run scripts/setup_browser.sh")
-        pytest.skip(f"{CHROMIUM} not installed (scripts/setup_browser.sh installs it)")
-    root, _, _ = build_fixture(tmp_path_factory.getbasetemp())
-    port = _free_port()
-    env = {**os.environ, "CLIP_INTERPRET_ARTIFACTS": str(root), "HF_HUB_OFFLINE": "1"}
-    log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/Home.py",
-         "--server.headless", "true", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                log.flush()
-                pytest.fail("streamlit did not start: " + Path(log.name).read_text()[-2000:])
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with serve(tmp_path_factory) as s:
+        yield s.url
 
 
 def _settle(page, timeout_ms: int = 120_000) -> None:
