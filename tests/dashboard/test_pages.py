@@ -306,6 +306,8 @@ def test_head_image_neighbours_upload_round_trip(monkeypatch, store_env):
     _upload(at, "stored5.png", _png(thumb))
     _ok(at)
     assert not at.sidebar.error
+    # the upload repeats stored image #5 pixel for pixel: the sidebar says so
+    assert any("stored image #5 " in w.value for w in at.sidebar.warning)
     _page(at, "views/head_image_neighbours.py")
     heads = at.multiselect(key="hin_heads").value
     ids, scores = _neighbour_ids(at), _scores(at)
@@ -369,7 +371,7 @@ def test_bad_upload_gives_clear_error(monkeypatch, store_env, name):
     assert "Traceback" not in message and "\n" not in message
     # analysis pages repeat the reason instead of analysing anything
     _page(at, "views/topic_segmentation.py")
-    assert [e.value for e in at.error] == [message]
+    assert [e.value for e in at.main.error] == [message]
     assert not _images(at)
 
 
@@ -470,3 +472,26 @@ def test_one_decomposition_per_image_shared_by_every_page(monkeypatch, store_env
     for page in PAGES[2:]:  # the five analyses
         _page(at, page)
     assert len(calls) == 1
+    assert not at.sidebar.warning  # a new image: not flagged as a stored one
+
+
+def test_heads_grid_draws_mixed_neutral(monkeypatch, store_env):
+    """The layer x head grid colours `mixed` heads grey, not like a property."""
+    import json
+
+    from dashboard import charts
+
+    root, _, _ = store_env
+    at = _page(_app(monkeypatch, root), "views/heads.py")
+    labels = set(at.dataframe[0].value["label"].dropna())
+    assert "mixed" in labels  # the fixture's random-ish heads include mixed ones
+    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    scales = [
+        layer["encoding"]["color"]["scale"]
+        for layer in spec.get("layer", [spec])
+        if "scale" in layer.get("encoding", {}).get("color", {})
+    ]
+    assert scales, spec
+    colours = dict(zip(scales[0]["domain"], scales[0]["range"], strict=True))
+    assert colours["mixed"] == charts.NEUTRAL["mixed"]
+    assert all(colours[l] not in charts.NEUTRAL.values() for l in labels - {"mixed"})
