@@ -55,7 +55,9 @@ def test_modules_are_imported_as_the_dashboard_package():
 def test_no_page_rebinds_an_imported_name():
     """A page that assigns `query = …` after `import query` hides the module (issue 14)."""
     clashes = []
-    for p in sorted((DASH / "views").glob("*.py")):
+    pages = [p for d in ("views", "pages") for p in sorted((DASH / d).glob("*.py"))]
+    assert len([p for p in pages if p.stem != "__init__"]) >= 8
+    for p in pages:
         tree = ast.parse(p.read_text())
         imported = set()
         for node in tree.body:
@@ -118,3 +120,39 @@ def test_store_names_in_the_url():
     assert state.store_param("/elsewhere/s", listed) == "/elsewhere/s"  # not listed: its path
     assert state.match_store("vitb32", listed) == "/a/artifacts/vitb32"
     assert state.match_store("gone", listed) is None
+
+
+def test_no_import_cycles_between_dashboard_modules():
+    """Module-level or hidden in a function, no dashboard module imports one that imports it
+    back (issue 14: query <-> uploads)."""
+    graph: dict[str, set[str]] = {}
+    for p in SOURCES:
+        if p.parent != DASH or p.stem in ("Home", "__init__"):
+            continue
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for n in names:
+                last = n.removeprefix("dashboard.").split(".")[0]
+                if (n.startswith("dashboard.") or n in MODULES) and last in MODULES:
+                    deps.add(last)
+        graph[p.stem] = deps - {p.stem}
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    return path + [start]
+                if nxt not in path:
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    cycles = [c for m in sorted(graph) if (c := cycle_from(m))]
+    assert cycles == []

@@ -129,6 +129,6 @@ def test_dashboard_in_chromium(server):
             ).first.wait_for(timeout=60_000)
             _settle(page)
             _no_exception(page)
-            page.screenshot(path=str(RESULTS / "08-bad-upload.png"), full_page=True)
+            page.screenshot(path=str(RESULTS / "09-bad-upload.png"), full_page=True)
         finally:
             browser.close()
