@@ -33,10 +33,9 @@ def home() -> None:
             "Stores under `artifacts/` appear in the sidebar; any other folder can be typed there."
         )
         return
-    i = store.info
     c = st.columns(4)
-    c[0].metric("Model", str(i.get("model_spec")))
-    c[1].metric("Images", f"{int(i.get('n_images', 0)):,}")
+    c[0].metric("Model", store.model_record.model_spec)
+    c[1].metric("Images", f"{store.n_images:,}")
     c[2].metric("Heads stored", len(stores.store_heads(store)))
     c[3].metric("Interpreted", "yes" if tables.interpreted(store) else "no")
     st.markdown(

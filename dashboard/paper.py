@@ -9,9 +9,8 @@ PAPER_SCORES = reference.paper_scores()  # the paper's Tables 1-2, shown beside 
 
 def paper_model(store) -> tuple[str, str] | None:
     """(arch, pretrained tag) when the store's model is one of the paper's six, else None."""
-    m = reference.paper_model(
-        str(store.info.get("model_spec", "")), bool(store.info.get("random_weights"))
-    )
+    rec = store.model_record
+    m = reference.paper_model(rec.model_spec, rec.random_weights)
     return None if m is None else (m.arch, m.pretrained)
 
 

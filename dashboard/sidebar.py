@@ -14,12 +14,12 @@ import streamlit as st
 from dashboard import settings, state, stored, stores, tables, uploads
 from dashboard.query import QueryImage
 from engine.errors import UserError
-from engine.store import StoreReader
+from engine.session import StoreSession
 
 
 @dataclass(frozen=True)
 class StoreChoice:
-    store: StoreReader | None
+    store: StoreSession | None
     path: str | None
 
 
@@ -50,17 +50,17 @@ def store_picker(paths: list[str]) -> StoreChoice:
     return StoreChoice(store, path)
 
 
-def _provenance(store: StoreReader, path: str) -> None:
-    i = store.info
+def _provenance(store: StoreSession, path: str) -> None:
+    m, meta = store.model_record, store.meta
     interpreted = tables.interpreted(store)
     st.sidebar.markdown(
-        f"**Model** `{i.get('model_spec', '?')}`"
-        + (" (random weights)" if i.get("random_weights") else "")
-        + f"  \n**Images** {int(i.get('n_images', 0)):,}"
-        + f"  \n**Heads** layers {stores.store_layers(store)} × {i.get('n_heads')} heads"
-        + f"  \n**Built** {str(i.get('built_at', '?'))[:19]}"
-        + f"  \n**Run** `{str(i.get('run_id', '?'))[:12]}` · code `{i.get('code_version', '?')}`"
-        + f"  \n**Images from** {i.get('images_source', '?')}"
+        f"**Model** `{m.model_spec}`"
+        + (" (random weights)" if m.random_weights else "")
+        + f"  \n**Images** {store.n_images:,}"
+        + f"  \n**Heads** layers {store.layers} × {m.n_heads} heads"
+        + f"  \n**Built** {meta.built_at[:19]}"
+        + f"  \n**Run** `{meta.run_id[:12]}` · code `{meta.code_version or '?'}`"
+        + f"  \n**Images from** {meta.images_source}"
         + "  \n**Interpreted** "
         + ("yes" if interpreted else f"no — run `python -m engine interpret --store {path}`")
     )
@@ -77,7 +77,7 @@ class ImageChoice:
     linked: bool
 
 
-def image_picker(store: StoreReader) -> ImageChoice:
+def image_picker(store: StoreSession) -> ImageChoice:
     """Image picker: a bundled sample, a stored image (searchable by file name or class) or an
     upload."""
     st.sidebar.subheader("Image")
@@ -111,7 +111,7 @@ def image_picker(store: StoreReader) -> ImageChoice:
     return choice
 
 
-def _pick(store: StoreReader, source: str) -> ImageChoice:
+def _pick(store: StoreSession, source: str) -> ImageChoice:
     if source == state.SOURCE_SAMPLE:
         path = st.sidebar.selectbox(
             "Sample",
@@ -124,7 +124,7 @@ def _pick(store: StoreReader, source: str) -> ImageChoice:
         q = uploads.query_from_bytes(Path(path).read_bytes(), f"sample {Path(path).stem}")
         return ImageChoice(q, None, {state.P_SAMPLE: Path(path).stem}, True)
     if source == state.SOURCE_STORE:
-        n = int(store.info.get("n_images", 0))
+        n = store.n_images
         if n == 0:
             st.sidebar.info("This store has no images.")
             return ImageChoice(None, None, {}, True)
@@ -148,7 +148,7 @@ def _pick(store: StoreReader, source: str) -> ImageChoice:
     return ImageChoice(stored.flag_duplicate(store, q), None, {}, False)
 
 
-def _search_stored(store: StoreReader) -> None:
+def _search_stored(store: StoreSession) -> None:
     """Search the stored images by file name or class; a pick sets the image number."""
     text = st.sidebar.text_input(
         "Search stored images",

@@ -27,7 +27,7 @@ import streamlit as st
 
 from dashboard.query import QueryImage
 from dashboard.settings import OTHER_PATH
-from engine.store import StoreReader
+from engine.session import StoreSession
 
 # URL parameters of the view (shared by every page)
 P_STORE = "store"
@@ -61,7 +61,7 @@ class PageContext:
     image (None with ``query_error`` when unusable or not chosen); ``linked``: whether the
     query image is part of the URL (False for uploads)."""
 
-    store: StoreReader | None = None
+    store: StoreSession | None = None
     store_path: str | None = None
     store_param: str | None = None
     query: QueryImage | None = None

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
-from dashboard import head_cache, stores, tables, uploads
+from dashboard import stores, tables
 from dashboard.query import QueryImage
-from engine.errors import UserError
-from engine.store import StoreReader
+from engine.session import StoreSession
 
 
 def image_name(path: str) -> str:
@@ -23,8 +22,8 @@ def image_name(path: str) -> str:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _catalogue(key: str) -> pd.DataFrame:
-    store = stores.reader(key)
-    images = store.images().set_index("image_id")
+    store = stores.session(key)
+    images = store.reader.images().set_index("image_id")
     out = pd.DataFrame(index=images.index)
     out["name"] = [image_name(str(p or "")) for p in images["path"]]
     out["class"] = images["class"]
@@ -32,7 +31,7 @@ def _catalogue(key: str) -> pd.DataFrame:
     factors = tables.table(store, "image_factors")
     if not factors.empty:  # the demo world: "red striped circle, small, top left on grey"
         wide = factors.pivot(index="image_id", columns="factor", values="value")
-        order = [f for f in (store.info.get("factors") or []) if f in wide] or list(wide.columns)
+        order = [f for f in (store.meta.factors or ()) if f in wide] or list(wide.columns)
         out["factors"] = wide[order].astype(str).agg(", ".join, axis=1).reindex(out.index)
     generated = images["path"].astype(str).str.match(r"^[a-z]+:")
     described = out["class"].where(out["class"].notna(), out.get("factors"))
@@ -50,19 +49,19 @@ def _caption(name: str | None, description) -> str:
     return f"{name} · {description}" if has else name
 
 
-def catalogue(store: StoreReader) -> pd.DataFrame:
+def catalogue(store: StoreSession) -> pd.DataFrame:
     """One row per stored image (index image_id): name, class, factors (demo world), caption
     ('name · class' or 'name · factors'), sha256."""
     return _catalogue(stores.version_key(store))
 
 
-def captions(store: StoreReader, ids) -> list[str]:
+def captions(store: StoreSession, ids) -> list[str]:
     """The captions of stored images, in the order given."""
     cat = catalogue(store)
     return [str(cat.at[int(i), "caption"]) for i in ids]
 
 
-def search(store: StoreReader, text: str) -> pd.DataFrame:
+def search(store: StoreSession, text: str) -> pd.DataFrame:
     """Stored images whose name, class or factors contain `text` (case-insensitive)."""
     cat = catalogue(store)
     cols = [c for c in ("name", "class", "factors") if c in cat]
@@ -70,24 +69,27 @@ def search(store: StoreReader, text: str) -> pd.DataFrame:
     return cat[hit.any(axis=1)]
 
 
-def query_from_store(store: StoreReader, index: int) -> QueryImage:
-    """A stored image: its source file when still readable, else its thumbnail."""
-    index = int(index)
-    sha = f"store:{stores.version_key(store)}:{index}"
-    label = f"stored image #{index} · {captions(store, [index])[0]}"
-    row = store.images().iloc[index]
-    path = str(row["path"] or "")
-    if path and Path(path).is_file():
-        try:
-            image = uploads.query_from_bytes(Path(path).read_bytes(), path).image
-            return QueryImage(image, sha, label, index)
-        except UserError:
-            pass
-    thumb = head_cache.thumbnails(store, [index])[0]
-    return QueryImage(Image.fromarray(thumb), sha, f"{label} (thumbnail)", index)
+@st.cache_data(show_spinner=False, max_entries=64)
+def _thumbs(key: str, ids: tuple[int, ...]) -> np.ndarray:
+    return np.asarray(stores.session(key).thumbnails(list(ids)))
 
 
-def flag_duplicate(store: StoreReader, q: QueryImage) -> QueryImage:
+def thumbnails(store: StoreSession, ids) -> np.ndarray:
+    """uint8 ``[image, T, T, 3]`` thumbnails of stored images, in the order given (cached)."""
+    return _thumbs(stores.version_key(store), tuple(int(i) for i in ids))
+
+
+def query_from_store(store: StoreSession, index: int) -> QueryImage:
+    """A stored image as the query (the session's: its source file when still readable, else
+    its thumbnail), labelled with its name and class or factors."""
+    q = store.query_from_store(int(index))
+    label = f"stored image #{int(index)} · {captions(store, [index])[0]}"
+    if q.label.endswith("(thumbnail)"):
+        label += " (thumbnail)"
+    return QueryImage(q.image, q.sha, label, q.store_index)
+
+
+def flag_duplicate(store: StoreSession, q: QueryImage) -> QueryImage:
     """The upload, marked with the stored image it repeats exactly (same file bytes, or the
     same decoded pixels for generated images), if any."""
     cat = catalogue(store)

@@ -1,10 +1,14 @@
-"""Store handles: one open read-only reader per store link, reopened when the link moves on.
+"""Store sessions: one `engine.session.StoreSession` per store link, shared by every browser
+session of the process and reopened when the link moves on.
 
-A reader holds a shared lock on its version, which garbage collection respects; so a cached
-reader of a superseded version would keep that version on disk for as long as the process
-lives. `open_store` therefore checks `StoreReader.is_stale` on every call: a stale reader is
-closed and the link reopened at its current version. Caches of data read from a store are keyed
-by `version_key` (the version folder), so they never mix two versions.
+The session is the engine's one way to a store: its verified model, heads, texts, the five
+analyses and ablation (the pages call nothing else). A session's reader holds a shared lock on
+its version, which garbage collection respects; so a cached session of a superseded version
+would keep that version on disk for as long as the process lives. `open_store` therefore checks
+`is_stale` on every call: a stale session is closed and the link reopened at its current
+version. Every session shares one byte-bounded per-head cache (`CLIP_INTERPRET_CACHE_MB`), so
+the server keeps one budget whatever the number of stores or users. Caches of data read from a
+store are keyed by `version_key` (the version folder), so they never mix two versions.
 """
 
 from __future__ import annotations
@@ -16,71 +20,74 @@ import streamlit as st
 
 from dashboard import settings
 from engine.errors import UserError
-from engine.store import StoreReader, list_stores
+from engine.session import StoreSession
+from engine.store import list_stores
+from engine.store.cache import ByteBudgetCache
 
 
-class _Readers:
-    """Open readers by link path (thread-safe: Streamlit sessions are threads)."""
+class _Sessions:
+    """Open store sessions by link path (thread-safe: Streamlit sessions are threads)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_link: dict[str, StoreReader] = {}
+        self._by_link: dict[str, StoreSession] = {}
+        self.heads_cache = ByteBudgetCache()  # one budget for every store of the process
 
-    def get(self, path: str) -> StoreReader:
+    def get(self, path: str) -> StoreSession:
         link = str(Path(path).absolute())
         with self._lock:
-            r = self._by_link.get(link)
-            if r is not None and r.is_stale:
+            s = self._by_link.get(link)
+            if s is not None and s.is_stale:
                 del self._by_link[link]
-                r.close()  # releases the version's lock: gc may collect it now
-                r = None
-            if r is None:
-                r = StoreReader(link)
-                self._by_link[link] = r
-            return r
+                s.close()  # releases the version's lock: gc may collect it now
+                s = None
+            if s is None:
+                s = StoreSession.open(link, heads_cache=self.heads_cache)
+                self._by_link[link] = s
+            return s
 
-    def by_version(self, key: str) -> StoreReader:
-        """The open reader of version folder `key` (UserError once the store moved on)."""
+    def by_version(self, key: str) -> StoreSession:
+        """The open session of version folder `key` (UserError once the store moved on)."""
         with self._lock:
-            for r in self._by_link.values():
-                if str(r.version_path) == key and not r.is_stale:
-                    return r
+            for s in self._by_link.values():
+                if str(s.version_path) == key and not s.is_stale:
+                    return s
         raise UserError("the store changed while this page was drawn; rerun to see the new one")
 
     def close_all(self) -> None:
         with self._lock:
-            for r in self._by_link.values():
-                r.close()
+            for s in self._by_link.values():
+                s.close()
             self._by_link.clear()
 
 
 @st.cache_resource(show_spinner=False)
-def readers() -> _Readers:
-    """The process-wide reader registry."""
-    return _Readers()
+def sessions() -> _Sessions:
+    """The process-wide registry of store sessions."""
+    return _Sessions()
 
 
-def open_store(path: str) -> StoreReader:
-    """The store at `path` (a store link or a version folder), read-only, its current version;
-    UserError if unusable."""
+def open_store(path: str) -> StoreSession:
+    """The session of the store at `path` (a store link or a version folder), read-only, its
+    current version; UserError if unusable."""
     if not path or not Path(path).exists():
         raise UserError(f"no store at {path!r}")
     try:
-        return readers().get(path)
+        return sessions().get(path)
     except UserError:
         raise
     except Exception as e:  # a folder that is not a store, or a broken one
         raise UserError(f"cannot open the store at {path}: {str(e).splitlines()[0][:200]}") from e
 
 
-def version_key(store: StoreReader) -> str:
+def version_key(store: StoreSession) -> str:
     """The version folder the reader reads: the key of every cache of store data."""
     return str(store.version_path)
 
 
-def reader(key: str) -> StoreReader:
-    """The open reader of a version key (inside cached functions)."""
-    return readers().by_version(key)
+def session(key: str) -> StoreSession:
+    """The open session of a version key (inside cached functions)."""
+    return sessions().by_version(key)
 
 
 def list_store_paths() -> list[str]:
@@ -102,10 +109,10 @@ def same_store(a: str, b: str) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def store_layers(store: StoreReader) -> list[int]:
-    return [int(x) for x in store.info["layers"]]
+def store_layers(store: StoreSession) -> list[int]:
+    return store.layers
 
 
-def store_heads(store: StoreReader) -> list[tuple[int, int]]:
-    n_heads = int(store.info["n_heads"])
-    return [(l, h) for l in store_layers(store) for h in range(n_heads)]
+def store_heads(store: StoreSession) -> list[tuple[int, int]]:
+    """The store's heads (the session's one definition)."""
+    return store.heads()

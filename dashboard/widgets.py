@@ -1,6 +1,6 @@
 """Dashboard widgets shared by the pages: head pickers, thumbnail strips, heatmaps.
 
-Rendering only: values come from the cached handles (`stores`, `head_cache`, `tables`) and `engine.core.analysis` (math).
+Rendering only: values come from the store session (`stores`, `tables`, `stored`).
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from dashboard import head_cache, render, settings, stored, stores, tables
+from dashboard import render, settings, stored, stores, tables
 from dashboard.query import QueryImage
 from engine.core import analysis
 from engine.core.layers import head_name
+from engine.errors import UserError
 
 
 def head_picker(
@@ -48,7 +49,7 @@ def show_thumbs(store, ranking: analysis.Ranking, caption_fmt: str = "{:.3f}") -
     if len(ranking.index) == 0:
         st.warning("No stored images to rank.")
         return
-    thumbs = head_cache.thumbnails(store, ranking.index)
+    thumbs = stored.thumbnails(store, ranking.index)
     names = stored.captions(store, ranking.index)
     st.image(
         [Image.fromarray(t) for t in thumbs],
@@ -116,7 +117,7 @@ def head_mask_picker(store, key: str) -> np.ndarray | None:
     """One head, or an aggregate over chosen layers × heads -> bool mask [layer, head] over the
     stored layers (None, with a message, when nothing is chosen)."""
     layers = stores.store_layers(store)
-    n_heads = int(store.info["n_heads"])
+    n_heads = store.n_heads
     labels = tables.head_labels(store)
     mode = st.radio(
         "Heads",
@@ -175,3 +176,17 @@ def require_query(ctx) -> QueryImage:
         st.info("Pick a sample, a stored image or upload one in the sidebar (**Image**).")
         st.stop()
     return ctx.query
+
+
+def run(what: str, fn, *args, **kwargs):
+    """Call the store session (an analysis, the model) under a spinner; a UserError (e.g. the
+    store's weights are not on this machine) is shown as one line and stops the page."""
+    try:
+        with st.spinner(what):
+            return fn(*args, **kwargs)
+    except UserError as e:
+        st.error(
+            f"{e}. Analyses of a new image need the store's model; the store's own images "
+            "still work where no new decomposition is needed (pick one **From the store**)."
+        )
+        st.stop()

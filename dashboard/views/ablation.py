@@ -1,5 +1,7 @@
 """Ablation: zero-shot accuracy before and after mean-ablating components, with a random baseline.
 
+The page gathers a spec (the language of `python -m engine ablate --ablate`) and the run's
+choices, and calls the store session's `ablate` — the same function the command runs.
 Everything runs from the store (the complete decomposition is stored); the model is loaded only
 for tasks whose class embeddings are not cached in the store yet.
 """
@@ -11,13 +13,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import model_cache, state, stores, tables, widgets
-from engine.core import ablation
+from dashboard import state, stores, tables, widgets
 from engine.core.layers import head_name
-from engine.core.zeroshot import ZeroShotTask, class_embeddings
 from engine.errors import UserError
-from engine.sources.tasks import task_specs
-from engine.store.decomposition import cached_class_embeddings, load_components
 
 st.title("Ablation")
 st.caption(
@@ -30,50 +28,22 @@ store = widgets.require_store(ctx)
 key = stores.version_key(store)
 
 
-@st.cache_resource(show_spinner="Reading the stored decomposition…", max_entries=2)
-def _components(key: str):
-    return load_components(stores.reader(key))
-
-
-@st.cache_data(show_spinner=False, max_entries=4)
-def _specs(key: str):
-    return task_specs(stores.reader(key))
-
-
-def _tasks(store, specs) -> list[ZeroShotTask]:
-    emb = cached_class_embeddings(store, specs)
-    for s in specs:
-        if s.name not in emb:  # not cached by an `ablate` run yet: embed with the model
-            emb[s.name] = class_embeddings(
-                lambda t: model_cache.text_embedding(store, list(t)), prompts=s.prompts
-            )
-    return [ZeroShotTask(s.name, tuple(s.class_names), s.labels, emb[s.name]) for s in specs]
-
-
 @st.cache_data(show_spinner="Ablating…", max_entries=32)
-def _run(key: str, spec: str, draws: int, split: float, seed: int, _tasks) -> dict:
-    s = stores.reader(key)
-    output, comps = _components(key)
-    labels = tables.head_labels(s)
-    names = ablation.parse_ablation_spec(
-        spec, stores.store_heads(s), labels, int(s.info["n_layers"]), stored_layers=s.layers
-    )
-    fit, ev = ablation.split(len(output), split, seed)
-    res = ablation.run_ablation(
-        output, comps, names, _tasks, fit, ev, random_draws=draws, seed=seed
-    )
-    return res.to_dict()
+def _run(key: str, spec: str, draws: int, split: float, seed: int) -> tuple[str, dict]:
+    """(task source, result) of `engine ablate`'s function, cached per store version."""
+    run = stores.session(key).ablate(spec, random=draws, split=split, seed=seed)
+    return run.tasks_source, run.result.to_dict()
 
 
-try:
-    source, specs = _specs(key)
+try:  # the store's zero-shot tasks (a clear message when it has none)
+    with st.spinner("Reading the tasks…"):
+        store.zeroshot_tasks()
 except UserError as e:
     st.error(str(e))
     st.stop()
 
 labels = tables.head_labels(store)
 layers = stores.store_layers(store)
-n_layers = int(store.info["n_layers"])
 mode = st.radio(
     "Ablate",
     ["Heads by label", "Heads", "Layers' heads", "All but the last K layers' heads"],
@@ -128,7 +98,7 @@ st.caption(f"Spec: `{spec}` — the same run from the command line: "
            f"`python -m engine ablate --store {ctx.store_path} --ablate '{spec}'`")  # fmt: skip
 
 try:
-    result = _run(key, spec, draws, split, seed, _tasks(store, specs))
+    source, result = _run(key, spec, draws, split, seed)
 except UserError as e:
     st.error(str(e))
     st.stop()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import model_cache, state, widgets
-from engine.core import analysis
+from dashboard import state, widgets
 
 st.title("Contrastive segmentation")
 ctx = state.page_context()
@@ -22,10 +21,9 @@ if not t1 or not t2:
 if mask is None:
     st.stop()
 
-emb = model_cache.text_embedding(store, [t1, t2])  # [text, d_embed]
-direction = analysis.contrast_direction(emb[0], emb[1])
-maps = model_cache.maps_for(store, q, direction)  # [layer, head, grid, grid]
-grid_map = analysis.aggregate_maps(maps, mask)  # every chosen head, summed
+grid_map = widgets.run(  # [grid, grid]: direction text 1 - text 2, chosen heads summed
+    "Decomposing the image…", store.contrastive_segmentation, q, t1, t2, heads=mask
+)
 widgets.show_heatmap(
     q,
     grid_map,

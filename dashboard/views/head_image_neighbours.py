@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import head_cache, model_cache, state, stores, tables, widgets
-from engine.core import analysis
+from dashboard import state, stores, tables, widgets
 from engine.core.layers import head_name
 
 st.title("Head image neighbours")
@@ -31,10 +30,7 @@ if not heads:
     st.warning("Choose at least one head.")
     st.stop()
 
-banks = head_cache.many_head_contributions(store, heads)
-query_out = model_cache.query_head_out(store, q, heads)  # [head, d_embed]
-exclude = [q.store_index] if q.store_index is not None else []
-rankings = analysis.head_image_neighbours(query_out, banks, k, exclude)
+rankings = widgets.run("Ranking…", store.head_image_neighbours, q, heads, k=k)
 
 st.image(q.crop(128), caption=q.label, width=128)
 cols = st.columns(len(heads))

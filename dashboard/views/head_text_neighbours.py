@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import head_cache, model_cache, state, stores, tables, widgets
-from engine.core import analysis
+from dashboard import state, stores, tables, widgets
 from engine.core.layers import head_name
 
 st.title("Head text neighbours")
@@ -42,8 +41,6 @@ if not text:
     st.warning("Type a text.")
     st.stop()
 
-direction = model_cache.text_embedding(store, [text])[0]  # [d_embed]
-bank = head_cache.head_contributions(store, *head)
-ranking = analysis.top_k(bank.dot(direction), k)
+ranking = widgets.run("Ranking…", store.head_text_neighbours, head, text, k=k)
 st.markdown(f"**{head_name(*head)}** · “{text}” · score = head_out · text")
 widgets.show_thumbs(store, ranking)

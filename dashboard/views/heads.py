@@ -8,8 +8,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, paper, state, stores, tables, widgets
-from engine.core.layers import head_name
+from dashboard import charts, paper, state, stores, widgets
 
 st.title("Heads")
 ctx = state.page_context()
@@ -18,66 +17,22 @@ store = widgets.require_store(ctx)
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def heads_table(key: str) -> pd.DataFrame:
-    """One row per stored head; built from the store's tables (no math)."""
-    s = stores.reader(key)
-    df = pd.DataFrame(stores.store_heads(s), columns=["layer", "head"])
-    df.insert(0, "name", [head_name(l, h) for l, h in zip(df["layer"], df["head"], strict=True)])
-    labels = tables.table(s, "head_labels")
-    df = df.merge(
-        labels[["layer", "head", "label", "labeller"]].drop_duplicates(["layer", "head"]),
-        on=["layer", "head"],
-        how="left",
-    )
-    ts = tables.table(s, "textspan")
-    if not ts.empty:
-        ts = ts.sort_values(["layer", "head", "rank"])
-        top = (
-            ts.groupby(["layer", "head"])
-            .apply(
-                lambda g: " · ".join(
-                    f"{t} ({v:.3f})"
-                    for t, v in zip(g["text"][:5], g["variance_removed"][:5], strict=True)
-                ),
-                include_groups=False,
-            )
-            .rename("top_texts (variance removed)")
+    """The session's one table of heads (label, TextSpan texts, evidence), with the TextSpan
+    texts written out and the paper demo's reference labels where the model is a paper's."""
+    s = stores.session(key)
+    df = s.heads_table()
+    texts = df.pop("top_texts")
+    if any(len(t) for t in texts):  # interpreted: "text (variance removed) · …"
+        df.insert(
+            df.columns.get_loc("labeller") + 1,
+            "top_texts (variance removed)",
+            [" · ".join(f"{t} ({v:.3f})" for t, v in ts) or None for ts in texts],
         )
-        df = df.merge(top.reset_index(), on=["layer", "head"], how="left")
     ref = paper.reference_labels(s)
     if ref:
         df["reference_label"] = [
             ref.get((l, h)) for l, h in zip(df["layer"], df["head"], strict=True)
         ]
-    gt = tables.table(s, "ground_truth")
-    if not gt.empty:
-        dom = (
-            gt[gt["is_dominant"]]
-            .sort_values("eta2", ascending=False)
-            .drop_duplicates(["layer", "head"])
-        )
-        dom = dom[["layer", "head", "factor", "eta2", "match"]].rename(
-            columns={"factor": "gt_factor", "eta2": "gt_eta2", "match": "gt_match"}
-        )
-        df = df.merge(dom, on=["layer", "head"], how="left")
-    # causal evidence: the accuracy this head alone carries for the task its label names
-    eff = tables.table(s, "head_effects")
-    if not eff.empty and "label" in df:
-        own = df[["layer", "head", "label"]].merge(
-            eff, left_on=["layer", "head", "label"], right_on=["layer", "head", "task"]
-        )
-        df = df.merge(
-            own[["layer", "head", "drop"]].rename(columns={"drop": "ablation_drop_own_task"}),
-            on=["layer", "head"], how="left",
-        )  # fmt: skip
-    seg = tables.table(s, "segmentation_scores")
-    if not seg.empty:
-        latest = seg[(seg["run_id"] == seg["run_id"].iloc[-1]) & (seg["scope"] == "head")]
-        df = df.merge(
-            latest[["layer", "head", "pointing", "miou"]].rename(
-                columns={"pointing": "seg_pointing", "miou": "seg_miou"}
-            ),
-            on=["layer", "head"], how="left",
-        )  # fmt: skip
     return df
 
 

@@ -11,7 +11,6 @@ from dashboard import charts, paper, state, stores, tables, widgets
 st.title("Overview")
 ctx = state.page_context()
 store = widgets.require_store(ctx)
-info = store.info
 scores = tables.table(store, "scores")
 st.caption(
     "**association**: share of heads with at least 3 of their top-5 TextSpan texts in their "
@@ -44,7 +43,7 @@ else:
     top = overall(scores)
     cols = st.columns(max(1, len(top)))
     published = paper.PAPER_SCORES.set_index("model_spec")
-    spec = info["model_spec"]
+    spec = store.model_record.model_spec
     for col, row in zip(cols, top.itertuples(), strict=False):
         label = f"{row.metric} ({row.labeller})"
         delta = None
@@ -75,14 +74,14 @@ for path in stores.list_store_paths():
     except Exception:
         continue
     o = overall(tables.table(other, "scores"))
-    name = f"{path.rsplit('/', 1)[-1]} ({other.info['model_spec']})"
+    name = f"{path.rsplit('/', 1)[-1]} ({other.model_record.model_spec})"
     if o.empty:  # not interpreted: a row that says so, not an empty slot
         rows += [{"model": name, "metric": m, "value": None, "source": "computed (store)"}
                  for m in PAPER_METRIC]  # fmt: skip
     for r in o.itertuples():
         rows.append(
             {
-                "model": f"{path.rsplit('/', 1)[-1]} ({other.info['model_spec']})",
+                "model": f"{path.rsplit('/', 1)[-1]} ({other.model_record.model_spec})",
                 "metric": r.metric,
                 "value": r.value,
                 "source": "computed (store)",

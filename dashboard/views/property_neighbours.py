@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import head_cache, model_cache, paper, state, stores, tables, widgets
+from dashboard import paper, state, stores, tables, widgets
 from engine.core import analysis
-from engine.core.labels import MIXED, NON_LABELS
 from engine.core.layers import head_name
 
 st.title("Property neighbours")
@@ -17,17 +16,7 @@ q = widgets.require_query(ctx)
 # property -> heads: the store's own labels, else the demo's ground truth, plus the paper's lists
 labels = tables.head_labels(store)
 stored = set(stores.store_heads(store))
-properties: dict[str, list[tuple[int, int]]] = {}
-for hd, lab in labels.items():
-    if lab not in (MIXED, *NON_LABELS):  # "mixed" heads carry no single property
-        properties.setdefault(f"{lab} (label)", []).append(hd)
-if not properties:
-    gt = tables.table(store, "ground_truth")
-    if not gt.empty:
-        for r in gt[gt["is_dominant"]].itertuples():
-            properties.setdefault(f"{r.factor} (ground truth)", []).append(
-                (int(r.layer), int(r.head))
-            )
+properties = store.property_heads()
 for prop, heads in paper.reference_properties(store).items():
     heads = [h for h in heads if h in stored]
     if heads:
@@ -58,16 +47,12 @@ if not heads:
     st.warning("Choose at least one head.")
     st.stop()
 
-banks = head_cache.many_head_contributions(store, heads)
-query_out = model_cache.query_head_out(store, q, heads)  # [head, d_embed]
-scores = analysis.property_scores(query_out, banks, combine)
-exclude = [q.store_index] if q.store_index is not None else []
-ranking = analysis.top_k(scores, k, exclude)
+ranking = widgets.run("Ranking…", store.property_neighbours, q, heads, combine=combine, k=k)
 
 st.markdown(
     f"**{len(heads)} head(s)** {', '.join(head_name(*h) for h in heads)} · combined by "
     f"**{combine}** of unit-normalised contributions · cosine over "
-    f"{store.info['n_images']:,} stored images"
+    f"{store.n_images:,} stored images"
 )
 left, right = st.columns([1, 3])
 left.image(q.crop(192), caption=q.label, width=192)

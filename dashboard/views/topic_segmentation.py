@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import model_cache, state, widgets
-from engine.core import analysis
+from dashboard import state, widgets
 
 st.title("Topic segmentation")
 ctx = state.page_context()
@@ -20,9 +19,9 @@ if not text.strip():
 if mask is None:
     st.stop()
 
-direction = model_cache.text_embedding(store, [text.strip()])[0]  # [d_embed]
-maps = model_cache.maps_for(store, q, direction)  # [layer, head, grid, grid]
-grid_map = analysis.aggregate_maps(maps, mask)
+grid_map = widgets.run(  # [grid, grid]: the chosen heads' maps, summed
+    "Decomposing the image…", store.topic_segmentation, q, text.strip(), heads=mask
+)
 n = int(mask.sum())
 widgets.show_heatmap(
     q,

@@ -19,8 +19,12 @@ pytestmark = pytest.mark.dashboard
 
 
 class FakeStore:
+    """What paper.py reads of a store session: its model record."""
+
     def __init__(self, spec: str, random_weights: bool = False):
-        self.info = {"model_spec": spec, "random_weights": random_weights}
+        from types import SimpleNamespace
+
+        self.model_record = SimpleNamespace(model_spec=spec, random_weights=random_weights)
 
 
 def test_paper_model_and_reference_tables():
@@ -72,8 +76,9 @@ def test_query_crop_is_the_models_centre_crop():
     assert crop.shape == (50, 50, 3) and crop.min() > 200
 
 
-def test_stale_reader_is_closed_and_its_version_collected(tmp_path):
-    """A cached reader of a superseded version is closed on the next open, so gc can delete it."""
+def test_stale_session_is_closed_and_its_version_collected(tmp_path):
+    """A cached store session of a superseded version is closed on the next open, so gc can
+    delete it."""
     from dashboard import stores
     from engine.store import mutate_store
     from tests.dashboard.conftest import paper_shaped_store
@@ -90,13 +95,13 @@ def test_stale_reader_is_closed_and_its_version_collected(tmp_path):
         assert v1.is_dir()
         new = stores.open_store(str(link))
         assert new is not old and new.version_path == Path(os.path.realpath(link))
-        assert stores.reader(str(new.version_path)) is new
+        assert stores.session(str(new.version_path)) is new
         with pytest.raises(duckdb.ConnectionException):
-            old.query("SELECT 1")  # closed
+            old.reader.query("SELECT 1")  # closed
         with pytest.raises(UserError, match="store changed"):
-            stores.reader(str(v1))
+            stores.session(str(v1))
         with mutate_store(link):  # the next publication collects v1 (no reader holds it now)
             pass
         assert not v1.exists()
     finally:
-        stores.readers().close_all()
+        stores.sessions().close_all()
