@@ -38,24 +38,30 @@ def home() -> None:
     c[1].metric("Images", f"{store.n_images:,}")
     c[2].metric("Heads stored", len(stores.store_heads(store)))
     c[3].metric("Interpreted", "yes" if tables.interpreted(store) else "no")
+    st.markdown("**Pages**, in the order of a first look (each link keeps this store):")
+    for r in routes.ROUTES:
+        routes.page_link(ctx, r.url_path)
+        st.caption(PAGE_NOTES[r.url_path])
     st.markdown(
-        """
-**Pages**, in the order of a first look:
-- **Overview** — entanglement and association scores, per layer, across stores, with the paper's
-  published figures.
-- **Heads** — every head's label, TextSpan texts, reference label and ground truth, with its
-  causal evidence (ablation effect, segmentation scores); export.
-- **Property neighbours** — images of the store most alike the chosen image in one property.
-- **Topic segmentation** / **Contrastive segmentation** — where in the image heads see a text
-  (or one text more than another).
-- **Head image neighbours** / **Head text neighbours** — what single heads retrieve.
-- **Ablation** — zero-shot accuracy before and after mean-ablating heads (by label, list, layers,
-  or all but the last K layers), against random heads.
-
-Pick the image in the sidebar: a bundled sample, any stored image, or your own upload. Every
-page's URL names the store and the image (not an upload), so a copied link reopens the view.
-"""
+        "Pick the image in the sidebar: a bundled sample, any stored image, or your own "
+        "upload. Every page's URL names the store and the image (not an upload), so a copied "
+        "link reopens the view."
     )
+
+
+PAGE_NOTES = {
+    "overview": "Entanglement and association scores, per layer, across stores, with the paper's "
+    "published figures.",
+    "heads": "Every head's label, TextSpan texts, reference label and ground truth, with its "
+    "causal evidence (ablation effect, segmentation scores); export.",
+    "property_neighbours": "Images of the store most alike the chosen image in one property.",
+    "topic_segmentation": "Where in the image heads see a text.",
+    "contrastive_segmentation": "Where the image is more one text than another.",
+    "head_image_neighbours": "What single heads retrieve for the chosen image.",
+    "head_text_neighbours": "What single heads retrieve for a text.",
+    "ablation": "Zero-shot accuracy before and after mean-ablating heads (by label, list, "
+    "layers, or all but the last K layers), against random heads.",
+}
 
 
 def main() -> None:

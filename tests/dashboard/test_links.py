@@ -61,6 +61,15 @@ def test_every_page_opened_cold_by_its_url_shows_the_store_and_results(
     assert at.query_params.get("store") == "fixture"
 
 
+def test_home_links_every_page_keeping_the_store(monkeypatch, store_env):
+    root, _, _ = store_env
+    at = _cold(monkeypatch, root, None, store="fixture", image="3")
+    links = at.get("page_link")
+    assert [link.proto.label for link in links] == [r.title for r in ROUTES]
+    for link, r in zip(links, ROUTES, strict=True):
+        assert link.proto.page.endswith(r.url_path) and link.proto.query_string == "store=fixture"
+
+
 def test_a_page_url_without_parameters_opens_the_default_store(monkeypatch, store_env):
     root, _, _ = store_env
     at = _cold(monkeypatch, root, "heads")
