@@ -156,3 +156,14 @@ def test_no_import_cycles_between_dashboard_modules():
 
     cycles = [c for m in sorted(graph) if (c := cycle_from(m))]
     assert cycles == []
+
+
+def test_page_parameters_cannot_shadow_the_view():
+    """A page's own URL parameters (e.g. `unit`) never overwrite the store or image."""
+    from dashboard import state
+
+    for name in state.VIEW_PARAMS:
+        with pytest.raises(ValueError, match="view parameter"):
+            state.url_param(name)
+        with pytest.raises(ValueError, match="view parameter"):
+            state.set_url_param(name, "x")
