@@ -12,7 +12,17 @@ import sys
 from engine import __version__
 from engine.errors import UserError
 
-COMMANDS = ["models", "verify", "build", "interpret", "scores", "ablate", "segeval", "demo_store"]
+COMMANDS = [
+    "models",
+    "verify",
+    "build",
+    "interpret",
+    "heads",
+    "scores",
+    "ablate",
+    "segeval",
+    "demo_store",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -72,6 +72,8 @@ def run(args) -> int:
             "matched": res.matched_heads,
             "match_rate": round(res.match_rate, 3),
         }
+    labels = _label_summary(args.store)
+    summary["labels"] = labels.to_dict()
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -84,4 +86,16 @@ def run(args) -> int:
     elif res.clear_heads:
         print(f"  ground truth: {res.matched_heads}/{res.clear_heads} heads with a clear "
               f"dominant factor are labelled with it ({res.match_rate:.0%})")  # fmt: skip
+    print("\n".join(labels.lines()))
+    print(f"(python -m engine heads --store {args.store} lists each head's label and texts)")
     return 0
+
+
+def _label_summary(store):
+    """Heads per label of the interpretation just written, with a note when most are mixed."""
+    from engine.core.label_summary import summarise_labels
+    from engine.store import open_store
+
+    with open_store(store) as r:
+        labs = list(r.head_labels().values())
+        return summarise_labels(labs, random_weights=bool(r.info.get("random_weights")))

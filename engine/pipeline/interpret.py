@@ -11,6 +11,7 @@ not pay for them twice).
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -107,6 +108,7 @@ def run_interpretation(
     and ground truth -> one write. `text_embeddings_fn(session, texts) -> [text, d_embed]`
     replaces the store's model (tests)."""
     _check_choices(labeller, normalise, texts_per_head, rank)
+    _check_llm(labeller, llm_timeout)
     t0 = time.perf_counter()
     started = provenance.now()
     run_id = uuid.uuid4().hex
@@ -116,10 +118,10 @@ def run_interpretation(
         factors = s.reader.factors()
         b = banks.load_bank(bank or ("world" if factors is not None else "general"))
         with _timed(timings, "encode_texts_s"):
-            embed = text_embeddings_fn or (
-                lambda s_, texts: s_.text_embeddings(texts, progress=progress)
-            )
-            emb = embed(s, b.texts)  # [text, d_embed]
+            if text_embeddings_fn is None:  # from the on-disk text cache after the first run
+                emb, timings["texts_encoded"] = _bank_embeddings(s, b, progress)
+            else:
+                emb = text_embeddings_fn(s, b.texts)  # [text, d_embed]
         with _timed(timings, "textspan_s"):
             described = _describe(s, chosen, emb, b, factors, rank, texts_per_head, progress)
         cache = s.reader.llm_responses() if labeller == "llm" else {}
@@ -161,6 +163,27 @@ def _check_choices(labeller: str, normalise: str, texts_per_head: int, rank: int
         raise UserError("--texts-per-head must be at least 1")
     if rank < 1:
         raise UserError("--rank must be at least 1")
+
+
+def _check_llm(labeller: str, timeout: float) -> None:
+    """--labeller llm: the key and the endpoint first, failing in seconds before any work."""
+    if labeller == "llm":
+        from engine.pipeline.llm import check_endpoint
+
+        check_endpoint(timeout=min(timeout, 10.0))
+
+
+def _bank_embeddings(s, b, progress: bool) -> tuple[np.ndarray, int]:
+    """The bank's [text, d_embed] embeddings from the text cache (engine.model.text_cache), else
+    encoded by the session's verified model, announced first and then cached; and how many texts
+    were encoded (0 on a cache hit)."""
+    from engine.model import text_cache
+
+    got = text_cache.bank_embeddings(
+        asdict(s.model_record), b.texts, lambda t: s.text_embeddings(t, progress=progress),
+        name=f"bank {b.name}", announce=lambda line: print(line, file=sys.stderr, flush=True),
+    )  # fmt: skip
+    return got.emb, got.n_encoded
 
 
 @contextmanager
