@@ -96,11 +96,9 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _weights_missing(s: ModelSpec) -> WeightsMissing:
-    return WeightsMissing(
-        f"weights for {s.raw} are not on this machine and could not be downloaded; put the "
-        f"checkpoint file anywhere and use --model {s.arch}:/path/to/open_clip_model.safetensors "
-        "(or fill the Hugging Face cache, ~/.cache/huggingface/hub, on a machine with network)"
-    )
+    from engine.model.origin import weights_missing_message
+
+    return WeightsMissing(weights_missing_message(s))
 
 
 def _first_line(e: BaseException) -> str:
@@ -195,6 +193,9 @@ def load_model(
         if not (DEMO_DIR / "open_clip_config.json").is_file():
             raise WeightsMissing(f"the demo model is missing from {DEMO_DIR} (broken checkout?)")
         name = f"local-dir:{DEMO_DIR}"
+    elif s.kind == "hf-hub" and not random_weights:
+        if local_weights(spec) is None and not _hub_reachable():
+            raise _weights_missing(s)  # at once, not after the hub client's retries
     elif s.kind == "tiny":
         random_weights = True
     elif s.kind == "arch" and not random_weights:

@@ -59,6 +59,38 @@ def _redact(text: str, secret: str | None) -> str:
     return text.splitlines()[0][:200] if text else ""
 
 
+def check_endpoint(base_url: str | None = None, timeout: float = 5.0) -> None:
+    """Before any work: the key is set and the endpoint answers it, else one UserError.
+
+    One `GET /models` without retries: no answer (refused, unresolvable, silent past `timeout`)
+    or a rejected key (401) fails at once. Any other HTTP answer means the server is there; some
+    OpenAI-compatible servers do not list models, and the labelling requests report the rest.
+    """
+    import openai
+
+    key = os.environ.get("OPENAI_API_KEY", "")
+    if not key:
+        raise UserError(
+            "the LLM labeller needs OPENAI_API_KEY in the environment (and OPENAI_BASE_URL for "
+            "a server other than OpenAI's); nothing was computed"
+        )
+    base = base_url or os.environ.get("OPENAI_BASE_URL") or None
+    where = base or "the OpenAI API"
+    try:
+        client = openai.OpenAI(api_key=key, base_url=base, timeout=timeout, max_retries=0)
+        client.models.list()
+    except openai.AuthenticationError:
+        raise UserError(f"{where} rejected the API key (HTTP 401); check OPENAI_API_KEY") from None
+    except openai.APITimeoutError:
+        raise UserError(
+            f"{where} did not answer within {timeout:g} s; check OPENAI_BASE_URL and the network"
+        ) from None
+    except openai.APIConnectionError:
+        raise UserError(f"cannot reach {where}; check OPENAI_BASE_URL and the network") from None
+    except (openai.APIStatusError, openai.APIResponseValidationError, ValueError):
+        pass  # it answered over HTTP: the endpoint is there
+
+
 @dataclass
 class LLMLabel:
     label: str
