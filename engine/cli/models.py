@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 
 NAME = "models"
 HELP = "list known models and which are available locally"
@@ -23,10 +24,18 @@ def run(args) -> int:
         ModelEntry(m.name, m.spec, f"paper model; {m.training_data}", paper=True)
         for m in paper_models()
     ]
+    from engine.model.discovery import random_weight_architectures
+
     rows = list_models(paper)
     if args.all:
         rows += list_open_clip_vits()
+    archs = random_weight_architectures()
     if args.json:
+        rows += [
+            {"name": a, "spec": a, "description": "architecture; decomposable, with --random-weights",
+             "paper": False, "available": True, "where": "random init", "random_weights": True}
+            for a in archs
+        ]  # fmt: skip
         print(json.dumps(rows, indent=2))
         return 0
     width = max(len(r["spec"]) for r in rows)
@@ -36,6 +45,18 @@ def run(args) -> int:
         print(f"{r['spec']:<{width}}  {mark:<15}  {r['description']}{paper}")
         if r["available"] and r["where"]:
             print(f"{'':<{width}}  {'':<15}  at {r['where']}")
+    print(
+        f"\nArchitectures usable with --random-weights ({len(archs)}; decomposable, no download):"
+    )
+    print(
+        textwrap.fill(
+            ", ".join(archs),
+            width=100,
+            initial_indent="  ",
+            subsequent_indent="  ",
+            break_on_hyphens=False,
+        )
+    )
     print(
         "\nOther specs: ARCH:/path/to/weights.safetensors, local-dir:/path, hf-hub:org/repo, "
         "or ARCH with --random-weights."

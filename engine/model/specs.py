@@ -133,21 +133,35 @@ def parse_spec(spec: str) -> ModelSpec:
     if ":" in spec:
         arch, path = spec.split(":", 1)
         if arch not in archs:
-            raise UserError(f"unknown architecture {arch!r}; see `python -m engine models --all`")
+            raise UserError(
+                f"unknown architecture {arch!r}{_hint(arch, archs)}; see `python -m engine models`"
+            )
         if not Path(path).expanduser().is_file():
             raise UserError(f"checkpoint file not found: {path}")
         return ModelSpec(spec, "file", arch, path=str(Path(path).expanduser()))
     if "/" in spec:
         arch, tag = spec.split("/", 1)
         if arch not in archs:
-            raise UserError(f"unknown architecture {arch!r}; see `python -m engine models --all`")
+            pairs = [f"{a}/{t}" for a, t in oc.list_pretrained()]
+            hint = _hint(spec, pairs) or _hint(arch, archs)
+            raise UserError(f"unknown architecture {arch!r}{hint}; see `python -m engine models`")
         tags = oc.list_pretrained_tags_by_model(arch)
         if tag not in tags:
-            raise UserError(f"unknown pretrained tag {tag!r} for {arch}; valid: {', '.join(tags)}")
+            raise UserError(
+                f"unknown pretrained tag {tag!r} for {arch}; valid: "
+                f"{', '.join(tags) or 'none (use --random-weights)'}{_hint(tag, tags)}"
+            )
         return ModelSpec(spec, "tag", arch, tag=tag)
     if spec in archs:
         return ModelSpec(spec, "arch", spec)
-    raise UserError(f"unknown model {spec!r} (`python -m engine models` lists them); {forms}")
+    hint = _hint(spec, [*(m.spec for m in MODELS), *archs])
+    raise UserError(f"unknown model {spec!r}{hint} (`python -m engine models` lists them); {forms}")
+
+
+def _hint(name: str, valid) -> str:
+    from engine.model.discovery import did_you_mean
+
+    return did_you_mean(name, valid)
 
 
 def _hf_cached(hf_hub: str) -> str | None:

@@ -1,0 +1,86 @@
+"""Discoverable models: what --random-weights can build, "did you mean", subcommand usage
+(issue 20, item 4)."""
+
+import json
+
+import pytest
+
+from engine.cli import main
+from engine.errors import UnsupportedModel, UserError
+from engine.model import loading, parse_spec
+from engine.model.discovery import check_architecture, did_you_mean, random_weight_architectures
+
+
+@pytest.mark.unit
+def test_random_weight_architectures_are_what_check_supported_accepts():
+    archs = random_weight_architectures()
+    assert {"ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-S-32", "ViT-B-32-quickgelu"} <= set(archs)
+    refused = {
+        "ViT-M-16-alt": "LayerScale",  # ls_1/ls_2
+        "ViT-L-14-CLIPA": "pool_type 'avg'",
+        "RN50": "ResNet",
+        "ViT-B-16-SigLIP": "timm",
+        "coca_ViT-B-32": "attention pooling",
+    }
+    for name, why in refused.items():
+        assert name not in archs
+        a = check_architecture(name)
+        assert not a.usable and why in a.reason, (name, a.reason)
+    # the one-layer meta-device check agrees with a full build at random init
+    lm = loading.load_model("ViT-S-32", random_weights=True)
+    assert lm.dims.n_layers == 12
+    with pytest.raises(UnsupportedModel, match="LayerScale"):
+        loading.load_model("ViT-M-16-alt", random_weights=True)
+
+
+@pytest.mark.unit
+def test_models_lists_the_random_weight_architectures(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    archs = random_weight_architectures()
+    assert f"Architectures usable with --random-weights ({len(archs)};" in out
+    listed = out.split("--random-weights (")[1].split("\n\n")[0]
+    assert all(a in listed for a in archs) and "ViT-M-16-alt" not in listed
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["spec"] for r in rows if r.get("random_weights")] == archs
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "spec, hint",
+    [
+        ("vit-b-32", "did you mean 'ViT-B-32'?"),
+        ("ViT-B-32/opneai", "did you mean 'openai'?"),
+        ("vit-b-32/openai", "did you mean 'ViT-B-32/openai'?"),
+        ("ViT-B-23:/tmp/x.safetensors", "did you mean 'ViT-B-32'?"),
+        ("demoo", "did you mean 'demo'?"),
+    ],
+)
+def test_unknown_names_and_tags_get_did_you_mean(spec, hint, capsys):
+    with pytest.raises(UserError, match=hint.replace("?", r"\?")):
+        parse_spec(spec)
+    assert main(["verify", "--model", spec, "--images", "synthetic:2"]) == 2
+    err = capsys.readouterr().err
+    assert hint in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.unit
+def test_did_you_mean_only_when_close():
+    assert did_you_mean("zzzz", ["ViT-B-32"]) == ""
+    assert did_you_mean("VIT-L-14", ["ViT-L-14", "ViT-L-16"]) == " (did you mean 'ViT-L-14'?)"
+
+
+@pytest.mark.unit
+def test_a_bad_flag_prints_the_subcommands_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["scores", "--store", "x", "--bogus"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("usage: clip-interpret scores") and "unrecognized arguments: --bogus" in err
+    )
+    assert "clip-interpret scores: error" in err
+    with pytest.raises(SystemExit):  # no subcommand: the top-level usage, as before
+        main(["--bogus"])
+    assert capsys.readouterr().err.startswith("usage: clip-interpret [-h]")
