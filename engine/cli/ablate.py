@@ -50,4 +50,26 @@ def run(args) -> int:
             if t.random.size else "-"
         )  # fmt: skip
         print(f"{t.task:<14} {t.before:7.3f} {t.after:7.3f} {t.drop:7.3f}   {rnd}")
+    if res.baseline is not None and res.baseline.note:
+        print("note: " + res.baseline.note)
+    if res.head_effects is not None:
+        print()
+        print("\n".join(per_head_lines(res.head_effects)))
     return 0
+
+
+def per_head_lines(effects) -> list[str]:
+    """Each stored head ablated alone: its accuracy drop per task, one row per head."""
+    from engine.core.layers import head_name
+
+    wide = effects.pivot_table(index=["layer", "head"], columns="task", values="drop")
+    wide = wide[list(dict.fromkeys(effects["task"]))]  # the tasks in their run order
+    tasks = list(wide.columns)
+    w = max(7, *(len(t) for t in tasks))
+    out = ["per head (each head mean-ablated alone; accuracy drop per task, + = worse):",
+           f"{'head':<8}" + "".join(f" {t:>{w}}" for t in tasks)]  # fmt: skip
+    for (layer, head), row in wide.iterrows():
+        out.append(
+            f"{head_name(int(layer), int(head)):<8}" + "".join(f" {v:>+{w}.3f}" for v in row)
+        )
+    return out

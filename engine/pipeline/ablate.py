@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from engine.core.ablation import AblationResult
+from engine.core.baseline import BaselineCheck, check_baseline
+from engine.core.layers import head_name
 from engine.pipeline import provenance
 from engine.session import StoreSession
 from engine.store import mutate_store
@@ -46,10 +48,27 @@ class AblateRun:
     result: AblationResult
     head_effects: pd.DataFrame | None
     timings: dict
+    baseline: BaselineCheck | None = None  # can the random baseline differ from the ablation?
 
     def to_dict(self) -> dict:
-        return {"run_id": self.run_id, "spec": self.spec, "tasks_source": self.tasks_source,
-                "timings": self.timings, **self.result.to_dict()}  # fmt: skip
+        out = {"run_id": self.run_id, "spec": self.spec, "tasks_source": self.tasks_source,
+               "timings": self.timings, **self.result.to_dict()}  # fmt: skip
+        if self.baseline is not None:
+            out["baseline"] = self.baseline.to_dict()
+        if self.head_effects is not None:
+            out["per_head"] = per_head_records(self.head_effects)
+        return out
+
+
+def per_head_records(effects: pd.DataFrame) -> list[dict]:
+    """`--per-head` rows for JSON: {name, layer, head, task, before, after, drop}, in head order."""
+    df = effects.sort_values(["layer", "head"], kind="stable")
+    return [
+        {"name": head_name(int(r.layer), int(r.head)), "layer": int(r.layer), "head": int(r.head),
+         "task": str(r.task), "before": float(r.before), "after": float(r.after),
+         "drop": float(r.drop)}
+        for r in df.itertuples(index=False)
+    ]  # fmt: skip
 
 
 def run_ablate(p: AblateParams, progress: bool = False) -> AblateRun:
@@ -61,6 +80,8 @@ def run_ablate(p: AblateParams, progress: bool = False) -> AblateRun:
                      per_head=p.per_head, progress=progress)  # fmt: skip
         run = AblateRun(uuid.uuid4().hex, p.ablate, a.tasks_source, a.result, a.head_effects,
                         a.timings)  # fmt: skip
+        if p.random > 0:  # the session's components are read once: this costs nothing
+            run.baseline = check_baseline(s.components()[1], a.result.ablated)
         if p.write:
             _write(p, run, s, a, started)
     return run
