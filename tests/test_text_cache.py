@@ -190,14 +190,18 @@ def test_interpret_summary_and_heads_command(tmp_path, cache, capsys):
             and x["label"] == labels[(x["layer"], x["head"])]
         )
         mine = ts[(ts["layer"] == x["layer"]) & (ts["head"] == x["head"])].sort_values("rank")
-        assert [t["text"] for t in x["texts"]] == mine.text.tolist()
-        assert x["variance_removed"] == pytest.approx(mine.variance_removed.sum())
+        assert [t["text"] for t in x["top_texts"]] == mine.text.tolist()
+        assert [t["variance_removed"] for t in x["top_texts"]] == pytest.approx(
+            mine.variance_removed.tolist()
+        )
     # text: one line per head, top texts shown
     assert main(["heads", "--store", str(store), "--texts", "2"]) == 0
     text = capsys.readouterr().out
     first = rows[0]
     assert any(
-        line.startswith(first["name"]) and first["texts"][0]["text"] in line
+        line.startswith(first["name"])
+        and first["top_texts"][0]["text"] in line
+        and first["top_texts"][2]["text"] not in line
         for line in text.splitlines()
     )
     # --label filters (case and plurals folded); an unknown label names the valid ones

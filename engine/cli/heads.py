@@ -25,16 +25,16 @@ def add_arguments(p):
 def run(args) -> int:
     from engine.core.label_summary import summarise_labels
     from engine.core.labels import normalise_label
-    from engine.store import open_store
-    from engine.store.heads import head_table
+    from engine.session import StoreSession
 
     if not Path(args.store).exists():
         raise UserError(f"store not found: {args.store}")
     if args.texts < 0:
         raise UserError("--texts must be 0 or more")
-    with open_store(args.store) as r:
-        table = head_table(r)
-        random_weights = bool(r.info.get("random_weights"))
+    with StoreSession.open(args.store) as s:
+        table = s.heads_table(texts=args.texts if not args.json else 10**6)
+        random_weights = bool(s.model_record.random_weights)
+    table = table[table["label"].notna()]
     if table.empty:
         raise UserError(
             f"{args.store} has no head labels yet; run `python -m engine interpret --store "
@@ -53,18 +53,22 @@ def run(args) -> int:
             )
         table = table[keep]
     if args.json:
-        print(json.dumps(table.to_dict(orient="records"), indent=2))
+        rows = json.loads(table.to_json(orient="records"))  # NaN -> null
+        for row in rows:
+            row["top_texts"] = [{"text": t, "variance_removed": v} for t, v in row["top_texts"]]
+        print(json.dumps(rows, indent=2))
         return 0
     lw = max(len("label"), *(len(x) for x in table["label"]))
     bw = max(len("labeller"), *(len(x) for x in table["labeller"]))
     print(f"{'head':<7} {'label':<{lw}}  {'labeller':<{bw}}  top texts (share of variance)")
     for row in table.itertuples(index=False):
-        shown = " · ".join(
-            f"{t['text']} ({t['variance_removed']:.2f})" for t in row.texts[: args.texts]
-        )
+        shown = " · ".join(f"{t} ({v:.2f})" for t, v in row.top_texts)
         print(f"{row.name:<7} {row.label:<{lw}}  {row.labeller:<{bw}}  {shown}")
     if args.label is None:
-        s = summarise_labels(table["label"].tolist(), random_weights=random_weights)
         print()
-        print("\n".join(s.lines()))
+        print(
+            "\n".join(
+                summarise_labels(table["label"].tolist(), random_weights=random_weights).lines()
+            )
+        )
     return 0

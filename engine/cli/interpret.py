@@ -94,8 +94,8 @@ def run(args) -> int:
 def _label_summary(store):
     """Heads per label of the interpretation just written, with a note when most are mixed."""
     from engine.core.label_summary import summarise_labels
-    from engine.store import open_store
+    from engine.session import StoreSession
 
-    with open_store(store) as r:
-        labs = list(r.head_labels().values())
-        return summarise_labels(labs, random_weights=bool(r.info.get("random_weights")))
+    with StoreSession.open(store) as s:
+        labs = list(s.head_labels().values())
+        return summarise_labels(labs, random_weights=bool(s.model_record.random_weights))
