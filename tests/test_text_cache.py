@@ -93,10 +93,17 @@ def test_cached_embeddings_round_trip_and_bad_entries_are_misses(tmp_path):
         return want
 
     c = TextCache(tmp_path / "c")
-    got = bank_embeddings(info, texts, encode, cache=c, announce=lines.append)
+    prepared = []
+
+    def prepare():  # the model loaded and verified: before the announcement, only on a miss
+        prepared.append(len(lines))
+
+    got = bank_embeddings(info, texts, encode, cache=c, announce=lines.append, prepare=prepare)
     assert not got.hit and got.n_encoded == 3 and calls == [texts] and len(lines) == 1
-    again = bank_embeddings(info, texts, encode, cache=c, announce=lines.append)
+    assert prepared == [0]
+    again = bank_embeddings(info, texts, encode, cache=c, announce=lines.append, prepare=prepare)
     assert again.hit and again.n_encoded == 0 and len(calls) == 1 and len(lines) == 1
+    assert prepared == [0]
     np.testing.assert_array_equal(again.emb, want)
     assert again.emb.dtype == np.float32
     # other texts, other order, other seed or other weights: other entries

@@ -138,11 +138,13 @@ def bank_embeddings(
     name: str = "bank",
     cache: TextCache | None = None,
     announce: Callable[[str], None] | None = None,
+    prepare: Callable[[], object] | None = None,
 ) -> CachedEmbeddings:
     """`texts` embedded by the store's model (`info`: model_spec, weights_hash, random_weights,
     d_embed), from the cache when there, else through `encode(texts) -> [text, d_embed]`, which
-    is then cached. `announce` receives one line before any encoding (how many texts, where the
-    result will be kept)."""
+    is then cached. On a miss, `prepare()` runs first (e.g. load and verify the model, so that
+    its failure is the only output), then `announce` receives one line (how many texts, where
+    the result will be kept)."""
     cache = cache or TextCache.default()
     texts = list(texts)
     model = model_identity(
@@ -154,6 +156,8 @@ def bank_embeddings(
         got = cache.load(key, len(texts), d_embed)
         if got is not None:
             return CachedEmbeddings(got, True, 0, str(cache.path(key)))
+    if prepare is not None:
+        prepare()
     if announce is not None:
         kept = f"cached in {cache.root} for reruns" if key else "not cached: weights unknown"
         announce(

@@ -182,6 +182,7 @@ def _bank_embeddings(s, b, progress: bool) -> tuple[np.ndarray, int]:
     got = text_cache.bank_embeddings(
         asdict(s.model_record), b.texts, lambda t: s.text_embeddings(t, progress=progress),
         name=f"bank {b.name}", announce=lambda line: print(line, file=sys.stderr, flush=True),
+        prepare=s.model,  # the verified model first: a refusal is the only line printed
     )  # fmt: skip
     return got.emb, got.n_encoded
 
