@@ -30,11 +30,14 @@ def run(args) -> int:
     if args.all:
         rows += list_open_clip_vits()
     archs = random_weight_architectures()
+    verify_only = [a for a in random_weight_architectures(stores=False) if a not in archs]
     if args.json:
         rows += [
-            {"name": a, "spec": a, "description": "architecture; decomposable, with --random-weights",
-             "paper": False, "available": True, "where": "random init", "random_weights": True}
-            for a in archs
+            {"name": a, "spec": a, "paper": False, "available": True, "where": "random init",
+             "random_weights": True, "stores": a in archs,
+             "description": "architecture; decomposable, with --random-weights"
+             + ("" if a in archs else " (verify only: attention pooling, no stores yet)")}
+            for a in archs + verify_only
         ]  # fmt: skip
         print(json.dumps(rows, indent=2))
         return 0
@@ -48,17 +51,17 @@ def run(args) -> int:
     print(
         f"\nArchitectures usable with --random-weights ({len(archs)}; decomposable, no download):"
     )
-    print(
-        textwrap.fill(
-            ", ".join(archs),
-            width=100,
-            initial_indent="  ",
-            subsequent_indent="  ",
-            break_on_hyphens=False,
-        )
-    )
+    print(_wrap(archs))
+    if verify_only:
+        print(f"\nAttention-pooled, `verify --model` only for now ({len(verify_only)}):")
+        print(_wrap(verify_only))
     print(
         "\nOther specs: ARCH:/path/to/weights.safetensors, local-dir:/path, hf-hub:org/repo, "
         "or ARCH with --random-weights."
     )
     return 0
+
+
+def _wrap(names: list[str]) -> str:
+    return textwrap.fill(", ".join(names), width=100, initial_indent="  ",
+                         subsequent_indent="  ", break_on_hyphens=False)  # fmt: skip

@@ -3,9 +3,11 @@
 `random_weight_architectures()` answers with `check_supported` itself, not a hand-kept list: each
 open_clip architecture is built on PyTorch's meta device (no memory, no weights) with one layer
 per tower (every block of a tower is built from the same config, so one block shows what all of
-them hold), and checked. Towers that are not open_clip's own ViT (timm or ResNet image towers,
-Hugging Face text towers) are refused from the config alone, as building them is slow and
-`check_supported` refuses them anyway.
+them hold), and checked. ResNet image towers and Hugging Face text towers (which need transformers)
+are refused from the config alone. timm towers (SigLIP) cannot be shortened, so they are built
+whole (on the meta device, about a second each): the answers are kept in the cache folder
+(`engine.model.text_cache.cache_dir()`), keyed by the open_clip and timm versions and the source
+of the support checks, so only the first `models` on a machine pays for it.
 """
 
 from __future__ import annotations
@@ -13,11 +15,19 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import hashlib
+import json
+import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from engine.errors import UserError
 from engine.model.specs import _open_clip
+from engine.model.text_cache import cache_dir
+from engine.model.timm_tower import is_timm_tower
+
+CHECK_SOURCES = ("loading.py", "timm_tower.py", "discovery.py")
 
 
 @dataclass(frozen=True)
@@ -25,12 +35,13 @@ class Architecture:
     name: str
     usable: bool  # decomposable: usable with --random-weights (and with its checkpoints)
     reason: str = ""  # why not, in words (empty when usable)
+    stores: bool = True  # a store can be built (attention-pooled timm towers: verify only)
 
 
 def _not_open_clip_vit(cfg: dict) -> str:
     vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
     if "timm_model_name" in vision:
-        return f"timm image tower ({vision['timm_model_name']}), not an open_clip ViT"
+        return ""  # built whole and checked (SigLIP towers are supported)
     if not isinstance(vision.get("layers"), int):
         return "ResNet image tower, not a ViT"
     if "hf_model_name" in text:
@@ -52,7 +63,8 @@ def check_architecture(name: str) -> Architecture:
     if why:
         return Architecture(name, False, why)
     vision, text = copy.deepcopy(cfg["vision_cfg"]), copy.deepcopy(cfg.get("text_cfg", {}))
-    vision["layers"] = 1  # [layer] identical blocks: one shows them all
+    if "timm_model_name" not in vision:
+        vision["layers"] = 1  # [layer] identical blocks: one shows them all
     if isinstance(text.get("layers"), int):
         text["layers"] = 1
     try:
@@ -65,18 +77,43 @@ def check_architecture(name: str) -> Architecture:
         return Architecture(name, False, str(e).removeprefix(f"{name}: "))
     except Exception as e:  # an architecture open_clip cannot build here
         return Architecture(name, False, f"cannot be built: {type(e).__name__}")
-    return Architecture(name, True)
+    return Architecture(name, True, stores=not is_timm_tower(model))
+
+
+def _cache_key(names: list[str]) -> str:
+    import open_clip
+    import timm
+
+    h = hashlib.sha256(json.dumps([open_clip.__version__, timm.__version__, names]).encode())
+    for f in CHECK_SOURCES:  # the support checks themselves
+        h.update((Path(__file__).parent / f).read_bytes())
+    return h.hexdigest()[:32]
 
 
 @functools.lru_cache(maxsize=1)
 def list_architectures() -> tuple[Architecture, ...]:
-    """Every open_clip architecture (ours included), checked; ~2 s, once per process."""
-    return tuple(check_architecture(n) for n in _open_clip().list_models())
+    """Every open_clip architecture (ours included), checked, or read from the cache folder."""
+    names = list(_open_clip().list_models())
+    f = cache_dir() / "architectures" / f"{_cache_key(names)}.json"
+    try:
+        return tuple(Architecture(**a) for a in json.loads(f.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    out = tuple(check_architecture(n) for n in names)
+    try:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps([asdict(a) for a in out]))
+        os.replace(tmp, f)
+    except OSError:
+        pass  # no cache folder: checked again next time
+    return out
 
 
-def random_weight_architectures() -> list[str]:
-    """The architectures usable with `--random-weights`, in open_clip's order."""
-    return [a.name for a in list_architectures() if a.usable]
+def random_weight_architectures(stores: bool = True) -> list[str]:
+    """The architectures usable with `--random-weights`, in open_clip's order; `stores`: only
+    those a store can be built from (False: also the verify-only attention-pooled towers)."""
+    return [a.name for a in list_architectures() if a.usable and (a.stores or not stores)]
 
 
 def did_you_mean(name: str, valid: Iterable[str]) -> str:
