@@ -297,7 +297,7 @@ def test_registry_lists_siglip_models_with_pretrained_tags(capsys):
 
     assert cli_main(["models", "--json"]) == 0
     rows = {r["spec"]: r for r in json.loads(capsys.readouterr().out)}
-    siglip = {s for s in rows if "SigLIP" in s}
+    siglip = {s for s, r in rows.items() if "SigLIP" in s and not r.get("random_weights")}
     assert {
         "ViT-B-16-SigLIP/webli",
         "ViT-B-16-SigLIP2/webli",
