@@ -278,7 +278,9 @@ def test_local_dir_weights_hash_follows_the_checkpoint(tmp_path):
     assert second.startswith("sha256:") and second != first
     assert not build_store(params).up_to_date  # a new build key: rebuilt, not "up to date"
     _local_dir(d, seed=3)
-    with pytest.raises(UserError, match="weights of .* differ from the ones this store was built with"):
+    with pytest.raises(
+        UserError, match="weights of .* differ from the ones this store was built with"
+    ):
         run_interpretation(link, progress=False)
 
 
