@@ -23,6 +23,7 @@ COMMANDS = [
     "segeval",
     "demo_store",
 ]
+COMMANDS += ["visualise"]  # unit pages (issue 19)
 
 
 def build_parser() -> argparse.ArgumentParser:

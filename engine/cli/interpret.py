@@ -35,6 +35,14 @@ def add_arguments(p):
         choices=list(NORMALISATIONS),
         help=f"label normalisation before scoring (default {DEFAULT_NORMALISATION})",
     )  # fmt: skip
+    p.add_argument(
+        "--unit-k", type=int, default=16, help="top and bottom images kept per head (unit pages)"
+    )
+    p.add_argument(
+        "--no-unit-maps", action="store_true",
+        help="skip the per-patch maps of the unit pages' images (they run the model on 2k images "
+        "per head)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -56,6 +64,8 @@ def run(args) -> int:
         llm_retries=args.llm_retries,
         normalise=args.normalise,
         progress=not args.no_progress,
+        unit_k=args.unit_k,
+        unit_maps=not args.no_unit_maps,
     )
     summary = {
         "run_id": res.run_id,

@@ -5,7 +5,7 @@ by state-dict name, forward hooks) and text (text embeddings). The data types it
 `engine.core.types`, so the math never imports this package.
 """
 
-from engine.model.capture import capture, decompose_images, vision_weights
+from engine.model.capture import capture, capture_grad, decompose_images, vision_weights
 from engine.model.loading import LoadedModel, check_supported, load_model
 from engine.model.specs import (
     DEMO_DIR,
@@ -26,6 +26,7 @@ __all__ = [
     "ModelEntry",
     "ModelSpec",
     "capture",
+    "capture_grad",
     "check_supported",
     "decompose_images",
     "encode_text",

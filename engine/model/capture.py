@@ -123,6 +123,13 @@ def capture(
     )
 
 
+def capture_grad(
+    lm: LoadedModel | torch.nn.Module, pixels: Tensor, layers: Sequence[int]
+) -> VisionCapture:
+    """`capture` with autograd on: gradients reach `pixels` (feature visualisation)."""
+    return capture.__wrapped__(lm, pixels, layers)
+
+
 def decompose_images(lm, pixels: Tensor, layers: Sequence[int], weights=None):
     """capture + decompose for pixels [image, 3, H, W] -> `engine.core.decompose.Decomposition`
     (a MAP-pooled timm tower: `engine.core.pooling.PooledDecomposition`)."""

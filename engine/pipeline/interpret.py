@@ -25,6 +25,7 @@ from engine.core import groundtruth, labels, scores, textspan
 from engine.core.layers import parse_layers
 from engine.errors import UserError
 from engine.pipeline import provenance
+from engine.pipeline import units as unit_pages
 from engine.session import StoreSession
 from engine.sources import banks, reference
 from engine.store import mutate_store
@@ -101,6 +102,8 @@ def run_interpretation(
     normalise: str = labels.DEFAULT_NORMALISATION,
     progress: bool = True,
     text_embeddings_fn=None,
+    unit_k: int = unit_pages.units.DEFAULT_K,
+    unit_maps: bool = True,
 ) -> InterpretResult:
     """Interpret every head of the chosen layers and write the results into the store.
 
@@ -122,8 +125,12 @@ def run_interpretation(
                 emb, timings["texts_encoded"] = _bank_embeddings(s, b, progress)
             else:
                 emb = text_embeddings_fn(s, b.texts)  # [text, d_embed]
+        unit_pre = unit_pages.UnitPrecompute(s, k=unit_k, maps=unit_maps, bank=(b.texts, emb))
         with _timed(timings, "textspan_s"):
-            described = _describe(s, chosen, emb, b, factors, rank, texts_per_head, progress)
+            described = _describe(s, chosen, emb, b, factors, rank, texts_per_head, progress,
+                                  unit_pre)  # fmt: skip
+        unit_pre.compute_maps(progress)  # the unit pages' maps: the model on 2k images per head
+        timings.update(unit_pre.timings)
         cache = s.reader.llm_responses() if labeller == "llm" else {}
         with _timed(timings, "label_s"):
             lab = _label(store_path, labeller, described, b, cache, llm_model, llm_timeout,
@@ -143,6 +150,7 @@ def run_interpretation(
         run = provenance.run_record("interpret", run_id, s, params, timings, started)
         with mutate_store(store_path, expect_version=s.version_path) as w:
             w.replace_interpretation(tables)
+            unit_pre.write(w, run_id)
             w.add_llm_responses(lab.new_llm_entries)
             w.record_run(run)
             w.set_interpretation({"run_id": run_id, **params})
@@ -194,7 +202,8 @@ def _timed(timings: dict, key: str):
     timings[key] = round(time.perf_counter() - t, 3)
 
 
-def _describe(s, chosen, emb, b, factors, rank, texts_per_head, progress) -> _Described:
+def _describe(s, chosen, emb, b, factors, rank, texts_per_head, progress,
+              unit_pre=None) -> _Described:  # fmt: skip
     """TextSpan (and η² against the world's factors) for every head of the chosen layers."""
     heads = [hd for hd in s.heads() if hd[0] in chosen]
     spans: dict[Head, textspan.TextSpanResult] = {}
@@ -205,7 +214,12 @@ def _describe(s, chosen, emb, b, factors, rank, texts_per_head, progress) -> _De
         # head's basis once, [text, d_head]: same picks and shares as on [image, d_embed]
         c = s.reader.coords(lay, h, cache=False)  # [image, d_head] fp32
         bank_c = textspan.project_bank(emb, s.reader.basis(lay, h))  # [text, d_head]
-        spans[(lay, h)] = textspan.textspan(c, bank_c, rank=rank, n_texts=texts_per_head)
+        mom = textspan.head_moments(c)  # shared by TextSpan and the unit pages
+        spans[(lay, h)] = textspan.textspan_from_moments(
+            *mom, bank_c, rank=rank, n_texts=texts_per_head
+        )
+        if unit_pre is not None:
+            unit_pre.add(lay, h, c, s.reader.basis(lay, h), moments=mom)
         if factors is not None:
             eta[(lay, h)] = groundtruth.head_eta2(c, factors[1])  # [factor], basis-invariant
     top_cats = {k: [b.categories[i] for i in spans[k].indices] for k in heads}

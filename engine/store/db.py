@@ -72,6 +72,23 @@ class StoreWriter:
         self.delete(table)
         self.append(table, df)
 
+    def recreate(self, table: str) -> None:
+        """Drop `table` and create it from the schema (a table rewritten whole each run, e.g. the
+        unit tables: a store written under an older schema gets today's columns)."""
+        if table not in schema.TABLES:
+            raise KeyError(f"{table!r} is not a store table ({', '.join(schema.TABLES)})")
+        self._con.execute(f"DROP TABLE IF EXISTS {table}")
+        self._con.execute(schema.TABLES[table])
+        self._columns.pop(table, None)
+
+    def ensure(self, table: str) -> None:
+        """Create `table` from the schema if this store predates it."""
+        if table not in schema.TABLES:
+            raise KeyError(f"{table!r} is not a store table ({', '.join(schema.TABLES)})")
+        self._con.execute(
+            schema.TABLES[table].replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)
+        )
+
     # ---- typed records
 
     def set_meta(self, meta: schema.StoreMeta) -> None:

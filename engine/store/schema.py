@@ -407,9 +407,69 @@ CREATE TABLE head_effects (
     after DOUBLE,
     drop DOUBLE             -- accuracy lost when this head alone is mean-ablated
 )""",
+    # ---- unit pages (interpret, engine.pipeline.units; engine.store.unit_tables) ----
+    "unit_summary": """
+CREATE TABLE unit_summary (
+    layer INTEGER,
+    head INTEGER,
+    unit VARCHAR,           -- L{l}H{h}
+    n_images INTEGER,
+    total_var DOUBLE,       -- the head's total variance over images (trace of its covariance)
+    variance_share DOUBLE,  -- total_var / the embedding's total variance
+    embed_var_images INTEGER, -- images that variance was taken over (all, or a chunk sample)
+    explained DOUBLE,       -- share of the head's variance along its first principal direction
+    mean_proj DOUBLE,       -- mean projection on the direction (>= 0 by the sign convention)
+    direction FLOAT[],      -- first principal direction, unit, in embedding space [d_embed]
+    k INTEGER,              -- top and bottom images kept
+    maps VARCHAR,           -- 'computed', or why the per-patch maps are missing
+    texts_along JSON,       -- the bank's texts nearest the direction (list), or NULL
+    texts_against JSON,     -- ... nearest its opposite
+    run_id VARCHAR
+)""",
+    "unit_examples": """
+CREATE TABLE unit_examples (
+    layer INTEGER,
+    head INTEGER,
+    side VARCHAR,           -- top | bottom (along the direction)
+    rank INTEGER,           -- 0 = most extreme
+    image_id INTEGER,
+    projection DOUBLE,      -- head_out . direction
+    map FLOAT[],            -- per-patch terms along the direction [grid*grid] row-major, or NULL
+    map_cls DOUBLE,         -- the class token's own term (sum(map) + map_cls = projection)
+    run_id VARCHAR
+)""",
+    "unit_histograms": """
+CREATE TABLE unit_histograms (
+    layer INTEGER,
+    head INTEGER,
+    quantity VARCHAR,       -- norm (of head_out) | projection (on the direction)
+    bin INTEGER,
+    lo DOUBLE,
+    hi DOUBLE,
+    count BIGINT,
+    run_id VARCHAR
+)""",
+    "unit_visualisations": """
+CREATE TABLE unit_visualisations (
+    layer INTEGER,
+    head INTEGER,
+    unit VARCHAR,             -- L{l}H{h}
+    image BLOB,               -- PNG, the model's input size
+    objective DOUBLE,         -- head_out . direction on the image
+    noise_mean DOUBLE,        -- ... on uniform-noise images: mean and standard deviation
+    noise_sd DOUBLE,
+    init_mean DOUBLE,         -- ... on unoptimised Fourier images (random phases): mean, sd
+    init_sd DOUBLE,
+    store_max DOUBLE,         -- the highest projection among the stored images
+    method VARCHAR,           -- e.g. maco-1/f
+    parameters JSON,          -- steps, lr, views, seed
+    run_id VARCHAR
+)""",
 }
 
 INTERPRETATION_TABLES = ("textspan", "head_labels", "scores", "ground_truth")
+UNIT_TABLES = ("unit_summary", "unit_examples", "unit_histograms")
+"""What `interpret` also writes for the unit pages (`engine.store.unit_tables`), replaced each run."""
 """What one `interpret` run writes; a new run replaces all of them (`StoreWriter.replace_interpretation`)."""
 
 

@@ -1,0 +1,143 @@
+"""Unit-page precomputation: what it adds to `interpret`, measured in the same run.
+
+1. Summaries (principal direction, top/bottom-k, histograms, variance share) on a random store in
+   ViT-B-32's shape (last 4 layers x 12 heads, d_head 64, d_embed 512; `random_store`), images as
+   given (default 100,000): `run_interpretation` with the unit precomputation replaced by a no-op
+   (baseline) against the real one, alternating, best of `--repeats` each; fake unit text
+   embeddings for the `general` bank (the store pass is what is measured, not the text encoder).
+   The random store has no images behind it, so no maps are computed here.
+2. Maps (optional, `--demo STORE`): on a built store (e.g. a copy of the demo store), the full
+   `run_interpretation` with `unit_maps=False` against `unit_maps=True` (the model on the 2k
+   extreme images of every head, batched).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_units.py [--images N] [--demo STORE]
+Prints a JSON record and writes benchmarks/results/units.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.pipeline import interpret as interp  # noqa: E402
+from engine.pipeline import units as unit_pages  # noqa: E402
+from engine.store.random_store import write_random_store  # noqa: E402
+
+
+class _NoUnits:
+    """The baseline: interpret as it was before the unit pages (nothing computed or written)."""
+
+    timings: dict = {}
+
+    def __init__(self, *a, **k):
+        pass
+
+    def add(self, *a, **k):
+        pass
+
+    def compute_maps(self, progress=False):
+        pass
+
+    def write(self, con, run_id):
+        pass
+
+
+def fake_texts(info, texts):
+    rng = np.random.default_rng(0)
+    t = rng.standard_normal((len(texts), int(info["d_embed"])), dtype=np.float32)
+    return t / np.linalg.norm(t, axis=1, keepdims=True)
+
+
+def timed(link, units: bool, **kw) -> tuple[float, float, dict]:
+    real = unit_pages.UnitPrecompute
+    unit_pages.UnitPrecompute = real if units else _NoUnits
+    try:
+        w0, c0 = time.perf_counter(), time.process_time()
+        res = interp.run_interpretation(link, progress=False, **kw)
+        return time.perf_counter() - w0, time.process_time() - c0, res.timings
+    finally:
+        unit_pages.UnitPrecompute = real
+
+
+def compare(link, repeats: int, **kw) -> dict:
+    base, units = [], []
+    for _ in range(repeats):
+        base.append(timed(link, False, **kw))
+        units.append(timed(link, True, **kw))
+    b = min(base, key=lambda x: x[0])
+    u = min(units, key=lambda x: x[0])
+    return {
+        "baseline_wall_s": round(b[0], 3),
+        "units_wall_s": round(u[0], 3),
+        "added_wall": round(u[0] / b[0] - 1, 4),
+        "baseline_cpu_s": round(b[1], 3),
+        "units_cpu_s": round(u[1], 3),
+        "units_timings": u[2],
+        "all_wall_s": {"baseline": [round(x[0], 3) for x in base],
+                       "units": [round(x[0], 3) for x in units]},
+    }  # fmt: skip
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=100_000)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--demo", default=None, help="a built store to copy and measure maps on")
+    args = p.parse_args(argv)
+    out = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "omp_threads": os.environ.get("OMP_NUM_THREADS", "default"),
+        "load_before": os.getloadavg()[0],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "artifacts").mkdir()
+        if args.images > 0:  # 0: the demo part only
+            link = Path(tmp) / "artifacts" / "big"
+            t = time.perf_counter()
+            write_random_store(link, args.images, complete=False, exact_output=False)
+            out["random_store"] = {"images": args.images, "shape": "ViT-B-32 last 4 layers",
+                                   "write_s": round(time.perf_counter() - t, 1)}  # fmt: skip
+            kw = {"text_embeddings_fn": fake_texts, "bank": "general"}
+            out["summaries"] = compare(link, args.repeats, **kw)
+        if args.demo:
+            demo = Path(tmp) / "artifacts" / "demo"
+            real = Path(os.path.realpath(args.demo))
+            vdir = demo.parent / f".{demo.name}.versions"
+            vdir.mkdir()
+            shutil.copytree(real, vdir / real.name)
+            os.symlink(os.path.relpath(vdir / real.name, demo.parent), demo)
+            base, no_maps, maps = [], [], []
+            for _ in range(args.repeats):
+                base.append(timed(demo, False))
+                no_maps.append(timed(demo, True, unit_maps=False))
+                maps.append(timed(demo, True, unit_maps=True))
+            z, b, m = min(base)[0], min(no_maps)[0], min(maps)[0]
+            out["demo"] = {"store": str(args.demo), "baseline_wall_s": round(z, 3),
+                           "summaries_wall_s": round(b, 3), "maps_wall_s": round(m, 3),
+                           "added_wall_summaries": round(b / z - 1, 4),
+                           "added_wall_with_maps": round(m / z - 1, 4),
+                           "timings": min(maps)[2]}  # fmt: skip
+    out["load_after"] = os.getloadavg()[0]
+    print(json.dumps(out, indent=2))
+    res = ROOT / "benchmarks" / "results"
+    res.mkdir(exist_ok=True)
+    name = "units.json" if args.images > 0 else "units_demo.json"
+    (res / name).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""The Head page (`/head?store=NAME&unit=L7H3`): URL round trip, content, reads only tables."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine.core.layers import head_name
+from engine.store import open_store
+from engine.store import unit_tables as ut
+from tests.dashboard.conftest import ROOT
+
+pytestmark = [pytest.mark.dashboard, pytest.mark.demo, pytest.mark.slow]
+
+HOME = str(ROOT / "dashboard" / "Home.py")
+
+
+def _open(monkeypatch, artifacts, params: dict) -> AppTest:
+    """A new session (a new tab on a cold server) opened at /head?params."""
+    monkeypatch.setenv("CLIP_INTERPRET_ARTIFACTS", str(artifacts))
+    monkeypatch.delenv("CLIP_INTERPRET_STORE", raising=False)
+    at = AppTest.from_file(HOME, default_timeout=300)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.switch_page("views/head.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _shown(at: AppTest) -> str:
+    """The head the page shows: its header `L7H3 · label`."""
+    return at.header[0].value
+
+
+@pytest.fixture
+def no_contributions(monkeypatch):
+    """Reading any contribution array fails: the page must live on the precomputed tables."""
+    from engine.store.reader import StoreReader
+
+    def refuse(*a, **k):
+        raise AssertionError("the Head page read the contribution arrays")
+
+    monkeypatch.setattr(StoreReader, "coords", refuse)
+    monkeypatch.setattr(StoreReader, "head_out", refuse)
+    monkeypatch.setattr(StoreReader, "coord_array", property(refuse))
+
+
+def test_head_page_url_round_trip(monkeypatch, store_env, no_contributions):
+    root, store, _ = store_env
+    with open_store(store) as r:
+        heads = [(l, h) for l in r.layers for h in range(r.n_heads)]
+        layer, head = heads[len(heads) // 2]
+        ex = ut.unit_examples(r, layer, head)
+        k = int(ut.unit_summary(r)["k"].iloc[0])
+    name = head_name(layer, head)
+    at = _open(monkeypatch, root, {"store": store.name, "unit": name})
+    assert _shown(at).startswith(f"{name} · ")
+    assert at.query_params["unit"] == [name] or at.query_params["unit"] == name
+    # top and bottom images with their maps, captioned with the stored image ids
+    captions = [c for img in at.get("image") for c in img.captions]
+    shown = [int(c.split(" · ")[0][1:]) for c in captions if c.startswith("#")]
+    assert shown == ex.image_id.tolist() and len(shown) == 2 * k
+    assert len(at.get("vega_lite_chart")) >= 2  # the two histograms (+ ground truth)
+    metrics = {m.label: m.value for m in at.metric}
+    assert "Share of embedding variance" in metrics
+    # next head: the URL follows, and a new tab on that URL opens the same view
+    at.button(key="head_next").click().run()
+    nxt = heads[len(heads) // 2 + 1]
+    assert _shown(at).startswith(f"{head_name(*nxt)} · ")
+    url = {k: at.query_params[k] for k in ("store", "unit")}
+    url = {k: v[0] if isinstance(v, list) else v for k, v in url.items()}
+    assert url == {"store": store.name, "unit": head_name(*nxt)}
+    again = _open(monkeypatch, root, url)
+    assert _shown(again) == _shown(at)
+    # previous from the first head wraps to the last
+    first = _open(monkeypatch, root, {"store": store.name, "unit": head_name(*heads[0])})
+    first.button(key="head_prev").click().run()
+    assert _shown(first).startswith(f"{head_name(*heads[-1])} · ")
+
+
+def test_head_page_bad_unit_and_uninterpreted_store(monkeypatch, store_env, tmp_path):
+    from tests.dashboard.conftest import raw_fixture
+
+    root, store, _ = store_env
+    at = _open(monkeypatch, root, {"store": store.name, "unit": "L99H0"})
+    assert at.warning and "'L99H0' is not a head of this store" in at.warning[0].value
+    with open_store(store) as r:
+        first = head_name(r.layers[0], 0)
+    assert _shown(at).startswith(f"{first} · ")
+    raw_root, raw_store, _ = raw_fixture(tmp_path.parent.parent)
+    at = _open(monkeypatch, raw_root, {"store": raw_store.name})
+    assert at.info and "python -m engine interpret" in at.info[0].value
+
+
+def test_head_page_on_a_stored_query_image(monkeypatch, store_env):
+    root, store, _ = store_env
+    with open_store(store) as r:
+        layer, head = r.layers[-1], 0
+        top = ut.unit_examples(r, layer, head).iloc[0]
+
+    at = _open(monkeypatch, root, {"store": store.name, "unit": head_name(layer, head),
+                                   "image": str(int(top.image_id))})  # fmt: skip
+    at.toggle(key="head_q").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = {m.label: m.value for m in at.metric}["Projection on the direction"]
+    assert float(shown) == pytest.approx(top.projection, rel=1e-3, abs=1e-4)
+
+
+def test_clicks_on_the_heads_table_and_grid_name_the_head():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from dashboard import unit_page
+
+    frame = pd.DataFrame({"name": ["L6H0", "L7H3"], "layer": [6, 7], "head": [0, 3]})
+    row = SimpleNamespace(selection=SimpleNamespace(rows=[1], columns=[]))
+    assert unit_page.clicked_row(row, frame) == (7, 3)
+    assert unit_page.clicked_row(SimpleNamespace(selection=SimpleNamespace(rows=[])), frame) is None
+    cell = SimpleNamespace(selection={"cell": [{"layer": 6, "head": 0}]})
+    assert unit_page.clicked_cell(cell, "cell") == (6, 0)
+    assert unit_page.clicked_cell(SimpleNamespace(selection={"cell": []}), "cell") is None
+    assert unit_page.parse_unit("l7h3") == (7, 3) and unit_page.parse_unit("L7N3") is None
