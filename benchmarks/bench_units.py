@@ -54,9 +54,9 @@ class _NoUnits:
         pass
 
 
-def fake_texts(info, texts):
+def fake_texts(s, texts):
     rng = np.random.default_rng(0)
-    t = rng.standard_normal((len(texts), int(info["d_embed"])), dtype=np.float32)
+    t = rng.standard_normal((len(texts), int(s.info["d_embed"])), dtype=np.float32)
     return t / np.linalg.norm(t, axis=1, keepdims=True)
 
 

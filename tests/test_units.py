@@ -134,9 +134,9 @@ def test_random_data_store_has_no_maps_and_old_stores_read_empty(tmp_path, monke
     with open_store(link) as r:  # before interpret: the tables read empty
         assert ut.unit_summary(r).empty and ut.unit_examples(r, 0, 0).empty
 
-    def fake_texts(info, texts):
+    def fake_texts(s, texts):  # a session (interpret) or a reader: both have .info
         rng = np.random.default_rng(0)
-        t = rng.standard_normal((len(texts), int(info["d_embed"])))
+        t = rng.standard_normal((len(texts), int(s.info["d_embed"])))
         return (t / np.linalg.norm(t, axis=1, keepdims=True)).astype(np.float32)
 
     from engine.pipeline import units as unit_pages
@@ -160,7 +160,7 @@ def test_random_data_store_has_no_maps_and_old_stores_read_empty(tmp_path, monke
 
         bank = load_bank("general")
         row = s.set_index(["layer", "head"]).loc[(3, 1)]
-        scores = fake_texts(r.info, bank.texts) @ np.asarray(row.direction, np.float32)
+        scores = fake_texts(r, bank.texts) @ np.asarray(row.direction, np.float32)
         order = np.argsort(-scores, kind="stable")
         assert json.loads(row.texts_along) == [bank.texts[i] for i in order[:5]]
         assert json.loads(row.texts_against) == [bank.texts[i] for i in order[::-1][:5]]

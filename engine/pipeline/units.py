@@ -27,6 +27,7 @@ from tqdm import tqdm
 from engine.core import units
 from engine.core.layers import head_name
 from engine.errors import UserError
+from engine.sources import imageio
 
 MAP_BATCH = 64  # images per model forward pass when computing maps
 # the embedding's total variance (the denominator of a head's share) is taken over every image of
@@ -218,13 +219,11 @@ class _ImageLoader:
         path = str(self.paths[image_id])
         try:
             if self.source is not None:
-                item = self.source.load(int(path.rsplit("/", 1)[1]), self.preprocess)
-                return item.pixels
+                item = self.source.load(int(path.rsplit("/", 1)[1]), self.preprocess, 16)
+                return item.pixels  # (a small thumbnail is made alongside and dropped)
             if self.root is not None:
-                from engine.sources import imageio
-
                 d = imageio.decode_file(self.root / path)
                 return self.preprocess(d.image)
-        except Exception:  # noqa: BLE001 - an unreadable image simply has no map
-            return None
+        except (OSError, ValueError, IndexError, UserError, imageio.ImageRejected):
+            return None  # an unreadable image (gone, changed, rejected) simply has no map
         return None
