@@ -43,6 +43,7 @@ ROUTES: tuple[Route, ...] = (
     Route("contrastive_segmentation", "Contrastive segmentation", ":material/compare:", "Analyses"),
     Route("head_image_neighbours", "Head image neighbours", ":material/photo_library:", "Analyses"),
     Route("head_text_neighbours", "Head text neighbours", ":material/text_fields:", "Analyses"),
+    Route("head", "Head", ":material/neurology:", "Model"),  # one head: /head?unit=L7H3
     Route("ablation", "Ablation", ":material/science:", "Causal tests"),
 )
 

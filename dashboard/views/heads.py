@@ -8,7 +8,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, paper, state, stores, widgets
+from dashboard import charts, paper, state, stores, unit_page, widgets
 
 st.title("Heads")
 ctx = state.page_context()
@@ -56,7 +56,15 @@ if search:
     hit = view.astype(str).apply(lambda col: col.str.contains(search, case=False, regex=False))
     view = view[hit.any(axis=1)]
 st.caption(f"{len(view)} of {len(df)} heads")
-st.dataframe(view, hide_index=True, width="stretch")
+table_event = st.dataframe(
+    view,
+    hide_index=True,
+    width="stretch",
+    on_select="rerun",
+    selection_mode="single-row",
+    key="heads_table",
+)  # fmt: skip  (a row click opens that head's page)
+unit_page.open_clicked(ctx, unit_page.clicked_row(table_event, view))
 
 d1, d2 = st.columns(2)
 d1.download_button(
@@ -91,4 +99,9 @@ chart = (
     .properties(height=max(120, 40 * df.layer.nunique()))
 )
 text = chart.mark_text(fontSize=9).encode(text="name:N", color=alt.value("black"))
-st.altair_chart(chart + text, width="stretch")
+cell = alt.selection_point(name="cell", fields=["layer", "head"])
+grid_event = st.altair_chart(
+    chart.add_params(cell) + text, width="stretch", on_select="rerun", key="heads_grid"
+)  # a cell click opens that head's page
+unit_page.open_clicked(ctx, unit_page.clicked_cell(grid_event, "cell"))
+st.caption("Click a row of the table or a cell of the grid to open that head's page.")

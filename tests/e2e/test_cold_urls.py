@@ -13,6 +13,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.demo, pytest.mark.slow]
 PAGES = [  # (url path, title, what must be visible): the order a user works in
     ("overview", "Overview", "chart"),
     ("heads", "Heads", "table"),
+    ("head", "Head", "images"),
     ("property_neighbours", "Property neighbours", "images"),
     ("topic_segmentation", "Topic segmentation", "images"),
     ("contrastive_segmentation", "Contrastive segmentation", "images"),
