@@ -33,11 +33,11 @@ at.query_params["store"] = sys.argv[2]
 at.query_params["unit"] = sys.argv[3]
 at.run()
 t1 = time.perf_counter()
-at.switch_page("pages/head.py")
+at.switch_page("views/head.py")
 at.run()
 t2 = time.perf_counter()
 assert not at.exception, [e.value for e in at.exception]
-assert at.title[0].value.startswith(sys.argv[3]), at.title[0].value
+assert at.header[0].value.startswith(sys.argv[3]), at.header[0].value
 warm = []
 for _ in range(5):
     t = time.perf_counter(); at.run(); warm.append(time.perf_counter() - t)
