@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import state, stores, tables, widgets
+from dashboard import state, stores, tables, unit_page, widgets
 from engine.core.layers import head_name
 
 st.title("Head image neighbours")
@@ -38,4 +38,5 @@ for col, hd, ranking in zip(cols, heads, rankings, strict=True):
     with col:
         name = head_name(*hd)
         st.markdown(f"**{name}**" + (f"  \n{labels[hd]}" if hd in labels else ""))
+        unit_page.unit_link(ctx, *hd, f"{name}'s page")
         widgets.show_thumbs(store, ranking)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import state, stores, tables, widgets
+from dashboard import state, stores, tables, unit_page, widgets
 from engine.core.layers import head_name
 
 st.title("Head text neighbours")
@@ -43,4 +43,5 @@ if not text:
 
 ranking = widgets.run("Ranking…", store.head_text_neighbours, head, text, k=k)
 st.markdown(f"**{head_name(*head)}** · “{text}” · score = head_out · text")
+unit_page.unit_link(ctx, *head, f"{head_name(*head)}'s page")
 widgets.show_thumbs(store, ranking)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -122,3 +124,18 @@ def test_clicks_on_the_heads_table_and_grid_name_the_head():
     assert unit_page.clicked_cell(cell, "cell") == (6, 0)
     assert unit_page.clicked_cell(SimpleNamespace(selection={"cell": []}), "cell") is None
     assert unit_page.parse_unit("l7h3") == (7, 3) and unit_page.parse_unit("L7N3") is None
+
+
+@pytest.mark.parametrize("page", ["head_image_neighbours", "head_text_neighbours"])
+def test_pages_naming_a_head_link_to_its_page(monkeypatch, store_env, page):
+    root, store, _ = store_env
+    monkeypatch.setenv("CLIP_INTERPRET_ARTIFACTS", str(root))
+    monkeypatch.delenv("CLIP_INTERPRET_STORE", raising=False)
+    at = AppTest.from_file(HOME, default_timeout=300)
+    at.query_params["store"] = store.name
+    at.switch_page(f"views/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    links = [(x.proto.page, x.proto.label) for x in at.get("page_link")]
+    to_head = [label for target, label in links if target.endswith("head")]
+    assert to_head and all(re.fullmatch(r"L\d+H\d+'s page", x) for x in to_head), links
