@@ -23,6 +23,7 @@ COMMANDS = [
     "segeval",
     "demo_store",
 ]
+COMMANDS += ["spurious"]  # shortcuts: rank, repair, held-out check (issue 17)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -72,6 +72,13 @@ class StoreWriter:
         self.delete(table)
         self.append(table, df)
 
+    def ensure_table(self, table: str) -> None:
+        """Create a schema table that a store written before it was declared lacks."""
+        self._con.execute(
+            schema.TABLES[table].replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)
+        )
+        self._columns.pop(table, None)
+
     # ---- typed records
 
     def set_meta(self, meta: schema.StoreMeta) -> None:
