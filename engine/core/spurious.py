@@ -15,8 +15,9 @@ held-out image (tests/test_spurious.py proves it by scrambling the held-out rows
   quantity TextSpan maximises when it picks a head's texts. A text set T's share of the head is
   mean_{t ∈ T} (Bt)ᵀ C (Bt) / tr C, and alignment = share(spurious) − share(core) (in [-1, 1]).
 - **Repair** (`greedy_repair`): up to K heads, each step adding the head that most raises the
-  worst-group accuracy on the score images (ties: the higher mean), skipping heads that would
-  lower the mean by more than `max_mean_drop`; it stops when no head raises the worst group.
+  worst-group accuracy on the score images (ties: the higher balanced accuracy, the mean over
+  groups), skipping heads that would lower the mean by more than `max_mean_drop`; it stops when
+  no head improves (worst-group, balanced) accuracy.
 """
 
 from __future__ import annotations
@@ -194,9 +195,10 @@ def greedy_repair(
 ) -> list[RepairStep]:
     """Up to `k` heads chosen greedily on the score images (means from the means images): each
     step adds the candidate (default: every stored head) whose removal, with the heads chosen
-    so far, gives the highest worst-group accuracy (ties: the higher mean, then the earlier
-    candidate); a candidate that lowers the mean accuracy by more than `max_mean_drop` below
-    the unablated mean is skipped. Stops early when no candidate raises the worst group."""
+    so far, gives the highest worst-group accuracy (ties: the higher balanced accuracy, then
+    the earlier candidate); a candidate that lowers the mean accuracy by more than
+    `max_mean_drop` below the unablated mean is skipped. Stops early when no candidate improves
+    (worst-group, balanced) accuracy."""
     if k < 1:
         raise ValueError(f"k must be at least 1; got {k}")
     scorer = _scorer(output, components, task, split_)
@@ -204,7 +206,7 @@ def greedy_repair(
     base = score_groups(scorer, [], g)[task.name]
     pool = list(candidates) if candidates is not None else [c.name for c in components.heads]
     chosen: list[str] = []
-    best_worst = base.worst
+    best_key = (base.worst, base.balanced)
     steps: list[RepairStep] = []
     for _ in range(k):
         best = None
@@ -214,13 +216,12 @@ def greedy_repair(
             s = score_groups(scorer, [*chosen, name], g)[task.name]
             if max_mean_drop is not None and s.mean < base.mean - max_mean_drop:
                 continue
-            key = (s.worst, s.mean)
+            key = (s.worst, s.balanced)
             if best is None or key > best[0]:
                 best = (key, name, s)
-        if best is None or best[0][0] <= best_worst:
+        if best is None or best[0] <= best_key:
             break
-        (_, name, s) = best
+        (best_key, name, s) = best
         chosen.append(name)
-        best_worst = s.worst
         steps.append(RepairStep(name, tuple(chosen), s.worst, s.mean))
     return steps
