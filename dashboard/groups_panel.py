@@ -22,6 +22,7 @@ from engine.sources import world
 from engine.sources.tasks import task_specs
 
 OVERRIDE = "ablation_spec_from_spurious"  # session key: the spec the finder's click set
+FOUND = "spurious_found"  # session key: the finder's last result
 
 
 def override(spec: str) -> str:
@@ -48,8 +49,8 @@ def _grouped(_store, key: str):
         return None
 
 
-def render(store, key: str, spec: str, draws: int, split: float, seed: int, components, embed):
-    """Group accuracies of `spec` and the finder. `components()` returns (output, comps);
+def render(store, key: str, ablated, draws: int, split: float, seed: int, components, embed):
+    """Group accuracies of the ablation of the component names `ablated` and the finder. `components()` returns (output, comps);
     `embed(texts)` returns unit text embeddings [text, d_embed] (the page's cached model)."""
     g = _grouped(store, key)
     if g is None:
@@ -62,11 +63,7 @@ def render(store, key: str, spec: str, draws: int, split: float, seed: int, comp
     )
     groups = GroupLabels(g.groups, tuple(g.group_names))
     st.subheader(f"Groups: {g.name} by {world.BIAS.spurious}")
-    try:
-        names = comps.select(spec)
-    except UserError as e:
-        st.error(str(e))
-        return
+    names = list(ablated)
     fit, ev = ablation.split(len(output), split, seed)
     rand = random_baseline(comps, names, draws=draws, seed=seed)
     ga = group_ablation(output, comps, names, rand, [task], {task.name: groups}, fit, ev)[task.name]
@@ -139,12 +136,14 @@ def _finder(output, comps, task, groups, split, seed, embed) -> None:
             "held-out half beside K random heads. Same as `python -m engine spurious --repair K`."
         )
         k = st.slider("K (heads to repair)", 1, 8, 4)
-        s = sp.spurious_split(len(output), split, seed)
-        spur = [t for ts in world.value_texts(world.BIAS.spurious) for t in ts]
-        core = [t for ts in world.value_texts(world.BIAS.core) for t in ts]
-        align = sp.head_alignment(comps, s.fitting, embed(spur), embed(core))
-        before, findings = sp.head_effects(output, comps, task, groups, s, align)
-        steps = sp.greedy_repair(output, comps, task, groups, s, k)
+        state = (len(output), split, seed, k)
+        if st.button("Find spurious heads"):
+            st.session_state[FOUND] = (state, _find(output, comps, task, groups, split, seed, k,
+                                                    embed))  # fmt: skip
+        found = st.session_state.get(FOUND)
+        if found is None or found[0] != state:
+            return
+        findings, steps, h = found[1]
         table = pd.DataFrame([f.to_dict() for f in findings[:10]])
         st.dataframe(
             table[["name", "effect", "worst_after", "mean_after", "alignment"]],
@@ -158,16 +157,30 @@ def _finder(output, comps, task, groups, split, seed, embed) -> None:
         if not steps:
             st.info("No head raises the fitting half's worst-group accuracy.")
             return
-        chosen = list(steps[-1].heads)
-        rand = random_baseline(comps, chosen, draws=10, seed=seed)
-        h = group_ablation(
-            output, comps, chosen, rand, [task], {task.name: groups}, s.means, s.held_out
-        )[task.name]
+        rw = h.random_worst
         st.markdown(
             f"Repair `{steps[-1].spec}`: held-out worst-group {h.before.worst:.3f} → "
-            f"**{h.after.worst:.3f}** (K random heads: {h.random_worst.mean():.3f}); mean "
-            f"{h.before.mean:.3f} → {h.after.mean:.3f}."
+            f"**{h.after.worst:.3f}** (K random heads: {rw.mean() if rw.size else float('nan'):.3f}); "
+            f"mean {h.before.mean:.3f} → {h.after.mean:.3f}."
         )
         if st.button("Show this ablation", type="primary"):
             st.session_state[OVERRIDE] = steps[-1].spec
             st.rerun()
+
+
+def _find(output, comps, task, groups, split, seed, k, embed):
+    """(findings, repair steps, held-out GroupAblation or None): the `spurious` command's math."""
+    s = sp.spurious_split(len(output), split, seed)
+    spur = [t for ts in world.value_texts(world.BIAS.spurious) for t in ts]
+    core = [t for ts in world.value_texts(world.BIAS.core) for t in ts]
+    align = sp.head_alignment(comps, s.fitting, embed(spur), embed(core))
+    _, findings = sp.head_effects(output, comps, task, groups, s, align)
+    steps = sp.greedy_repair(output, comps, task, groups, s, k)
+    if not steps:
+        return findings, steps, None
+    chosen = list(steps[-1].heads)
+    rand = random_baseline(comps, chosen, draws=10, seed=seed)
+    h = group_ablation(
+        output, comps, chosen, rand, [task], {task.name: groups}, s.means, s.held_out
+    )
+    return findings, steps, h[task.name]

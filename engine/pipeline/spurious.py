@@ -241,7 +241,8 @@ def run_spurious(p: SpuriousParams, progress: bool = False) -> SpuriousRun:
         steps = sp.greedy_repair(
             output, comps, task, groups, split_, p.repair, max_mean_drop=p.max_mean_drop
         )
-        chosen = list(steps[-1].heads) if steps else []
+    if steps:  # the held-out half sees the final choice only
+        chosen = list(steps[-1].heads)
         draws = random_baseline(comps, chosen, draws=p.random, seed=p.seed)
         held = group_ablation(
             output, comps, chosen, draws, [task], {task.name: groups},
