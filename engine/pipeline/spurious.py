@@ -27,10 +27,11 @@ from engine.core.groups import GroupAblation, GroupLabels, GroupScores, group_ab
 from engine.core.zeroshot import ZeroShotTask, class_embeddings
 from engine.errors import UserError
 from engine.pipeline import provenance
+from engine.session import StoreSession
 from engine.sources import world
 from engine.sources.tasks import TaskSpec, task_specs
-from engine.store import DatabaseWriter, mutate_store, open_store
-from engine.store.decomposition import cached_class_embeddings, load_components, zeroshot_rows
+from engine.store import mutate_store
+from engine.store.decomposition import cached_class_embeddings, zeroshot_rows
 
 # ------------------------------------------------------------------------- groups for ablate
 
@@ -173,54 +174,62 @@ def _default_texts(source: str) -> tuple[list[str], list[str]]:
 
 
 def run_spurious(p: SpuriousParams, progress: bool = False) -> SpuriousRun:
+    """Rank, repair and check over a store's grouped task (through its `StoreSession`),
+    recorded in the store unless `write` is off."""
     t0 = time.perf_counter()
-    started = pd.Timestamp(provenance.now())
+    started = provenance.now()
     if p.repair < 0 or p.random < 0:
         raise UserError("--repair and --random must be 0 or more")
     if p.max_mean_drop is not None and p.max_mean_drop < 0:
         raise UserError("--max-mean-drop must be 0 or more")
-    with open_store(p.store) as r:
-        info = dict(r.info)
-        version = r.version_path
-        default = "groups" if r.factors() is not None else None
-        source, specs = task_specs(r, p.tasks or default)
-        grouped = [s for s in specs if s.groups is not None]
+    sp_texts, co_texts = _texts(p.spurious), _texts(p.core)
+    if bool(sp_texts) != bool(co_texts):
+        raise UserError("give both --spurious and --core texts, or neither")
+    with StoreSession.open(p.store) as s:
+        default = "groups" if s.reader.factors() is not None else None
+        source, specs = task_specs(s.reader, p.tasks or default)
+        grouped = [x for x in specs if x.groups is not None]
         if not grouped:
             raise UserError(
                 f"--tasks {source}: no task has groups; use --tasks groups (demo world) or a "
                 "FILE of path,class,group lines"
             )
         if p.task is not None:
-            grouped = [s for s in grouped if s.name == p.task]
+            grouped = [x for x in grouped if x.name == p.task]
             if not grouped:
-                names = ", ".join(s.name for s in specs if s.groups is not None)
+                names = ", ".join(x.name for x in specs if x.groups is not None)
                 raise UserError(f"--task {p.task!r}: not a grouped task (grouped: {names})")
         spec = grouped[0]
-        labels = r.head_labels()
-        emb = cached_class_embeddings(r, [spec])
-        output, comps = load_components(r)
-    if not comps.heads:
-        raise UserError(f"{p.store} stores no heads: rebuild it with --layers")
-    sp_texts, co_texts = _texts(p.spurious), _texts(p.core)
-    if bool(sp_texts) != bool(co_texts):
-        raise UserError("give both --spurious and --core texts, or neither")
-    if not sp_texts:
-        sp_texts, co_texts = _default_texts(source)
-    t_read = time.perf_counter() - t0
+        labels = s.head_labels()
+        output, comps = s.components()
+        if not comps.heads:
+            raise UserError(f"{p.store} stores no heads: rebuild it with --layers")
+        if not sp_texts:
+            sp_texts, co_texts = _default_texts(source)
+        t_read = time.perf_counter() - t0
+        # one pass through the text tower: the class prompts (unless cached) and the texts
+        emb = cached_class_embeddings(s.reader, [spec])
+        prompts = [] if spec.name in emb else [t for ps in spec.prompts for t in ps]
+        texts = list(dict.fromkeys(prompts + sp_texts + co_texts))
+        vecs = s.text_embeddings(texts, progress=progress) if texts else []
+        table = dict(zip(texts, vecs, strict=True))
+        if spec.name not in emb:
+            emb[spec.name] = class_embeddings(
+                lambda t: np.stack([table[x] for x in t]), prompts=spec.prompts
+            )  # [class, d_embed]
+        t_text = time.perf_counter() - t0 - t_read
+        run = _search(p, spec, emb[spec.name], output, comps, table, sp_texts, co_texts, source)
+        run.labels = labels
+        run.timings = {"read_s": round(t_read, 3), "text_s": round(t_text, 3),
+                       "search_s": round(time.perf_counter() - t0 - t_read - t_text, 3)}  # fmt: skip
+        if p.write:
+            _write(p, run, s, spec, emb, started)
+    return run
 
-    # one pass through the text tower: the class prompts (unless cached) and the texts
-    from engine.pipeline.interpret import text_embeddings
 
-    prompts = [] if spec.name in emb else [t for ps in spec.prompts for t in ps]
-    texts = list(dict.fromkeys(prompts + sp_texts + co_texts))
-    table = dict(zip(texts, text_embeddings(info, texts, progress) if texts else [], strict=True))
-    if spec.name not in emb:
-        emb[spec.name] = class_embeddings(
-            lambda t: np.stack([table[x] for x in t]), prompts=spec.prompts
-        )
-    t_text = time.perf_counter() - t0 - t_read
-
-    task = ZeroShotTask(spec.name, tuple(spec.class_names), spec.labels, emb[spec.name])
+def _search(p, spec, class_emb, output, comps, table, sp_texts, co_texts, source) -> SpuriousRun:
+    """The finder, the repair and its held-out check (engine.core.spurious, groups)."""
+    task = ZeroShotTask(spec.name, tuple(spec.class_names), spec.labels, class_emb)
     groups = GroupLabels(spec.groups, tuple(spec.group_names or ()))
     split_ = sp.spurious_split(len(output), p.split, p.seed)
     for what, idx in (("score", split_.score), ("held-out", split_.held_out)):
@@ -248,18 +257,13 @@ def run_spurious(p: SpuriousParams, progress: bool = False) -> SpuriousRun:
             output, comps, chosen, draws, [task], {task.name: groups},
             split_.means, split_.held_out,
         )[task.name]  # fmt: skip
-    timings = {"read_s": t_read, "text_s": t_text,
-               "search_s": time.perf_counter() - t0 - t_read - t_text}  # fmt: skip
-    run = SpuriousRun(
+    return SpuriousRun(
         uuid.uuid4().hex, spec.name, source, split_, sp_texts, co_texts, before, findings,
-        steps, held, labels, {k: round(v, 3) for k, v in timings.items()},
+        steps, held,
     )  # fmt: skip
-    if p.write:
-        _write(p, run, info, version, spec, emb, started)
-    return run
 
 
-def _write(p: SpuriousParams, run: SpuriousRun, info, version, spec: TaskSpec, emb, started):
+def _write(p: SpuriousParams, run: SpuriousRun, s, spec: TaskSpec, emb, started: str) -> None:
     res = run.to_dict()
     runs = pd.DataFrame([{
         "run_id": run.run_id, "task": run.task, "tasks_source": run.tasks_source,
@@ -278,17 +282,16 @@ def _write(p: SpuriousParams, run: SpuriousRun, info, version, spec: TaskSpec, e
     params = {"tasks": run.tasks_source, "task": run.task, "spurious": run.spurious_texts,
               "core": run.core_texts, "repair": p.repair, "random": p.random, "split": p.split,
               "seed": p.seed, "max_mean_drop": p.max_mean_drop}  # fmt: skip
-    with mutate_store(p.store, expect_version=version) as con:
-        db = DatabaseWriter(con)
+    record = provenance.run_record("spurious", run.run_id, s, params, run.timings, started)
+    with mutate_store(p.store, expect_version=s.version_path) as w:
         for t in ("spurious_runs", "spurious_heads", "ablation_groups"):
-            db.ensure_table(t)
-        db.append("spurious_runs", runs)
-        db.append("spurious_heads", heads)
+            w.ensure_table(t)
+        w.append("spurious_runs", runs)
+        w.append("spurious_heads", heads)
         if run.held_out is not None:
-            db.append("ablation_groups", group_rows(run.run_id, {run.task: run.held_out}))
-        con.execute("DELETE FROM zeroshot_classes WHERE task = ?", [spec.name])
-        db.append("zeroshot_classes", zeroshot_rows([spec], emb))
-        provenance.insert_run(con, "spurious", run.run_id, info, params, run.timings, started)
+            w.append("ablation_groups", group_rows(run.run_id, {run.task: run.held_out}))
+        w.replace_zeroshot_classes(zeroshot_rows([spec], emb))
+        w.record_run(record)
 
 
 # ------------------------------------------------------------------------- the biased demo
@@ -317,8 +320,8 @@ def build_biased_demo(
             batch_size=batch_size, layers="all", force=force, progress=progress,
         )
     )  # fmt: skip
-    with open_store(store) as r:
-        interpreted = r.interpreted
+    with StoreSession.open(store) as s:
+        interpreted = s.reader.interpreted
     if force or not res.up_to_date or not interpreted:
         run_interpretation(store, labeller="offline", bank="world")
     run = run_spurious(SpuriousParams(store, tasks="groups", repair=repair))
