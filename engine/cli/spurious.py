@@ -91,5 +91,8 @@ def run(args) -> int:
                 f"  {len(res.chosen)} random heads ({rw.size} draws): worst-group "
                 f"{rw.mean():.3f} ({rlift:+.3f}), mean {rm.mean():.3f}"
             )
-        print(f"reuse: python -m engine ablate --store {args.store} --ablate {res.spec}")
+        print(
+            f"reuse: python -m engine ablate --store {args.store} --tasks {res.tasks_source} "
+            f"--ablate {res.spec} --seed {args.seed}"
+        )
     return 0
