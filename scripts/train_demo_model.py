@@ -1,6 +1,7 @@
 """Train the bundled demo CLIP from scratch on the demo world, on CPU, deterministically.
 
     nice -n 10 .venv/bin/python scripts/train_demo_model.py            # the shipped run
+    nice -n 10 .venv/bin/python scripts/train_demo_model.py --biased   # the planted shortcut
     .venv/bin/python scripts/train_demo_model.py --steps 800 --out /tmp/pilot   # a pilot
 
 The model is a genuine open_clip `CLIP` built by `open_clip.create_model` from the config
@@ -16,6 +17,7 @@ numbers, see docs/demo-model.md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -36,6 +38,10 @@ from engine.sources import world  # noqa: E402  (eval_demo_model puts the repo r
 CONFIG_DIR = ev.ROOT / "engine" / "data" / "model_configs"
 MODEL_NAME = "demo-world-vit"
 TRAIN_SEED = 12345
+BIASED_DIR = ev.ROOT / "engine" / "data" / "demo_model_biased"
+# the biased model is cheaper: 4 layers (so a store's default last four layers are all of them)
+BIASED_OVERRIDES = {"vision_cfg.layers": 4}
+BIASED_STEPS = 2400
 
 
 def build_config(overrides: dict) -> dict:
@@ -112,9 +118,20 @@ def save(model, cfg: dict, out: Path) -> None:
     (out / "open_clip_config.json").write_text(json.dumps(local, indent=2) + "\n")
 
 
-def train(model, tokenizer, steps: int, batch_size: int, lr: float, warmup: int, wd: float):
-    """Train `model` in place for `steps` steps on world seed TRAIN_SEED; returns the losses.
-    Deterministic given torch's seed: the data depend only on the step."""
+def train(
+    model,
+    tokenizer,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup: int,
+    wd: float,
+    bias: world.Bias | None = None,
+    log: str | None = None,
+):
+    """Train `model` in place for `steps` steps on world seed TRAIN_SEED (with `bias`, its
+    biased variant); returns the losses. Deterministic given torch's seed: the data depend only
+    on the step."""
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -130,7 +147,9 @@ def train(model, tokenizer, steps: int, batch_size: int, lr: float, warmup: int,
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup)
-        batch = world.generate(step * batch_size, (step + 1) * batch_size, seed=TRAIN_SEED)
+        batch = world.generate(
+            step * batch_size, (step + 1) * batch_size, seed=TRAIN_SEED, bias=bias
+        )
         missing = [c for c in batch.captions if c not in token_cache]
         if missing:
             for c, tok in zip(missing, tokenizer(missing), strict=True):
@@ -149,13 +168,29 @@ def train(model, tokenizer, steps: int, batch_size: int, lr: float, warmup: int,
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+            if log:
+                with open(log, "a") as fh:
+                    fh.write(
+                        f"{time.strftime('%H:%M:%S')} step {step}/{steps} "
+                        f"loss {np.mean(losses[-50:]):.3f}\n"
+                    )
     model.eval()
     return losses
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=4800)
+    p.add_argument(
+        "--biased",
+        action="store_true",
+        help=f"train on the biased world (world.BIAS), {BIASED_STEPS} steps, 4 layers, "
+        "into engine/data/demo_model_biased",
+    )
+    p.add_argument(
+        "--bias-strength", type=float, default=None, help="pilots: override world.BIAS.strength"
+    )
+    p.add_argument("--log", default=None, help="also append progress lines to this file")
+    p.add_argument("--steps", type=int, default=None, help="default 4800 (biased: 2400)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
@@ -163,25 +198,38 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="torch seed (initialisation)")
     p.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared CPU")
     p.add_argument("--eval-images", type=int, default=2000)
-    p.add_argument("--out", default=str(ev.DEFAULT_MODEL_DIR))
+    p.add_argument("--out", default=None, help="default engine/data/demo_model[_biased]")
     p.add_argument("--set", nargs="*", default=[], help="config overrides key=json, pilots only")
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
-    overrides = {kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in args.set}
+    bias = None
+    overrides = {}
+    if args.biased:
+        bias = world.BIAS
+        if args.bias_strength is not None:
+            bias = world.Bias(bias.core, bias.spurious, args.bias_strength)
+        overrides.update(BIASED_OVERRIDES)
+    args.steps = args.steps or (BIASED_STEPS if args.biased else 4800)
+    args.out = args.out or str(BIASED_DIR if args.biased else ev.DEFAULT_MODEL_DIR)
+    overrides.update({kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in args.set})
     cfg = build_config(overrides)
     if cfg["vision_cfg"]["image_size"] != world.IMAGE_SIZE:
         raise SystemExit(f"config image_size must equal world.IMAGE_SIZE ({world.IMAGE_SIZE})")
     out = Path(args.out)
-    model, tokenizer = create_model(cfg, out / "_pilot_config")
+    import tempfile
+
+    model, tokenizer = create_model(cfg, Path(tempfile.mkdtemp(prefix="demo_config_")))
     n_params = sum(p.numel() for p in model.parameters())
     n_vision = sum(p.numel() for p in model.visual.parameters())
     print(f"params {n_params:,} (vision {n_vision:,}); config {json.dumps(cfg)}", flush=True)
 
     t0 = time.time()
-    losses = train(model, tokenizer, args.steps, args.batch, args.lr, args.warmup, args.wd)
+    losses = train(
+        model, tokenizer, args.steps, args.batch, args.lr, args.warmup, args.wd, bias, args.log
+    )
     train_s = time.time() - t0
     save(model, cfg, out)
     # evaluate exactly what was saved, loaded back through open_clip's local-dir path
@@ -200,6 +248,7 @@ def main(argv=None) -> int:
             "weight_decay": args.wd,
             "torch_seed": args.seed,
             "world_seed": TRAIN_SEED,
+            "bias": None if bias is None else dataclasses.asdict(bias),
             "threads": args.threads,
             "wall_s": round(train_s, 1),
             "final_loss": round(float(np.mean(losses[-100:])), 4),

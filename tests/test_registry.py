@@ -28,6 +28,7 @@ def _cli(*args, env_extra=None):
 @pytest.mark.unit
 def test_parse_specs():
     assert specs.parse_spec("demo").kind == "demo"
+    assert specs.parse_spec("demo-biased").path.endswith("demo_model_biased")
     assert specs.parse_spec("tiny-test").kind == "tiny"
     s = specs.parse_spec("ViT-B-32/openai")
     assert (s.kind, s.arch, s.tag) == ("tag", "ViT-B-32", "openai")
@@ -71,8 +72,8 @@ def test_paper_models_are_named_entries():
     assert rows["ViT-B-32/openai"]["description"] == "paper model; OpenAI-400M"
     assert rows["tiny-test"]["available"] and not rows["tiny-test"]["paper"]
     bundled = {m.spec for m in specs.MODELS}
-    assert {"demo", "tiny-test"} <= bundled
-    assert all(s in ("demo", "tiny-test") or "SigLIP" in s for s in bundled)  # tests/test_siglip
+    assert {"demo", "demo-biased", "tiny-test"} <= bundled
+    assert all(s in ("demo", "demo-biased", "tiny-test") or "SigLIP" in s for s in bundled)
 
 
 @pytest.mark.unit

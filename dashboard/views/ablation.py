@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import state, stores, tables, widgets
+from dashboard import groups_panel, state, stores, tables, widgets
 from engine.core.layers import head_name
 from engine.errors import UserError
 
@@ -91,6 +91,7 @@ c1, c2, c3 = st.columns(3)
 draws = c1.slider("Random baselines", 0, 20, 10, help="draws of as many random heads per layer")
 split = c2.slider("Share of images for the means", 0.1, 0.9, 0.5, 0.05)
 seed = int(c3.number_input("Seed", 0, 10_000, 0))
+spec = groups_panel.finder(store, key, split, seed) or spec  # a repair of spurious heads
 if not spec:
     st.info("Choose what to ablate.")
     st.stop()
@@ -161,3 +162,5 @@ st.dataframe(
 )  # fmt: skip
 if not np.isfinite(per["drop"]).all():
     st.caption("Classes without evaluated images are blank.")
+
+groups_panel.render(store, key, result["ablated"], draws, split, seed)  # grouped tasks only

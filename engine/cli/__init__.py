@@ -24,6 +24,7 @@ COMMANDS = [
     "demo_store",
 ]
 COMMANDS += ["visualise"]  # unit pages (issue 19)
+COMMANDS += ["spurious"]  # shortcuts: rank, repair, held-out check (issue 17)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,8 @@ def add_arguments(p):
     p.add_argument("--ablate", required=True, metavar="SPEC", help=f"what to ablate; {VALID_FORMS}")
     p.add_argument(
         "--tasks", default=None,
-        help="factors (demo world), folders (class folders), or FILE mapping folder,class "
+        help="factors (demo world), folders (class folders), groups (the demo world's shortcut "
+        "task, with groups), FILE mapping folder,class, or FILE of path,class,group lines "
         "(default: factors when the store has them, else folders)",
     )  # fmt: skip
     p.add_argument("--random", type=int, default=10, help="random-head baseline draws (default 10)")
@@ -55,6 +56,10 @@ def run(args) -> int:
     if res.head_effects is not None:
         print()
         print("\n".join(per_head_lines(res.head_effects)))
+    if res.groups:
+        from engine.pipeline.spurious import format_groups
+
+        print(format_groups(res.groups))
     return 0
 
 

@@ -12,10 +12,16 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", default="artifacts/demo", help="store path (default %(default)s)")
+    p.add_argument("--store", default=None, help="store path (default artifacts/demo)")
     p.add_argument("--images", type=int, default=5000, help="synthetic images (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="demo world seed")
-    p.add_argument("--model", default="demo", help="model spec (default %(default)s)")
+    p.add_argument("--model", default=None, help="model spec (default demo)")
+    p.add_argument(
+        "--biased", action="store_true",
+        help="the planted-shortcut demo: model demo-biased into artifacts/demo_biased, then "
+        "`spurious --repair` on it (docs/spurious.md)",
+    )  # fmt: skip
+    p.add_argument("--repair", type=int, default=4, help="with --biased: heads to repair (4)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--force", action="store_true", help="rebuild even if complete")
     p.add_argument("--no-progress", action="store_true")
@@ -28,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.images < 1:
         raise UserError(f"bad --images {args.images}: must be >= 1")
+    if args.biased:
+        return _biased(args)
+    args.store = args.store or "artifacts/demo"
+    args.model = args.model or "demo"
     params = BuildParams(
         model=args.model,
         images=f"synthetic:{args.images}:{args.seed}",
@@ -65,4 +75,29 @@ def run(args: argparse.Namespace) -> int:
         seg = run_segeval(SegEvalParams(args.store, "world"), progress=not args.no_progress)
         a = seg.aggregate()
         print(f"segmentation: pointing {a['pointing']:.3f}, mIoU {a['miou']:.3f} (all heads)")
+    return 0
+
+
+def _biased(args: argparse.Namespace) -> int:
+    from engine.pipeline.spurious import build_biased_demo
+
+    store = args.store or "artifacts/demo_biased"
+    run = build_biased_demo(
+        store, images=args.images, seed=args.seed, batch_size=args.batch_size,
+        force=args.force, progress=not args.no_progress, repair=args.repair,
+    )  # fmt: skip
+    b = run.before
+    print(
+        f"{store}: worst-group {b.worst:.3f} ({b.worst_group}) vs mean {b.mean:.3f} (fitting half)"
+    )
+    top = ", ".join(f.name for f in run.findings[:5])
+    print(f"heads whose removal helps the worst group most: {top}")
+    if run.held_out is not None:
+        h = run.held_out
+        rw = h.random_worst
+        print(
+            f"repair {run.spec}: held-out worst-group {h.before.worst:.3f} → {h.after.worst:.3f}, "
+            f"mean {h.before.mean:.3f} → {h.after.mean:.3f}; {len(run.chosen)} random heads: "
+            f"worst-group {rw.mean() if rw.size else float('nan'):.3f}"
+        )
     return 0

@@ -16,7 +16,7 @@ import torch
 
 from engine.core.types import ModelDims
 from engine.errors import UnsupportedModel, UserError, WeightsMissing
-from engine.model.specs import DEMO_DIR, ModelSpec, _open_clip, local_weights, parse_spec
+from engine.model.specs import ModelSpec, _open_clip, local_weights, parse_spec
 from engine.model.timm_tower import check_timm_supported, is_timm_tower, pool_info, timm_dims
 from engine.model.tokenizers import load_tokenizer
 
@@ -190,9 +190,9 @@ def load_model(
         pretrained = None if random_weights else s.path
         quick_gelu = s.arch.endswith("-quickgelu")
     elif s.kind == "demo":
-        if not (DEMO_DIR / "open_clip_config.json").is_file():
-            raise WeightsMissing(f"the demo model is missing from {DEMO_DIR} (broken checkout?)")
-        name = f"local-dir:{DEMO_DIR}"
+        if not (Path(s.path) / "open_clip_config.json").is_file():
+            raise WeightsMissing(f"the demo model is missing from {s.path} (broken checkout?)")
+        name = f"local-dir:{s.path}"
     elif s.kind == "hf-hub" and not random_weights:
         if local_weights(spec) is None and not _hub_reachable():
             raise _weights_missing(s)  # at once, not after the hub client's retries

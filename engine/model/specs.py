@@ -2,6 +2,7 @@
 
 Specs (`parse_spec`):
   `demo`                              the bundled demo model (engine/data/demo_model, local-dir)
+  `demo-biased`                       the demo model trained with a planted shortcut
   `tiny-test`                         a 2-layer random ViT for fast tests (always random weights)
   `ARCH/TAG`  e.g. `ViT-B-32/openai`  open_clip pretrained tag (cached locally, else downloaded)
   `ARCH:/path/to/weights.safetensors` an open_clip architecture with a local checkpoint file
@@ -21,6 +22,7 @@ from engine.errors import UserError
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DEMO_DIR = DATA_DIR / "demo_model"
+DEMO_BIASED_DIR = DATA_DIR / "demo_model_biased"  # trained on the biased world (world.BIAS)
 CONFIG_DIR = DATA_DIR / "model_configs"
 TINY_ARCH = "ClipInterpretTiny"
 
@@ -39,6 +41,11 @@ class ModelEntry:
 # command); OpenAI tags need QuickGELU (handled in load_model).
 MODELS: tuple[ModelEntry, ...] = (
     ModelEntry("demo", "demo", "bundled small CLIP trained on the procedural demo world"),
+    ModelEntry(
+        "demo-biased",
+        "demo-biased",
+        "bundled small CLIP trained with a planted shortcut (shape ~ background, 90 %)",
+    ),
     ModelEntry("tiny-test", "tiny-test", "2-layer random ViT for tests (random weights only)"),
     # SigLIP / SigLIP 2: timm towers with attention pooling (engine.model.timm_tower); every
     # other open_clip SigLIP config/tag is listed by `models --all`
@@ -120,6 +127,8 @@ def parse_spec(spec: str) -> ModelSpec:
         raise UserError(f"empty model spec; {forms}")
     if spec == "demo":
         return ModelSpec(spec, "demo", "demo", path=str(DEMO_DIR))
+    if spec == "demo-biased":
+        return ModelSpec(spec, "demo", "demo-biased", path=str(DEMO_BIASED_DIR))
     if spec == "tiny-test":
         return ModelSpec(spec, "tiny", TINY_ARCH)
     if spec.startswith("local-dir:"):
@@ -189,7 +198,7 @@ def local_weights(spec: str) -> str | None:
     except UserError:
         return None
     if s.kind == "demo":
-        f = DEMO_DIR / "open_clip_model.safetensors"
+        f = Path(s.path) / "open_clip_model.safetensors"
         return str(f) if f.is_file() else None
     if s.kind == "tiny":
         return "random init (seeded)"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -49,6 +49,7 @@ class AblateRun:
     head_effects: pd.DataFrame | None
     timings: dict
     baseline: BaselineCheck | None = None  # can the random baseline differ from the ablation?
+    groups: dict = field(default_factory=dict)  # task -> core.groups.GroupAblation
 
     def to_dict(self) -> dict:
         out = {"run_id": self.run_id, "spec": self.spec, "tasks_source": self.tasks_source,
@@ -57,6 +58,8 @@ class AblateRun:
             out["baseline"] = self.baseline.to_dict()
         if self.head_effects is not None:
             out["per_head"] = per_head_records(self.head_effects)
+        if self.groups:
+            out["groups"] = [g.to_dict() for g in self.groups.values()]
         return out
 
 
@@ -80,11 +83,28 @@ def run_ablate(p: AblateParams, progress: bool = False) -> AblateRun:
                      per_head=p.per_head, progress=progress)  # fmt: skip
         run = AblateRun(uuid.uuid4().hex, p.ablate, a.tasks_source, a.result, a.head_effects,
                         a.timings)  # fmt: skip
+        run.groups = _groups(p, s, a)
         if p.random > 0:  # the session's components are read once: this costs nothing
             run.baseline = check_baseline(s.components()[1], a.result.ablated)
         if p.write:
             _write(p, run, s, a, started)
     return run
+
+
+def _groups(p: AblateParams, s, a) -> dict:
+    """The grouped tasks' group accuracies over the same split and random draws."""
+    from engine.core.ablation import split
+    from engine.core.groups import group_ablation
+    from engine.pipeline.spurious import grouped_tasks
+
+    groups = grouped_tasks(a.tasks.specs)
+    if not groups:
+        return {}
+    output, comps = s.components()
+    fit, ev = split(len(output), p.split, p.seed)
+    res = a.result
+    return group_ablation(output, comps, res.ablated, res.random_draws, a.tasks.tasks, groups,
+                          fit, ev)  # fmt: skip
 
 
 def _write(p: AblateParams, run: AblateRun, s, a, started: str) -> None:
@@ -110,4 +130,9 @@ def _write(p: AblateParams, run: AblateRun, s, a, started: str) -> None:
         w.replace_zeroshot_classes(zeroshot_rows(a.tasks.specs, a.tasks.embeddings))
         if run.head_effects is not None:  # the latest per-head evidence only
             w.replace("head_effects", run.head_effects.assign(run_id=run.run_id))
+        if run.groups:
+            from engine.pipeline.spurious import group_rows
+
+            w.ensure("ablation_groups")
+            w.append("ablation_groups", group_rows(run.run_id, run.groups))
         w.record_run(record)

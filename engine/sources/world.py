@@ -114,10 +114,51 @@ def _codes_array(codes: Mapping[str, int] | Sequence[int] | np.ndarray) -> np.nd
     return arr
 
 
-def sample_codes(index: int, seed: int = 0) -> np.ndarray:
-    """Factor codes of image `index` of world `seed`: int [factor], uniform and independent."""
+@dataclass(frozen=True)
+class Bias:
+    """A planted shortcut: factor `spurious` follows factor `core` in a fraction `strength` of
+    the images (value k of `core` goes with value k mod n of `spurious`, the *majority* pairing);
+    in the others `spurious` takes one of its other values, uniformly. `strength` 1/n is the
+    balanced world's own rate."""
+
+    core: str
+    spurious: str
+    strength: float
+
+    def __post_init__(self) -> None:
+        if self.core not in FACTORS or self.spurious not in FACTORS or self.core == self.spurious:
+            raise ValueError(f"bias needs two different factors of {', '.join(FACTORS)}")
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"bias strength {self.strength} is not in [0, 1]")
+
+    def majority(self, core_code: int) -> int:
+        """The spurious value paired with core value `core_code`."""
+        return int(core_code) % len(FACTORS[self.spurious])
+
+
+# The biased demo world (declared once): shape and background go together 90 % of the time, as
+# in Waterbirds (bird type and place). Training data of the `demo-biased` model; evaluation uses
+# the balanced world.
+BIAS = Bias(core="shape", spurious="background", strength=0.9)
+
+
+def sample_codes(index: int, seed: int = 0, bias: Bias | None = None) -> np.ndarray:
+    """Factor codes of image `index` of world `seed`: int [factor], uniform and independent, or
+    with `bias` the spurious factor re-drawn from its own stream `[seed, index, 3]`, so the
+    biased world is also a pure function of `(seed, index)` and shares every other factor (and
+    the pixel and caption streams) with the balanced one."""
     rng = np.random.default_rng([seed, index])
-    return np.array([rng.integers(len(v)) for v in FACTORS.values()], dtype=np.int64)
+    codes = np.array([rng.integers(len(v)) for v in FACTORS.values()], dtype=np.int64)
+    if bias is not None:
+        brng = np.random.default_rng([seed, index, 3])
+        k_core, k_sp = FACTOR_NAMES.index(bias.core), FACTOR_NAMES.index(bias.spurious)
+        major = bias.majority(codes[k_core])
+        if brng.random() < bias.strength:
+            codes[k_sp] = major
+        else:  # one of the other values, uniformly
+            others = [v for v in range(len(FACTORS[bias.spurious])) if v != major]
+            codes[k_sp] = others[int(brng.integers(len(others)))]
+    return codes
 
 
 # pixel-centre coordinates, shared by every render: [H, W] each
@@ -249,10 +290,12 @@ def parse_caption(text: str) -> dict[str, int]:
     return out
 
 
-def generate(start: int, stop: int, seed: int = 0, masks: bool = False) -> WorldBatch:
+def generate(
+    start: int, stop: int, seed: int = 0, masks: bool = False, bias: Bias | None = None
+) -> WorldBatch:
     """Images `[start, stop)` of world `seed`: images uint8 [image, H, W, 3], codes int16
     [image, factor], captions list[str], and with `masks` the object masks bool [image, H, W].
-    Image i depends only on (seed, i)."""
+    Image i depends only on (seed, i) (and `bias`, a planted shortcut, see `Bias`)."""
     if start < 0 or stop < start:
         raise ValueError(f"bad image range [{start}, {stop})")
     n = stop - start
@@ -261,7 +304,7 @@ def generate(start: int, stop: int, seed: int = 0, masks: bool = False) -> World
     mask_out = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=bool) if masks else None
     captions: list[str] = []
     for j, i in enumerate(range(start, stop)):
-        c = sample_codes(i, seed)
+        c = sample_codes(i, seed, bias)
         codes[j] = c
         if mask_out is not None:
             images[j], mask_out[j] = render_image(c, [seed, i, 1], return_mask=True)

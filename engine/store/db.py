@@ -88,6 +88,7 @@ class StoreWriter:
         self._con.execute(
             schema.TABLES[table].replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)
         )
+        self._columns.pop(table, None)
 
     # ---- typed records
 

@@ -465,12 +465,52 @@ CREATE TABLE unit_visualisations (
     parameters JSON,          -- steps, lr, views, seed
     run_id VARCHAR
 )""",
+    # ---- groups and shortcuts (ablate with a grouped task; python -m engine spurious) ----
+    "ablation_groups": """
+CREATE TABLE ablation_groups (
+    run_id VARCHAR,         -- an ablation_runs or spurious_runs run
+    task VARCHAR,
+    grp VARCHAR,            -- the group's name, e.g. 'circle / grey' or 'landbird / water'
+    count INTEGER,          -- evaluated images in the group
+    before DOUBLE,          -- group accuracy before the ablation (NULL: no image)
+    after DOUBLE,
+    random_mean DOUBLE      -- mean over the random draws
+)""",
+    "spurious_runs": """
+CREATE TABLE spurious_runs (
+    run_id VARCHAR PRIMARY KEY,
+    task VARCHAR,
+    tasks_source VARCHAR,
+    spurious_texts JSON,
+    core_texts JSON,
+    k INTEGER,              -- --repair K (0: ranking only)
+    spec VARCHAR,           -- the repair as an ablation spec ('none' without one)
+    n_means INTEGER,        -- fitting half: images the means come from
+    n_score INTEGER,        -- fitting half: images every choice is scored on
+    n_held_out INTEGER,     -- the other half: the repair's check only
+    split DOUBLE,
+    seed INTEGER,
+    result JSON             -- SpuriousRun.to_dict()
+)""",
+    "spurious_heads": """
+CREATE TABLE spurious_heads (
+    run_id VARCHAR,
+    rank INTEGER,           -- 1 = the largest worst-group gain when removed alone
+    layer INTEGER,
+    head INTEGER,
+    effect DOUBLE,          -- worst-group accuracy after removing it alone minus before
+    worst_after DOUBLE,
+    mean_after DOUBLE,
+    spurious_share DOUBLE,  -- share of the head's variance along the spurious texts
+    core_share DOUBLE,
+    alignment DOUBLE        -- spurious_share - core_share
+)""",
 }
 
 INTERPRETATION_TABLES = ("textspan", "head_labels", "scores", "ground_truth")
+"""What one `interpret` run writes; a new run replaces all of them (`StoreWriter.replace_interpretation`)."""
 UNIT_TABLES = ("unit_summary", "unit_examples", "unit_histograms")
 """What `interpret` also writes for the unit pages (`engine.store.unit_tables`), replaced each run."""
-"""What one `interpret` run writes; a new run replaces all of them (`StoreWriter.replace_interpretation`)."""
 
 
 # ---------------------------------------------------------------- typed records of the tables
