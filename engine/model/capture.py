@@ -138,3 +138,64 @@ def decompose_images(lm, pixels: Tensor, layers: Sequence[int], weights=None):
         return decompose_pooled_images(model, pixels, layers, weights)
     w = weights if weights is not None else vision_weights(lm)
     return core_decompose.decompose(w, capture(lm, pixels, layers), layers)
+
+
+def mlp_proj_weight(lm: LoadedModel | torch.nn.Module, layer: int) -> Tensor:
+    """Block `layer`'s `mlp.c_proj.weight` [d_model, neuron] (column n = neuron n's write)."""
+    model = lm.model if isinstance(lm, LoadedModel) else lm
+    sd = model.visual.state_dict()
+    return sd[f"transformer.resblocks.{int(layer)}.mlp.c_proj.weight"].detach()
+
+
+@torch.no_grad()
+def capture_neurons(
+    lm: LoadedModel | torch.nn.Module,
+    pixels: Tensor,
+    layers: Sequence[int],
+    neuron_layers: Sequence[int],
+):
+    """`capture` plus what the second-order lens of `neuron_layers` needs, in the same forward:
+    post-GELU activations (pre-hook on `mlp.c_proj`), the MLP's write without its bias, and every
+    later block's `ln_1` σ per token (pre-hook on `ln_1`). The later blocks' attention inputs are
+    captured too. Returns (VisionCapture, engine.core.second_order.NeuronCapture)."""
+    from engine.core.second_order import NeuronCapture
+
+    model = lm.model if isinstance(lm, LoadedModel) else lm
+    v = model.visual
+    blocks = v.transformer.resblocks
+    bf = getattr(v.transformer, "batch_first", True)
+    neuron_layers = sorted(set(int(i) for i in neuron_layers))
+    later = sorted({j for i in neuron_layers for j in range(i + 1, len(blocks))})
+    acts: dict[int, Tensor] = {}
+    written: dict[int, Tensor] = {}
+    ln_std: dict[int, Tensor] = {}
+
+    def bt(t: Tensor) -> Tensor:  # to [image, token, d]
+        return t if bf else t.transpose(0, 1)
+
+    def on_proj(i):
+        def hook(m, inp):
+            acts[i] = bt(inp[0])  # [image, token, neuron]
+            # Σ_n a[n, m] w_n, without the bias: [image, token, d_model]
+            written[i] = bt(torch.nn.functional.linear(inp[0], m.weight))
+
+        return hook
+
+    def on_ln(i):
+        def hook(m, inp):
+            x = bt(inp[0]).float()
+            ln_std[i] = (x.var(dim=-1, unbiased=False) + m.eps).sqrt()  # [image, token]
+
+        return hook
+
+    hooks = []
+    try:
+        for i in neuron_layers:
+            hooks.append(blocks[i].mlp.c_proj.register_forward_pre_hook(on_proj(i)))
+        for i in later:
+            hooks.append(blocks[i].ln_1.register_forward_pre_hook(on_ln(i)))
+        cap = capture(lm, pixels, sorted(set(int(x) for x in layers) | set(later)))
+    finally:
+        for h in hooks:
+            h.remove()
+    return cap, NeuronCapture(acts=acts, written=written, ln_std=ln_std)
