@@ -9,6 +9,7 @@ from engine.core import second_order as so
 from engine.core.decompose import head_bases, ln_projection
 from engine.model import load_model, vision_weights
 from engine.model.capture import capture_neurons, mlp_proj_weight
+from engine.model.neuron_check import propagate_write
 
 REL_TOL = 1e-5  # fp32: max |factorised - brute force| / max ||brute force||
 
@@ -24,34 +25,8 @@ def _std(w, cap):
     return (resid.var(dim=-1, unbiased=False) + w.ln_post_eps).sqrt()
 
 
-@torch.no_grad()
 def brute_force(lm, cap, ncap, layer, write):
-    """The lens by definition, through the model's own modules: the write r [image, token,
-    d_model] goes through each later block's ln_1 with the clean pass's σ frozen (centred, × γ,
-    / σ), then the block's own attention module with the clean ln_1 output as query and key (the
-    frozen pattern) and the linearised write as value, minus the same call with a zero value (the
-    bias path); class-token rows summed over later blocks; then ln_post with the clean std frozen
-    and proj. [image, d_embed]"""
-    v = lm.model.visual
-    blocks = v.transformer.resblocks
-    total = 0.0
-    for lp in range(layer + 1, len(blocks)):
-        blk = blocks[lp]
-        x = cap.attn_in[lp].float()  # [image, token, d_model], clean ln_1 output
-        lin = (write - write.mean(-1, keepdim=True)) / ncap.ln_std[lp][..., None]
-        lin = lin * blk.ln_1.weight
-        mha = blk.attn
-        bf = getattr(mha, "batch_first", False)
-
-        def call(val, x=x, mha=mha, bf=bf):
-            q, val = (x, val) if bf else (x.transpose(0, 1), val.transpose(0, 1))
-            o = mha(q, q, val, need_weights=False)[0]
-            return o if bf else o.transpose(0, 1)
-
-        total = total + (call(lin) - call(torch.zeros_like(lin)))[:, 0]  # [image, d_model]
-    std = (cap.resid.float().var(-1, unbiased=False) + v.ln_post.eps).sqrt()
-    centred = total - total.mean(-1, keepdim=True)
-    return (centred * v.ln_post.weight / std[:, None]) @ v.proj
+    return propagate_write(lm, cap, ncap.ln_std, layer, write)
 
 
 def _check_model(lm, layer, neurons, n_images=2):

@@ -28,6 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="layers whose heads are stored: " + GRAMMAR + " (default %(default)s)",
     )
     p.add_argument("--random-weights", action="store_true", help="random init, no checkpoint")
+    p.add_argument(
+        "--neurons",
+        default=None,
+        help="MLP layers whose neurons' second-order effects are stored (docs/decomposition.md): "
+        + GRAMMAR
+        + ", e.g. 8-10, or 9-9 for one layer (default: none)",
+    )
     p.add_argument("--workers", type=int, default=2, help="image decoding threads")
     p.add_argument(
         "--image-chunk", type=int, default=None, help="images per Zarr chunk (default: automatic)"
@@ -80,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         image_chunk=args.image_chunk,
         force=args.force,
         progress=not args.no_progress,
+        neurons=args.neurons,
     )
     chosen = {
         "--shard": args.shard,

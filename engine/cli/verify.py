@@ -30,6 +30,19 @@ def add_arguments(p):
         default="all",
         help="layers whose heads are decomposed: " + GRAMMAR + " (default all)",
     )
+    p.add_argument(
+        "--neurons",
+        default=None,
+        help="also check the second-order neuron lens "
+        "of these MLP layers (" + GRAMMAR + ") against a brute-force propagation",
+    )
+    p.add_argument(
+        "--check-neurons",
+        type=int,
+        default=8,
+        help="neurons per layer checked "
+        "one by one (and always the sum over all of them; default 8)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--tolerance", type=float, default=1e-4)
     p.add_argument("--json", action="store_true")
@@ -87,6 +100,15 @@ def run(args) -> int:
     if hasattr(d, "pool_mlp_share"):  # attention pooling (SigLIP): the one nonlinear term
         result["pool_mlp_share"] = float(d.pool_mlp_share().mean())
     result["ok"] = result["relative_error"] < args.tolerance
+    neuron_layers = _neuron_layers(args, lm)
+    if neuron_layers:
+        from engine.pipeline.neurons import verify_model_neurons
+
+        nres = verify_model_neurons(lm, d_weights(lm), pixels, neuron_layers, args.check_neurons)
+        result.update(nres)
+        result["ok"] = result["ok"] and max(
+            nres["neuron_relative_error"], nres["neuron_sum_relative_error"]
+        ) < min(args.tolerance, 1e-5)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -96,7 +118,31 @@ def run(args) -> int:
             f"with max |error| / max ||output|| = {result['relative_error']:.2e} "
             f"(max |error| {result['max_abs_error']:.2e}; tolerance {args.tolerance:g})"
         )
+        if neuron_layers:
+            print(
+                f"neurons {result['neuron_layers']}: factorised second-order effects vs brute "
+                f"force through the model's modules: max |error| / max ||effect|| = "
+                f"{result['neuron_relative_error']:.2e} ({args.check_neurons} neurons per layer), "
+                f"{result['neuron_sum_relative_error']:.2e} for the sum over all neurons "
+                "(tolerance 1e-05)"
+            )
     return 0 if result["ok"] else 1
+
+
+def _neuron_layers(args, lm) -> list[int]:
+    if not getattr(args, "neurons", None):
+        return []
+    from engine.pipeline.neurons import parse_neuron_layers
+
+    if args.check_neurons < 1:
+        raise UserError("--check-neurons must be at least 1")
+    return parse_neuron_layers(args.neurons, lm.dims.n_layers)
+
+
+def d_weights(lm):
+    from engine.model import vision_weights
+
+    return vision_weights(lm)
 
 
 def verify_store(path) -> dict:
@@ -141,6 +187,14 @@ def verify_store(path) -> dict:
 
 def run_store(args) -> int:
     result = verify_store(args.store)
+    from engine.pipeline.neurons import verify_store_neurons
+    from engine.store import open_store
+
+    with open_store(args.store) as r:
+        nres = verify_store_neurons(r)
+    if nres is not None:
+        result.update(nres)
+        result["ok"] = result["ok"] and nres["neuron_ok"]
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -151,4 +205,11 @@ def run_store(args) -> int:
             f"error is {result['worst_error_over_bound']:.2f}x its fp16 rounding bound "
             "(must be <= 1)"
         )
+        if nres is not None:
+            print(
+                f"neurons {nres['neuron_layers']}: stored effects sum to each layer's propagated "
+                f"write with max |error| / max ||write|| = {nres['neuron_relative_error']:.2e}; "
+                f"worst image's error is {nres['neuron_worst_error_over_bound']:.2f}x its int8 "
+                "bound (must be <= 1)"
+            )
     return 0 if result["ok"] else 1

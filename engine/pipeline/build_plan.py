@@ -21,6 +21,7 @@ from engine.core.layers import parse_layers
 from engine.core.types import ViTWeights
 from engine.errors import UserError
 from engine.model import LoadedModel, load_model, vision_weights
+from engine.pipeline.neurons import n_neurons, parse_neuron_layers
 from engine.pipeline.rows import BatchDecomposer
 from engine.sources import collection
 from engine.store import schema
@@ -41,6 +42,7 @@ class BuildParams:
     image_chunk: int | None = None  # images per Zarr chunk; None = schema.image_chunk_for(...)
     force: bool = False  # rebuild even if the published store is up to date
     progress: bool = True
+    neurons: str | None = None  # --neurons: MLP layers of the second-order lens (default none)
 
 
 @dataclass
@@ -58,11 +60,15 @@ class BuildPlan:
     weights: ViTWeights  # the vision tower's weights by name, extracted once
     _arrays: dict | None = None
     _decomposer: BatchDecomposer | None = None
+    neuron_layers: list[int] = field(default_factory=list)  # the second-order lens's layers
+    n_neurons: int = 0
 
     def decomposer(self) -> BatchDecomposer:
         """The per-batch decomposition with the heads' bases computed once per process."""
         if self._decomposer is None:
-            self._decomposer = BatchDecomposer(self.lm, self.layers, weights=self.weights)
+            self._decomposer = BatchDecomposer(
+                self.lm, self.layers, weights=self.weights, neuron_layers=self.neuron_layers
+            )
         return self._decomposer
 
     @property
@@ -89,7 +95,7 @@ class BuildPlan:
         d = self.lm.dims
         return schema.array_sizes(
             self.source.n_items, d.n_layers, self.layers, d.n_heads, d.d_head, d.d_embed,
-            self.chunk,
+            self.chunk, self.neuron_layers, self.n_neurons,
         )  # fmt: skip
 
 
@@ -122,29 +128,35 @@ def plan_build(params: BuildParams, *, load_device: str | None = None) -> BuildP
     if str(layers_arg) == str(schema.DEFAULT_LAST_LAYERS) and dims.n_layers < int(layers_arg):
         layers_arg = "all"  # the default on a model shallower than it
     layers = parse_layers(layers_arg, dims.n_layers)
+    neuron_layers = parse_neuron_layers(params.neurons, dims.n_layers)
+    d_mlp = n_neurons(lm, neuron_layers)
     sizes = schema.array_sizes(
-        source.n_items, dims.n_layers, layers, dims.n_heads, dims.d_head, dims.d_embed, 1
-    )
+        source.n_items, dims.n_layers, layers, dims.n_heads, dims.d_head, dims.d_embed, 1,
+        neuron_layers, d_mlp,
+    )  # fmt: skip
     chunk = params.image_chunk or schema.image_chunk_for(sizes, source.n_items)
     if chunk < 1:
         raise UserError(f"bad --image-chunk {chunk}: must be >= 1")
-    key = build_key(
-        {
-            "schema": schema.SCHEMA_VERSION,
-            "model_spec": lm.spec,
-            "weights_hash": lm.weights_hash,
-            "random_weights": bool(params.random_weights),
-            "images": source.fingerprint,
-            "layers": layers,
-            "image_chunk": chunk,
-            "chunking": CHUNKING,
-            "thumb": schema.THUMB_SIZE,
-            "batch_size": params.batch_size,  # batch shapes can change float rounding
-            "device": torch.device(params.device).type,
-        }
-    )
+    key_fields = {
+        "schema": schema.SCHEMA_VERSION,
+        "model_spec": lm.spec,
+        "weights_hash": lm.weights_hash,
+        "random_weights": bool(params.random_weights),
+        "images": source.fingerprint,
+        "layers": layers,
+        "image_chunk": chunk,
+        "chunking": CHUNKING,
+        "thumb": schema.THUMB_SIZE,
+        "batch_size": params.batch_size,  # batch shapes can change float rounding
+        "device": torch.device(params.device).type,
+    }
+    if neuron_layers:  # only then: a build without neurons keeps its key
+        key_fields["neuron_layers"] = neuron_layers
+    key = build_key(key_fields)
     staging = store.staging_dir(link, key)
-    return BuildPlan(params, link, source, lm, layers, chunk, key, staging, vision_weights(lm))
+    plan = BuildPlan(params, link, source, lm, layers, chunk, key, staging, vision_weights(lm))
+    plan.neuron_layers, plan.n_neurons = neuron_layers, d_mlp
+    return plan
 
 
 def build_key(fields: dict) -> str:

@@ -122,6 +122,7 @@ def _write_database(plan: BuildPlan, state: dict, timings: dict) -> None:
         "batch_size": params.batch_size,
         "device": params.device,
         "layers_arg": params.layers,  # as typed; the stored layers are StoreMeta.layers
+        "neurons": params.neurons,
         "random_weights": params.random_weights,
         "workers": params.workers,
         "image_chunk": plan.chunk,
@@ -159,6 +160,7 @@ def _store_meta(plan: BuildPlan, run_id, code, image_set_hash, n_skipped) -> sto
         factors=tuple(plan.source.factors) if plan.source.factors else None,
         image_set_hash=image_set_hash, n_skipped=n_skipped, reconstruction_error=worst,
         reconstruction_tolerance=plan.decomposer().tolerance, random_data=False,
+        neuron_layers=tuple(plan.neuron_layers),
     )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import torch
 from engine.core import decompose
 from engine.errors import UserError
 from engine.model import capture, vision_weights
+from engine.model.capture import capture_neurons
 
 # max |output - Σ components| / max ||output|| per batch, by the model's parameter dtype. fp32:
 # measured ~1e-7 on ViT-B/L; half precision: the model's own forward rounds every residual add
@@ -38,7 +39,9 @@ class ReconstructionError(UserError):
 class BatchDecomposer:
     """Per-batch decomposition into store rows for one model and one choice of stored layers."""
 
-    def __init__(self, lm, layers: list[int], *, weights=None, check: bool = True):
+    def __init__(
+        self, lm, layers: list[int], *, weights=None, check: bool = True, neuron_layers=()
+    ):
         self.lm = lm
         self.layers = sorted(int(l) for l in layers)
         self.weights = weights if weights is not None else vision_weights(lm)
@@ -48,6 +51,11 @@ class BatchDecomposer:
         param_dtype = next(lm.model.visual.parameters()).dtype
         self.tolerance = RECONSTRUCTION_TOL.get(param_dtype, 1e-4)
         self.worst_error = 0.0
+        self.neurons = None  # the second-order lens of `neuron_layers` (engine.pipeline.neurons)
+        if neuron_layers:
+            from engine.pipeline.neurons import NeuronRows
+
+            self.neurons = NeuronRows(lm, self.weights, list(neuron_layers), device)
 
     def constants(self) -> dict[str, np.ndarray]:
         """The weight-only arrays of the store: basis, rank, attn_bias (stored layers), ln_bias."""
@@ -57,6 +65,7 @@ class BatchDecomposer:
             "rank": b.rank.to(torch.int32).cpu().numpy(),
             "attn_bias": b.attn_bias[self.layers].float().cpu().numpy(),
             "ln_bias": b.ln_bias.float().cpu().numpy(),
+            **(self.neurons.constants() if self.neurons is not None else {}),
         }
 
     @torch.no_grad()
@@ -70,7 +79,14 @@ class BatchDecomposer:
 
         Raises ReconstructionError when the batch's components miss encode_image by more than
         the tolerance of the model's dtype."""
-        dec = self.decompose(pixels)
+        ncap = None
+        if self.neurons is not None:  # the lens's inputs, captured in the same forward
+            cap, ncap = capture_neurons(
+                self.lm, pixels.to(self.lm.device), self.layers, self.neurons.layers
+            )
+            dec = decompose.decompose(self.weights, cap, self.layers, bases=self.bases)
+        else:
+            dec = self.decompose(pixels)
         if self.check:
             err = dec.relative_error()
             self.worst_error = max(self.worst_error, err)
@@ -85,7 +101,9 @@ class BatchDecomposer:
         def f16(t: torch.Tensor) -> np.ndarray:
             return t.to(torch.float16).cpu().numpy()
 
+        extra = {} if ncap is None else self.neurons.rows(cap, ncap, dec.std, self.tolerance)
         return {
+            **extra,
             "coord": f16(dec.coord),
             "mlp": f16(dec.mlp),
             "attn_rest": f16(dec.attn_rest),

@@ -87,7 +87,7 @@ class ArraySpec:
 
 
 def _itemsize(dtype: str) -> int:
-    return {"float16": 2, "float32": 4, "int32": 4, "uint8": 1}[dtype]
+    return {"float16": 2, "float32": 4, "int32": 4, "uint8": 1, "int8": 1}[dtype]
 
 
 # dimension names: layer = a stored layer (its heads in coord), layer_all = every layer of the
@@ -190,6 +190,61 @@ ARRAYS: dict[str, ArraySpec] = {
             f"{THUMB_SIZE}px letterboxed RGB thumbnail",
             compress=True,
         ),
+        # ---- the second-order neuron lens (build --neurons; dimensions 0 when not built) ----
+        # neuron_layer = a layer whose MLP neurons were built; neuron_path = (neuron layer, later
+        # layer, head) triples, each neuron layer's K = later x head paths in row-major order;
+        # neuron_k = the largest K; neuron_later = every layer after the first neuron layer
+        ArraySpec(
+            "neuron_coord",
+            ("image", "neuron_path", "neuron"),
+            "int8",
+            (IMAGE_CHUNK, ALL, ALL),
+            None,
+            "each neuron's second-order effect in its orthonormal frame Q_n (docs/decomposition.md)"
+            ", int8: k = neuron_coord * neuron_scale, effect = k @ Q_n, ||effect|| = ||k||",
+        ),
+        ArraySpec(
+            "neuron_scale",
+            ("image", "neuron_layer", "neuron"),
+            "float16",
+            (IMAGE_CHUNK, ALL, ALL),
+            None,
+            "int8 scale of each image's neuron coordinates (max |k| / 127)",
+        ),
+        ArraySpec(
+            "neuron_total",
+            ("image", "neuron_layer", "d_embed"),
+            "float32",
+            (IMAGE_CHUNK, ALL, ALL),
+            None,
+            "the neuron layer's whole write (MLP output minus its bias) through the later heads, "
+            "computed without the neuron factorisation: the sum verify --store checks",
+        ),
+        ArraySpec(
+            "neuron_u",
+            ("neuron_path", "neuron", "d_head"),
+            "float32",
+            (ALL, ALL, ALL),
+            None,
+            "u: gamma * centred w_n in the later head's coordinates (W_v^T U S)",
+        ),
+        ArraySpec(
+            "neuron_basis",
+            ("neuron_later", "head", "d_head", "d_embed"),
+            "float32",
+            (1, 1, ALL, ALL),
+            None,
+            "orthonormal rows of each later head's map (as basis), for every layer in neuron_later",
+        ),
+        ArraySpec(
+            "neuron_chol",
+            ("neuron_layer", "neuron", "neuron_k", "neuron_k"),
+            "float32",
+            (1, ALL, ALL, ALL),
+            None,
+            "L_n: Cholesky factor of neuron n's path Gram matrix (zero-padded to neuron_k); "
+            "Q_n = L_n^-1 E_n",
+        ),
     ]
 }
 
@@ -202,9 +257,13 @@ def array_sizes(
     d_head: int,
     d_embed: int,
     image_chunk: int,
+    neuron_layers: list[int] | tuple = (),
+    n_neurons: int = 0,
 ) -> dict[str, int]:
-    """Every dimension size of the schema for a store of these shapes."""
+    """Every dimension size of the schema for a store of these shapes (`neuron_layers`: the
+    layers whose `n_neurons` MLP neurons are stored by the second-order lens)."""
     return {
+        **neuron_sizes(n_layers, n_heads, neuron_layers, n_neurons),
         "image": n_images,
         "layer": len(layers),
         "layer_all": n_layers,
@@ -216,6 +275,20 @@ def array_sizes(
         "x": THUMB_SIZE,
         "rgb": 3,
         "image_chunk": image_chunk,
+    }
+
+
+def neuron_sizes(
+    n_layers: int, n_heads: int, neuron_layers: list[int] | tuple, n_neurons: int
+) -> dict[str, int]:
+    """The neuron lens's dimension sizes (all 0 when no neuron layer is built)."""
+    ks = [(n_layers - 1 - int(l)) * n_heads for l in neuron_layers]
+    return {
+        "neuron_layer": len(ks),
+        "neuron": int(n_neurons) if ks else 0,
+        "neuron_path": sum(ks),
+        "neuron_k": max(ks, default=0),
+        "neuron_later": n_layers - 1 - min(neuron_layers) if ks else 0,
     }
 
 
@@ -515,7 +588,7 @@ UNIT_TABLES = ("unit_summary", "unit_examples", "unit_histograms")
 
 # ---------------------------------------------------------------- typed records of the tables
 
-META_VERSION = 1
+META_VERSION = 2
 """Version of the `StoreMeta` record. Rows without a `meta_version` key (version 0) were written
 before the record was typed. Every older version is read through `META_UPGRADES`, which says
 exactly what each step fills in; within a version every field is written and a missing one is an
@@ -548,6 +621,8 @@ class StoreMeta:
     reconstruction_error: float | None  # worst per-batch relative error, before fp16 storage
     reconstruction_tolerance: float | None
     random_data: bool  # random arrays (engine.store.random_store), not a model's decomposition
+    # MLP layers whose neurons' second-order effects are stored (build --neurons; () = none)
+    neuron_layers: tuple[int, ...] = ()
 
     def to_rows(self) -> dict[str, str]:
         """key -> JSON value, every field plus `meta_version` (what `store_meta` holds)."""
@@ -594,12 +669,17 @@ def _upgrade_legacy_meta(values: dict) -> dict:
     return out
 
 
-META_UPGRADES = {0: _upgrade_legacy_meta}  # version -> the step to version + 1
+def _upgrade_neuron_layers(values: dict) -> dict:
+    """Version 1 -> 2: stores written before `build --neurons` hold no neuron layer."""
+    return {**values, "neuron_layers": values.get("neuron_layers") or []}
+
+
+META_UPGRADES = {0: _upgrade_legacy_meta, 1: _upgrade_neuron_layers}  # version -> step to +1
 
 
 def _typed(name: str, v):
-    if name in ("layers", "factors"):
-        return None if v is None else tuple(int(x) if name == "layers" else str(x) for x in v)
+    if name in ("layers", "factors", "neuron_layers"):
+        return None if v is None else tuple(str(x) if name == "factors" else int(x) for x in v)
     return v
 
 
