@@ -27,6 +27,15 @@ def add_arguments(p):
         default=None,
         help="stored layers to interpret: " + GRAMMAR + " (default: every stored layer)",
     )
+    p.add_argument(
+        "--neurons",
+        default=None,
+        help="describe the MLP neurons of these built neuron layers instead of the heads ("
+        + GRAMMAR
+        + "; 'all': every built one): significance, direction, OMP words, offline label",
+    )
+    p.add_argument("--words", type=int, default=32, help="OMP words per neuron (default 32)")
+    p.add_argument("--top-images", type=int, default=100, help="top images per neuron (100)")
     p.add_argument("--llm-model", default=None, help="chat model for --labeller llm")
     p.add_argument("--llm-timeout", type=float, default=30.0, help="seconds per LLM request")
     p.add_argument("--llm-retries", type=int, default=3, help="retries on 429/5xx/timeouts")
@@ -52,6 +61,8 @@ def run(args) -> int:
 
     if not Path(args.store).exists():
         raise UserError(f"store not found: {args.store}")
+    if args.neurons:
+        return run_neurons(args)
     res = run_interpretation(
         args.store,
         labeller=args.labeller,
@@ -109,3 +120,36 @@ def _label_summary(store):
     with StoreSession.open(store) as s:
         labs = list(s.head_labels().values())
         return summarise_labels(labs, random_weights=bool(s.model_record.random_weights))
+
+
+def run_neurons(args) -> int:
+    from engine.pipeline.neuron_interpret import run_neuron_interpretation
+
+    if args.labeller != "offline":
+        raise UserError("--neurons: only the offline labeller is available for neurons so far")
+    spec = None if args.neurons.strip().lower() == "all" else args.neurons
+    res = run_neuron_interpretation(
+        args.store, spec, args.bank, top=args.top_images, n_words=args.words,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    summary = {
+        "run_id": res.run_id,
+        "neuron_layers": res.layers,
+        "neurons_per_layer": res.n_neurons,
+        "bank": res.bank,
+        "timings": res.timings,
+    }
+    if res.clear:
+        summary["ground_truth"] = {
+            "clear_neurons": res.clear, "matched": res.matched,
+            "match_rate": round(res.match_rate, 3),
+        }  # fmt: skip
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"described {res.n_neurons} neurons x layers {res.layers} (bank {res.bank}) in "
+          f"{res.timings['total_s']:.1f} s; run {res.run_id[:12]}")  # fmt: skip
+    if res.clear:
+        print(f"  ground truth: {res.matched}/{res.clear} neurons with one factor's "
+              f"η² >= 0.5 are labelled with it ({res.match_rate:.0%})")  # fmt: skip
+    return 0

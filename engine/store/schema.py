@@ -578,6 +578,42 @@ CREATE TABLE spurious_heads (
     core_share DOUBLE,
     alignment DOUBLE        -- spurious_share - core_share
 )""",
+    # ---- the second-order neuron lens (python -m engine interpret --neurons SPEC) ----
+    "neuron_stats": """
+CREATE TABLE neuron_stats (
+    layer INTEGER,
+    neuron INTEGER,
+    mean_norm DOUBLE,       -- mean centred effect norm over the store's images
+    threshold DOUBLE,       -- the top-th largest centred norm: above it an effect is significant
+    top_norm DOUBLE,        -- the largest centred norm
+    top_images INTEGER[],   -- image_ids of the top images, largest first
+    direction FLOAT[],      -- unit first principal direction over the top images [d_embed]
+    label VARCHAR,
+    labeller VARCHAR,
+    run_id VARCHAR
+)""",
+    "neuron_words": """
+CREATE TABLE neuron_words (
+    layer INTEGER,
+    neuron INTEGER,
+    rank INTEGER,
+    text VARCHAR,
+    category VARCHAR,
+    weight DOUBLE,          -- the OMP coefficient (unit text directions, embedding units)
+    bank VARCHAR,
+    run_id VARCHAR
+)""",
+    "neuron_ground_truth": """
+CREATE TABLE neuron_ground_truth (
+    layer INTEGER,
+    neuron INTEGER,
+    factor VARCHAR,
+    eta2 DOUBLE,
+    is_dominant BOOLEAN,
+    label VARCHAR,
+    match BOOLEAN,
+    run_id VARCHAR
+)""",
 }
 
 INTERPRETATION_TABLES = ("textspan", "head_labels", "scores", "ground_truth")
@@ -744,3 +780,6 @@ class RunRecord:
 
 INTERPRETATION_META_KEY = "interpretation"
 """`store_meta` key of the latest interpretation's parameters (absent before `interpret`)."""
+
+NEURON_TABLES = ("neuron_stats", "neuron_words", "neuron_ground_truth")
+"""What one `interpret --neurons` run writes, for its neuron layers (replacing their rows)."""

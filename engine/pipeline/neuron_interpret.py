@@ -1,0 +1,213 @@
+"""`interpret --neurons SPEC`: describe every neuron of the chosen built layers -> DuckDB.
+
+Per neuron layer (math in `engine.core.neuron_analysis`): two streamed passes over the stored
+frame coordinates (mean; centred norms, top images, η² sums), the first principal direction of the
+top images (sign fixed), OMP words over the bank embedded by the store's own model, an offline
+label (the category holding a strict majority of the positive word weights), and for demo-world
+stores η² per factor. Written in one `mutate_store` transaction replacing the chosen layers' rows
+of `neuron_stats`, `neuron_words`, `neuron_ground_truth`; the heads' interpretation is untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from engine.core import groundtruth, labels
+from engine.core import neuron_analysis as na
+from engine.errors import UserError
+from engine.pipeline import provenance
+from engine.pipeline.neurons import StoredNeurons
+from engine.sources import banks
+
+FRAME_BLOCK = 256  # neurons whose frames Q_n [K, d_embed] are formed at once
+
+
+@dataclass
+class NeuronInterpretResult:
+    run_id: str
+    layers: list[int]
+    n_neurons: int
+    bank: str
+    timings: dict = field(default_factory=dict)
+    clear: int = 0  # demo stores: neurons with η² >= 0.5 for one factor
+    matched: int = 0  # ... labelled with that factor
+
+    @property
+    def match_rate(self) -> float:
+        return self.matched / self.clear if self.clear else float("nan")
+
+
+@dataclass
+class LayerDescription:
+    layer: int
+    stats: na.NeuronStats
+    directions: np.ndarray  # [neuron, d_embed] unit
+    coef: np.ndarray  # [neuron, text] sparse OMP codes
+    labels: list[str]
+    eta2: np.ndarray | None  # [factor, neuron]
+
+
+def describe_layer(
+    sn: StoredNeurons,
+    layer: int,
+    atoms: np.ndarray,
+    categories: list[str],
+    *,
+    codes: np.ndarray | None = None,
+    n_values: list[int] | None = None,
+    top: int = na.TOP_IMAGES,
+    n_words: int = na.N_WORDS,
+    progress: bool = False,
+) -> LayerDescription:
+    """One neuron layer described (no writes). atoms: [text, d_embed] (`text_dictionary`);
+    codes: [image, factor] demo-world factor codes or None."""
+    n = int(sn.r.info["n_images"])
+    step = int(sn.r.info.get("image_chunk") or 1024)
+    st = na.NeuronStats(sn.n_neurons, sn.n_paths(layer), min(top, n), n_values or [])
+    chunks = list(range(0, n, step))
+    for a in tqdm(chunks, desc=f"L{layer} mean", disable=not progress):
+        b = min(n, a + step)
+        cs = None if codes is None else [codes[a:b, f] for f in range(codes.shape[1])]
+        st.update_mean(sn.k(layer, a, b), cs)
+    for a in tqdm(chunks, desc=f"L{layer} top", disable=not progress):
+        st.update_top(sn.k(layer, a, min(n, a + step)), a)
+    st.finish()
+    v = na.principal_directions(st.top_k)  # [neuron, K]
+    d_embed = atoms.shape[1]
+    directions = np.zeros((sn.n_neurons, d_embed), np.float32)
+    for s in range(0, sn.n_neurons, FRAME_BLOCK):
+        idx = range(s, min(sn.n_neurons, s + FRAME_BLOCK))
+        q = sn.frame(layer, idx)  # [block, K, d_embed]
+        directions[s : s + len(idx)] = np.einsum("nk,nke->ne", v[s : s + len(idx)], q)
+    coef = na.sparse_text(directions, atoms, n_words)  # [neuron, text]
+    labs = []
+    for j in range(sn.n_neurons):
+        nz = np.flatnonzero(coef[j] > 0)
+        nz = nz[np.argsort(-coef[j, nz], kind="stable")]
+        w = coef[j, nz]
+        labs.append(labels.offline_label([categories[i] for i in nz], w / max(w.sum(), 1e-30)))
+    eta = st.eta2() if codes is not None else None
+    return LayerDescription(layer, st, directions, coef, labs, eta)
+
+
+def run_neuron_interpretation(
+    store_path,
+    neurons: str | None = None,
+    bank: str | None = None,
+    *,
+    top: int = na.TOP_IMAGES,
+    n_words: int = na.N_WORDS,
+    progress: bool = True,
+    text_embeddings_fn=None,
+) -> NeuronInterpretResult:
+    """Describe the neurons of `neurons` (default: every built neuron layer) into the store."""
+    from engine.pipeline.interpret import text_embeddings
+    from engine.store import mutate_store, open_store, schema
+
+    if top < 1 or n_words < 1:
+        raise UserError("--top-images and --words must be at least 1")
+    t0 = time.perf_counter()
+    started = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    run_id = uuid.uuid4().hex
+    timings: dict[str, float] = {}
+    with open_store(store_path) as r:
+        version = r.version_path
+        info = dict(r.info)
+        sn = StoredNeurons(r, neurons)
+        n_neurons, chosen_layers = sn.n_neurons, list(sn.chosen)
+        factors = r.factors()
+        b = banks.load_bank(bank or ("world" if factors is not None else "general"))
+        t = time.perf_counter()
+        fn = text_embeddings_fn or (lambda i, texts: text_embeddings(i, texts, progress=progress))
+        atoms = na.text_dictionary(fn(info, b.texts))
+        timings["encode_texts_s"] = round(time.perf_counter() - t, 3)
+        codes = n_values = None
+        if factors is not None:
+            codes = factors[1]
+            n_values = [int(codes[:, f].max()) + 1 for f in range(codes.shape[1])]
+        described = []
+        for layer in sn.chosen:
+            t = time.perf_counter()
+            described.append(
+                describe_layer(
+                    sn,
+                    layer,
+                    atoms,
+                    b.categories,
+                    codes=codes,
+                    n_values=n_values,
+                    top=top,
+                    n_words=n_words,
+                    progress=progress,
+                )  # fmt: skip
+            )
+            timings[f"layer_{layer}_s"] = round(time.perf_counter() - t, 3)
+
+    stats_rows, word_rows, gt_rows = [], [], []
+    clear = matched = 0
+    names = factors[0] if factors is not None else []
+    comparable = set(names) <= set(b.vocabulary)
+    for d in described:
+        st = d.stats
+        for j in range(n_neurons):
+            stats_rows.append(
+                (d.layer, j, float(st.mean_norm[j]), float(st.threshold[j]),
+                 float(st.top_norm[0, j]), st.top_image[:, j].astype(int).tolist(),
+                 d.directions[j].tolist(), d.labels[j], "offline", run_id)
+            )  # fmt: skip
+            nz = np.flatnonzero(d.coef[j])
+            nz = nz[np.argsort(-np.abs(d.coef[j, nz]), kind="stable")]
+            for rank, i in enumerate(nz):
+                word_rows.append(
+                    (d.layer, j, rank, b.texts[i], b.categories[i], float(d.coef[j, i]),
+                     b.name, run_id)
+                )  # fmt: skip
+            if d.eta2 is not None:
+                truth = groundtruth.dominant_factor(d.eta2[:, j], names)
+                for f, name in enumerate(names):
+                    dom = name == truth.factor
+                    match = (
+                        (dom and groundtruth.label_matches(d.labels[j], name))
+                        if comparable
+                        else None
+                    )
+                    gt_rows.append(
+                        (d.layer, j, name, float(d.eta2[f, j]), dom, d.labels[j], match, run_id)
+                    )
+                if truth.is_dominant and comparable:
+                    clear += 1
+                    matched += groundtruth.label_matches(d.labels[j], truth.factor)
+    timings["total_s"] = round(time.perf_counter() - t0, 3)
+    frames = {
+        "neuron_stats": pd.DataFrame(stats_rows, columns=[
+            "layer", "neuron", "mean_norm", "threshold", "top_norm", "top_images", "direction",
+            "label", "labeller", "run_id"]),
+        "neuron_words": pd.DataFrame(word_rows, columns=[
+            "layer", "neuron", "rank", "text", "category", "weight", "bank", "run_id"]),
+        "neuron_ground_truth": pd.DataFrame(gt_rows, columns=[
+            "layer", "neuron", "factor", "eta2", "is_dominant", "label", "match", "run_id"]),
+    }  # fmt: skip
+    params = {"neuron_layers": chosen_layers, "bank": b.name, "top": top, "words": n_words}
+    with mutate_store(store_path, expect_version=version) as con:
+        chosen = ", ".join(str(l) for l in chosen_layers)
+        for table in schema.NEURON_TABLES:  # stores built before these tables existed
+            con.execute(schema.TABLES[table].replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+            con.execute(f"DELETE FROM {table} WHERE layer IN ({chosen})")
+            df = frames[table]
+            if len(df):
+                con.register("_df", df)
+                con.execute(f"INSERT INTO {table} ({', '.join(df.columns)}) SELECT * FROM _df")
+                con.unregister("_df")
+        provenance.insert_run(con, "interpret-neurons", run_id, info, params, timings, started)
+        con.execute(
+            "INSERT OR REPLACE INTO store_meta VALUES ('neuron_interpretation', ?)",
+            [json.dumps({"run_id": run_id, **params})],
+        )
+    return NeuronInterpretResult(run_id, chosen_layers, n_neurons, b.name, timings, clear, matched)

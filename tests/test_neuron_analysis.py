@@ -1,0 +1,69 @@
+"""Neuron descriptions: streamed statistics equal their in-memory definitions, the principal
+direction's sign rule, η² equals the heads' definition, OMP recovers a planted sparse mix."""
+
+import numpy as np
+import pytest
+
+from engine.core import groundtruth
+from engine.core import neuron_analysis as na
+
+pytestmark = pytest.mark.unit
+
+
+def _stream(k, step, top, codes=None, n_values=None):
+    st = na.NeuronStats(k.shape[1], k.shape[2], top, n_values or [])
+    for a in range(0, len(k), step):
+        cs = None if codes is None else [codes[a : a + step, f] for f in range(codes.shape[1])]
+        st.update_mean(k[a : a + step], cs)
+    for a in range(0, len(k), step):
+        st.update_top(k[a : a + step], a)
+    st.finish()
+    return st
+
+
+def test_streamed_top_images_and_norms_equal_the_definition():
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((230, 5, 6)).astype(np.float32)
+    st = _stream(k, 37, 20)
+    centred = k - k.mean(axis=0)
+    norms = np.linalg.norm(centred, axis=2)  # [image, neuron]
+    for n in range(5):
+        order = np.argsort(-norms[:, n])[:20]
+        assert list(st.top_image[:, n]) == list(order)
+        assert np.allclose(st.top_k[:, n], centred[order, n], atol=1e-5)
+        assert np.isclose(st.threshold[n], norms[order[-1], n], rtol=1e-5)
+    assert np.allclose(st.mean_norm, norms.mean(axis=0), rtol=1e-5)
+
+
+def test_eta2_equals_the_heads_definition():
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 3, (300, 2))
+    k = rng.standard_normal((300, 4, 3)).astype(np.float32)
+    k[:, 1] += 3 * codes[:, :1]  # neuron 1 carries factor 0
+    st = _stream(k, 64, 10, codes, [3, 3])
+    eta = st.eta2()
+    for n in range(4):
+        assert np.allclose(eta[:, n], groundtruth.head_eta2(k[:, n], codes), atol=1e-6)
+    assert eta[0, 1] > 0.8 > eta[1, 1]
+
+
+def test_principal_direction_sign_follows_the_majority():
+    rng = np.random.default_rng(2)
+    v = np.array([0.6, 0.8, 0.0])
+    s = np.concatenate([np.full(70, 1.0), np.full(30, -3.0)])  # most positive, larger negatives
+    top = (s[:, None] * v + 0.01 * rng.standard_normal((100, 3)))[:, None]  # [top, neuron, K]
+    got = na.principal_directions(top)[0]
+    assert np.allclose(got, v, atol=1e-2)  # the sum is negative; the majority decides
+    assert np.allclose(na.principal_directions(-top)[0], -v, atol=1e-2)
+
+
+def test_omp_recovers_a_planted_sparse_mix():
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((200, 64))
+    atoms = na.text_dictionary(emb)
+    assert np.allclose(np.linalg.norm(atoms, axis=1), 1)  # per-text normalisation
+    d = 0.8 * atoms[17] - 0.5 * atoms[123] + 0.3 * atoms[5]
+    d /= np.linalg.norm(d)
+    coef = na.sparse_text(d[None], atoms, 3)[0]
+    assert set(np.flatnonzero(coef)) == {17, 123, 5}
+    assert coef[17] > 0 > coef[123]
