@@ -6,33 +6,37 @@ import pytest
 
 from engine.core import groundtruth
 from engine.core import neuron_analysis as na
+from engine.core import second_order as so
 
 pytestmark = pytest.mark.unit
 
 
 def _stream(k, step, top, codes=None, n_values=None):
+    """Stream k [image, neuron, K] in its stored form; returns (stats, the stored k)."""
+    q, scale = so.quantise(k)
     st = na.NeuronStats(k.shape[1], k.shape[2], top, n_values or [])
     for a in range(0, len(k), step):
         cs = None if codes is None else [codes[a : a + step, f] for f in range(codes.shape[1])]
-        st.update_mean(k[a : a + step], cs)
+        st.update_mean(q[a : a + step], scale[a : a + step], cs)
     for a in range(0, len(k), step):
-        st.update_top(k[a : a + step], a)
+        st.update_top(q[a : a + step], scale[a : a + step], a)
     st.finish()
-    return st
+    return st, so.dequantise(q, scale)
 
 
 def test_streamed_top_images_and_norms_equal_the_definition():
     rng = np.random.default_rng(0)
     k = rng.standard_normal((230, 5, 6)).astype(np.float32)
-    st = _stream(k, 37, 20)
+    st, k = _stream(k, 37, 20)
     centred = k - k.mean(axis=0)
     norms = np.linalg.norm(centred, axis=2)  # [image, neuron]
     for n in range(5):
         order = np.argsort(-norms[:, n])[:20]
-        assert list(st.top_image[:, n]) == list(order)
-        assert np.allclose(st.top_k[:, n], centred[order, n], atol=1e-5)
+        assert st.top_image[:, n].tolist() == list(order)
+        assert np.allclose(st.top_k[:, n].numpy(), centred[order, n], atol=1e-5)
         assert np.isclose(st.threshold[n], norms[order[-1], n], rtol=1e-5)
     assert np.allclose(st.mean_norm, norms.mean(axis=0), rtol=1e-5)
+    assert np.allclose(st.mean, k.mean(axis=0), atol=1e-6)
 
 
 def test_eta2_equals_the_heads_definition():
@@ -40,7 +44,7 @@ def test_eta2_equals_the_heads_definition():
     codes = rng.integers(0, 3, (300, 2))
     k = rng.standard_normal((300, 4, 3)).astype(np.float32)
     k[:, 1] += 3 * codes[:, :1]  # neuron 1 carries factor 0
-    st = _stream(k, 64, 10, codes, [3, 3])
+    st, k = _stream(k, 64, 10, codes, [3, 3])
     eta = st.eta2()
     for n in range(4):
         assert np.allclose(eta[:, n], groundtruth.head_eta2(k[:, n], codes), atol=1e-6)
@@ -67,3 +71,18 @@ def test_omp_recovers_a_planted_sparse_mix():
     coef = na.sparse_text(d[None], atoms, 3)[0]
     assert set(np.flatnonzero(coef)) == {17, 123, 5}
     assert coef[17] > 0 > coef[123]
+
+
+def test_batched_omp_equals_scikit_learn():
+    import torch
+    from sklearn.linear_model import orthogonal_mp_gram
+
+    rng = np.random.default_rng(4)
+    atoms = na.text_dictionary(rng.standard_normal((150, 40)))
+    y = rng.standard_normal((9, 40))
+    gram, xy = atoms @ atoms.T, y @ atoms.T  # [text, text], [target, text]
+    ours = na.batched_omp(torch.from_numpy(atoms), torch.from_numpy(y), 7, block=4).numpy()
+    ref = orthogonal_mp_gram(gram, xy.T, n_nonzero_coefs=7).T  # [target, text]
+    assert np.array_equal(ours != 0, ref != 0)  # the same picks
+    assert np.allclose(ours, ref, atol=1e-10)  # refits are fp64
+    assert ((ours != 0).sum(axis=1) == 7).all()

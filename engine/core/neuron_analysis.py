@@ -25,118 +25,121 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 TOP_IMAGES = 100
 N_WORDS = 32  # the reference's default
-GRAM_MAX_TEXTS = 8192
 
 
 @dataclass
 class NeuronStats:
-    """Running statistics of one neuron layer over image chunks (two passes).
+    """Running statistics of one neuron layer over image chunks (two passes), on the stored form:
+    q [image, K, neuron] int8 and scale [image, neuron] (k = q * scale, see
+    `second_order.quantise`), in torch for its threads.
 
-    n_neurons, n_paths (K), top: sizes; factor_codes: optional [factor][image] ints (η²)."""
+    n_neurons, n_paths (K), top: sizes; n_factor_values: values per factor (η²)."""
 
     n_neurons: int
     n_paths: int
     top: int = TOP_IMAGES
     n_factor_values: list[int] = field(default_factory=list)
     n: int = 0
-    sum_k: np.ndarray | None = None  # [neuron, K] float64
-    group_sum: list[np.ndarray] = field(default_factory=list)  # per factor [value, neuron, K]
-    group_n: list[np.ndarray] = field(default_factory=list)  # per factor [value]
-    top_norm: np.ndarray | None = None  # [top, neuron] descending after finish
-    top_image: np.ndarray | None = None  # [top, neuron] int
-    top_k: np.ndarray | None = None  # [top, neuron, K] centred
-    sum_norm: np.ndarray | None = None  # [neuron]
-    sum_sq: np.ndarray | None = None  # [neuron] Σ ‖k - mean‖²
 
     def __post_init__(self):
-        self.sum_k = np.zeros((self.n_neurons, self.n_paths))
-        self.group_sum = [np.zeros((g, self.n_neurons, self.n_paths)) for g in self.n_factor_values]
+        t, nn, k = self.top, self.n_neurons, self.n_paths
+        self.sum_k = torch.zeros(k, nn, dtype=torch.float64)  # [K, neuron]
+        self.group_sum = [torch.zeros(g, k, nn, dtype=torch.float64) for g in self.n_factor_values]
         self.group_n = [np.zeros(g) for g in self.n_factor_values]
-        self.sum_norm = np.zeros(self.n_neurons)
-        self.sum_sq = np.zeros(self.n_neurons)
+        self.sum_norm = torch.zeros(nn, dtype=torch.float64)
+        self.sum_sq = torch.zeros(nn, dtype=torch.float64)  # Σ ‖k - mean‖²
+        self.top_norm = torch.full((t, nn), -torch.inf)  # [top, neuron]
+        self.top_image = torch.full((t, nn), -1, dtype=torch.long)
+        self.top_k = torch.zeros(t, nn, k)  # [top, neuron, K] centred
 
-    def update_mean(self, k: np.ndarray, codes: list[np.ndarray] | None = None) -> None:
-        """Pass 1. k: [image, neuron, K] of one chunk; codes: per factor [image] ints (<0: none)."""
+    @staticmethod
+    def _k(q: np.ndarray, scale: np.ndarray) -> torch.Tensor:
+        """[image, K, neuron] float32 effect coordinates."""
+        qf = torch.from_numpy(np.ascontiguousarray(q)).float()
+        return qf * torch.from_numpy(scale.astype(np.float32))[:, None, :]
+
+    def update_mean(self, q: np.ndarray, scale: np.ndarray, codes=None) -> None:
+        """Pass 1 over one chunk; codes: per factor [image] ints (<0: undefined)."""
+        k = self._k(q, scale)
         self.n += k.shape[0]
-        self.sum_k += k.sum(axis=0, dtype=np.float64)
+        self.sum_k += k.sum(dim=0).double()
         for f, c in enumerate(codes or []):
             for v in range(self.n_factor_values[f]):
-                sel = c == v
-                if sel.any():
-                    self.group_sum[f][v] += k[sel].sum(axis=0, dtype=np.float64)
-                    self.group_n[f][v] += sel.sum()
+                sel = torch.from_numpy(np.asarray(c) == v)
+                if bool(sel.any()):
+                    self.group_sum[f][v] += k[sel].sum(dim=0).double()
+                    self.group_n[f][v] += int(sel.sum())
 
     @property
     def mean(self) -> np.ndarray:
         """[neuron, K] mean effect coordinates over the collection."""
-        return self.sum_k / max(self.n, 1)
+        return (self.sum_k / max(self.n, 1)).T.numpy()
 
-    def update_top(self, k: np.ndarray, start: int) -> np.ndarray:
-        """Pass 2 over the chunk of images start..start+len(k): returns its centred norms
-        [image, neuron] and keeps the running top images per neuron."""
-        centred = k - self.mean.astype(np.float32)[None]  # [image, neuron, K]
-        norms = np.sqrt(np.einsum("ink,ink->in", centred, centred))  # [image, neuron]
-        self.sum_norm += norms.sum(axis=0, dtype=np.float64)
-        self.sum_sq += (norms.astype(np.float64) ** 2).sum(axis=0)
-        ids = np.arange(start, start + k.shape[0])
-        if self.top_norm is None:
-            cand_norm, cand_img = norms, np.broadcast_to(ids[:, None], norms.shape)
-            cand_k = centred
-        else:
-            cand_norm = np.concatenate([self.top_norm, norms])
-            cand_img = np.concatenate([self.top_image, np.broadcast_to(ids[:, None], norms.shape)])
-            cand_k = np.concatenate([self.top_k, centred])
-        t = min(self.top, cand_norm.shape[0])
-        if cand_norm.shape[0] > t:
-            pick = np.argpartition(-cand_norm, t - 1, axis=0)[:t]  # [t, neuron]
-        else:
-            pick = np.broadcast_to(np.arange(t)[:, None], cand_norm.shape)
-        cols = np.arange(self.n_neurons)[None]
-        self.top_norm = cand_norm[pick, cols]
-        self.top_image = np.asarray(cand_img)[pick, cols]
-        self.top_k = cand_k[pick, cols]  # [t, neuron, K]
-        return norms
+    def update_top(self, q: np.ndarray, scale: np.ndarray, start: int) -> None:
+        """Pass 2 over the chunk of images start..: centred norms, running top images."""
+        mu = (self.sum_k / max(self.n, 1)).float()  # [K, neuron]
+        qf = torch.from_numpy(np.ascontiguousarray(q)).float()
+        s = torch.from_numpy(scale.astype(np.float32))[:, None, :]
+        centred = torch.addcmul(-mu[None], qf, s)  # q * scale - mean: [image, K, neuron]
+        norms = torch.linalg.vector_norm(centred, dim=1)  # [image, neuron]
+        self.sum_norm += norms.sum(dim=0).double()
+        self.sum_sq += norms.double().pow(2).sum(dim=0)
+        better = norms > self.top_norm[-1][None]  # can enter the neuron's top: [image, neuron]
+        n_better = better.sum(dim=0)
+        aff = n_better.nonzero()[:, 0]  # neurons whose top changes
+        if len(aff) == 0:
+            return
+        m = int(n_better.max())  # at most m of this chunk's images enter any top
+        cand = torch.where(better[:, aff], norms[:, aff], -torch.inf)  # [image, aff]
+        c_norm, c_row = cand.topk(m, dim=0)  # [m, aff]
+        cols = torch.arange(len(aff))[None]
+        c_k = centred[c_row, :, aff[None].expand(m, -1)]  # [m, aff, K]
+        cand_norm = torch.cat([self.top_norm[:, aff], c_norm])  # [top + m, aff]
+        cand_img = torch.cat([self.top_image[:, aff], c_row + start])
+        cand_k = torch.cat([self.top_k[:, aff], c_k])
+        val, pick = cand_norm.topk(self.top, dim=0)  # [top, aff], descending
+        self.top_norm[:, aff] = val
+        self.top_image[:, aff] = cand_img[pick, cols]
+        self.top_k[:, aff] = cand_k[pick, cols]
 
     def finish(self) -> None:
-        """Sort each neuron's top images by descending norm."""
-        order = np.argsort(-self.top_norm, axis=0, kind="stable")
-        cols = np.arange(self.n_neurons)[None]
-        self.top_norm = self.top_norm[order, cols]
-        self.top_image = self.top_image[order, cols]
-        self.top_k = self.top_k[order, cols]
+        """Sorted already (topk); kept for the two-pass protocol."""
 
     @property
     def threshold(self) -> np.ndarray:
         """[neuron] the top-th largest centred norm: above it an effect is significant."""
-        return self.top_norm[-1]
+        return self.top_norm[-1].numpy()
 
     @property
     def mean_norm(self) -> np.ndarray:
         """[neuron] mean centred effect norm over the collection."""
-        return self.sum_norm / max(self.n, 1)
+        return (self.sum_norm / max(self.n, 1)).numpy()
 
     def eta2(self) -> np.ndarray:
         """[factor, neuron] η² = between-group / total sum of squares of the effect (images whose
         factor is undefined count in the total only)."""
         out = np.zeros((len(self.group_sum), self.n_neurons))
-        mu = self.mean
+        mu = self.sum_k / max(self.n, 1)  # [K, neuron]
+        total = self.sum_sq.numpy()
         for f, (gs, gn) in enumerate(zip(self.group_sum, self.group_n, strict=True)):
             between = np.zeros(self.n_neurons)
             for v in range(len(gn)):
                 if gn[v] > 0:
-                    d = gs[v] / gn[v] - mu  # [neuron, K]
-                    between += gn[v] * (d * d).sum(axis=1)
-            out[f] = between / np.maximum(self.sum_sq, 1e-30)
+                    d = (gs[v] / gn[v] - mu).numpy()  # [K, neuron]
+                    between += gn[v] * (d * d).sum(axis=0)
+            out[f] = between / np.maximum(total, 1e-30)
         return out
 
 
-def principal_directions(top_k: np.ndarray) -> np.ndarray:
+def principal_directions(top_k) -> np.ndarray:
     """First right singular vector of each neuron's top centred coordinates, sign fixed so that
     most top images project positively (ties: the positive sum). top_k: [top, neuron, K] ->
     [neuron, K] unit vectors (frame coordinates)."""
+    top_k = np.asarray(top_k)
     x = np.ascontiguousarray(top_k.transpose(1, 0, 2)).astype(np.float64)  # [neuron, top, K]
     _, _, vh = np.linalg.svd(x, full_matrices=False)
     v = vh[:, 0]  # [neuron, K]
@@ -157,15 +160,64 @@ def text_dictionary(emb: np.ndarray) -> np.ndarray:
 
 def sparse_text(directions: np.ndarray, atoms: np.ndarray, n_words: int) -> np.ndarray:
     """OMP codes of unit `directions` [neuron, d_embed] over `atoms` [text, d_embed]:
-    [neuron, text] with at most `n_words` non-zeros per neuron (scikit-learn's
-    `orthogonal_mp_gram`, the Gram matrix computed once for every neuron)."""
-    from sklearn.linear_model import orthogonal_mp, orthogonal_mp_gram
-
+    [neuron, text] with at most `n_words` non-zeros per neuron (`batched_omp`)."""
     n_words = max(1, min(int(n_words), atoms.shape[0], atoms.shape[1]))
-    if atoms.shape[0] > GRAM_MAX_TEXTS:  # a [text, text] Gram would not fit: no precompute
-        coef = orthogonal_mp(atoms.T, directions.T.astype(np.float64), n_nonzero_coefs=n_words)
-        return np.asarray(coef).reshape(atoms.shape[0], -1).T
-    gram = atoms @ atoms.T  # [text, text]
-    xy = atoms @ directions.T.astype(np.float64)  # [text, neuron]
-    coef = orthogonal_mp_gram(gram, xy, n_nonzero_coefs=n_words, copy_Gram=False, copy_Xy=False)
-    return np.asarray(coef).reshape(atoms.shape[0], -1).T  # [neuron, text]
+    a = torch.from_numpy(np.asarray(atoms, dtype=np.float64))
+    y = torch.from_numpy(np.asarray(directions, dtype=np.float64))
+    return batched_omp(a, y, n_words).numpy()
+
+
+@torch.no_grad()
+def batched_omp(atoms: torch.Tensor, y: torch.Tensor, n_nonzero: int, block: int = 512):
+    """Orthogonal matching pursuit vectorised over targets: the algorithm of scikit-learn's
+    `orthogonal_mp` / `orthogonal_mp_gram` (tested equal to it), whose per-target loop copies the
+    whole [text, text] Gram for every target (80 ms per neuron for a 3.6k-text bank).
+
+    atoms: [text, d]; y: [target, d] -> coef [target, text]. Each step picks the atom of largest
+    |correlation with the residual|, then refits the chosen atoms by least squares (Cholesky of
+    their Gram, grown by one row per step); residual correlations are one [target, d] @ [d, text]
+    matmul per step."""
+    n_t, n_text = y.shape[0], atoms.shape[0]
+    out = torch.zeros(n_t, n_text, dtype=atoms.dtype)
+    tiny = torch.finfo(atoms.dtype).tiny
+    a32 = atoms.float()
+    for b0 in range(0, n_t, block):
+        yb = y[b0 : b0 + block]  # [B, d]
+        nb = yb.shape[0]
+        rows = torch.arange(nb)
+        xy = yb @ atoms.T  # [B, text]
+        xy32 = xy.float()
+        chosen = torch.zeros(nb, 0, dtype=torch.long)
+        L = torch.zeros(nb, n_nonzero, n_nonzero, dtype=atoms.dtype)
+        alive = torch.ones(nb, dtype=torch.bool)
+        alpha = xy.float()
+        gamma = torch.zeros(nb, 0, dtype=atoms.dtype)
+        for s in range(n_nonzero):
+            a = alpha.abs()
+            if s:
+                a[rows[:, None], chosen] = -1.0  # never the same atom twice
+            lam = a.argmax(dim=1)  # [B]
+            alive &= alpha[rows, lam].double() ** 2 >= tiny
+            a_lam = atoms[lam]  # [B, d]
+            g_ll = (a_lam * a_lam).sum(dim=1)
+            if s:
+                g = torch.bmm(atoms[chosen], a_lam[:, :, None])  # G[S, lam]: [B, s, 1]
+                w = torch.linalg.solve_triangular(L[:, :s, :s], g, upper=False)[..., 0]
+                lkk = g_ll - (w * w).sum(dim=1)
+                alive &= lkk > tiny  # dependent atoms: stop that target here
+                L[:, s, :s] = w
+                L[:, s, s] = lkk.clamp_min(tiny).sqrt()
+            else:
+                L[:, 0, 0] = g_ll.sqrt()
+            new = torch.cat([chosen, lam[:, None]], dim=1)
+            rhs = xy[rows[:, None], new][..., None]  # [B, s+1, 1]
+            g_new = torch.cholesky_solve(rhs, L[:, : s + 1, : s + 1], upper=False)[..., 0]
+            old = torch.cat([gamma, gamma.new_zeros(nb, 1)], 1)
+            gamma = torch.where(alive[:, None], g_new, old)
+            chosen = new
+            fit = torch.bmm(gamma[:, None, :], atoms[chosen])[:, 0]  # A_Sᵀ γ: [B, d]
+            alpha = xy32 - fit.float() @ a32.T  # residual correlations, fp32 (the big matmul)
+        coef = torch.zeros(nb, n_text, dtype=atoms.dtype)
+        coef.scatter_add_(1, chosen, torch.where(alive[:, None] | (gamma != 0), gamma, 0.0))
+        out[b0 : b0 + block] = coef
+    return out

@@ -75,17 +75,15 @@ def describe_layer(
     for a in tqdm(chunks, desc=f"L{layer} mean", disable=not progress):
         b = min(n, a + step)
         cs = None if codes is None else [codes[a:b, f] for f in range(codes.shape[1])]
-        st.update_mean(sn.k(layer, a, b), cs)
+        st.update_mean(*sn.q(layer, a, b), cs)
     for a in tqdm(chunks, desc=f"L{layer} top", disable=not progress):
-        st.update_top(sn.k(layer, a, min(n, a + step)), a)
+        st.update_top(*sn.q(layer, a, min(n, a + step)), a)
     st.finish()
     v = na.principal_directions(st.top_k)  # [neuron, K]
-    d_embed = atoms.shape[1]
-    directions = np.zeros((sn.n_neurons, d_embed), np.float32)
+    directions = np.zeros((sn.n_neurons, atoms.shape[1]), np.float32)
     for s in range(0, sn.n_neurons, FRAME_BLOCK):
         idx = range(s, min(sn.n_neurons, s + FRAME_BLOCK))
-        q = sn.frame(layer, idx)  # [block, K, d_embed]
-        directions[s : s + len(idx)] = np.einsum("nk,nke->ne", v[s : s + len(idx)], q)
+        directions[s : s + len(idx)] = sn.directions(layer, v[s : s + len(idx)], idx)
     coef = na.sparse_text(directions, atoms, n_words)  # [neuron, text]
     labs = []
     for j in range(sn.n_neurons):
@@ -159,7 +157,7 @@ def run_neuron_interpretation(
         for j in range(n_neurons):
             stats_rows.append(
                 (d.layer, j, float(st.mean_norm[j]), float(st.threshold[j]),
-                 float(st.top_norm[0, j]), st.top_image[:, j].astype(int).tolist(),
+                 float(st.top_norm[0, j]), st.top_image[:, j].tolist(),
                  d.directions[j].tolist(), d.labels[j], "offline", run_id)
             )  # fmt: skip
             nz = np.flatnonzero(d.coef[j])

@@ -208,6 +208,22 @@ class StoredNeurons:
         basis = basis.reshape(-1, *basis.shape[2:])  # (later, head) row-major -> [K, ...]
         return u, basis, c["neuron_chol"][i, :, :k, :k]
 
+    def q(self, layer: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored form of images a..b: (q [image, K, neuron] int8, scale [image, neuron])."""
+        i = self.layers.index(layer)
+        q = self.r.lazy("neuron_coord")[a:b, self.offsets[i] : self.offsets[i] + self.ks[i]]
+        return q, self.r.lazy("neuron_scale")[a:b, i]
+
+    def directions(self, layer: int, v: np.ndarray, neurons=None) -> np.ndarray:
+        """Frame vectors v [neuron, K] -> d_embed [neuron, d_embed] (v_n @ Q_n) without forming
+        Q: w_n = L_n⁻ᵀ v_n, then Σ_k w_n[k] u[k, n] @ basis[k]."""
+        u, basis, chol = self.path_maps(layer)
+        idx = slice(None) if neurons is None else np.asarray(list(neurons), dtype=int)
+        lt = torch.from_numpy(chol[idx]).double().transpose(1, 2)  # L_nᵀ, upper
+        w = torch.linalg.solve_triangular(lt, torch.from_numpy(v).double()[..., None], upper=True)
+        wu = w[..., 0].T[:, :, None] * torch.from_numpy(u[:, idx]).double()  # [K, neuron, d_head]
+        return torch.bmm(wu, torch.from_numpy(basis).double()).sum(dim=0).float().numpy()
+
     def k(self, layer: int, a: int, b: int) -> np.ndarray:
         i = self.layers.index(layer)
         q = self.r.lazy("neuron_coord")[a:b, self.offsets[i] : self.offsets[i] + self.ks[i]]
