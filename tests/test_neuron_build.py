@@ -54,7 +54,7 @@ def test_stored_effects_are_the_lens_within_their_bound(reference):
     src = parse_source(f"synthetic:{N}:5")
     src.image_size = lm.dims.image_size
     ids = [0, 41, 89]
-    pixels = torch.stack([src.load(i, lm.preprocess).pixels for i in ids])
+    pixels = torch.stack([src.load(i, lm.preprocess, schema.THUMB_SIZE).pixels for i in ids])
     cap, ncap = capture_neurons(lm, pixels, [], [0, 1])
     std = (cap.resid.float().var(-1, unbiased=False) + w.ln_post_eps).sqrt()
     with store.open_store(reference) as r:
@@ -143,3 +143,46 @@ def test_bad_neuron_specs_are_one_line(reference, tmp_path, capsys):
     with store.open_store(plain) as r:
         with pytest.raises(UserError, match="built without neurons.*--neurons 1-1"):
             StoredNeurons(r, "1-1")
+
+
+def test_interpret_neurons_writes_its_tables_from_the_stored_effects(reference, tmp_path, capsys):
+    from engine.pipeline.neuron_interpret import run_neuron_interpretation
+
+    link = tmp_path / "i"
+    shutil.copytree(os.path.realpath(reference), tmp_path / "v", symlinks=True)
+    store.versions_dir(link).mkdir(parents=True)
+    os.rename(tmp_path / "v", store.versions_dir(link) / "v000001")
+    os.symlink(os.path.join(store.versions_dir(link).name, "v000001"), link)
+    rng = np.random.default_rng(0)
+
+    def fake(s, texts):
+        return rng.standard_normal((len(texts), 32)).astype(np.float32)
+
+    res = run_neuron_interpretation(link, None, "general", top=10, n_words=4, progress=False,
+                                    text_embeddings_fn=fake)  # fmt: skip
+    assert res.layers == [0, 1] and res.n_neurons == 256
+    with store.open_store(link) as r:
+        stats = r.table("neuron_stats").sort_values(["layer", "neuron"])
+        words = r.table("neuron_words")
+        assert len(stats) == 2 * 256 and (words.groupby(["layer", "neuron"]).size() <= 4).all()
+        # the stored statistics are those of the stored effects (neuron 9 of layer 1, by hand)
+        k = StoredNeurons(r).k(1, 0, N)[:, 9]  # [image, K]
+        norms = np.linalg.norm(k - k.mean(axis=0), axis=1)
+        row = stats[(stats.layer == 1) & (stats.neuron == 9)].iloc[0]
+        assert list(row.top_images) == list(np.argsort(-norms)[:10])
+        assert np.isclose(row.threshold, np.sort(norms)[-10], rtol=1e-4)
+        assert np.isclose(np.linalg.norm(row.direction), 1.0, atol=1e-4)
+        assert r.runs("interpret-neurons").shape[0] == 1
+    # a second run over one layer keeps the other layer's rows
+    run_neuron_interpretation(link, "1-1", "general", top=5, n_words=2, progress=False,
+                              text_embeddings_fn=fake)  # fmt: skip
+    with store.open_store(link) as r:
+        stats = r.table("neuron_stats")
+        assert sorted(stats.layer.unique()) == [0, 1] and len(stats) == 512
+        assert len(stats[stats.layer == 1].iloc[0].top_images) == 5
+    # a store built without neurons: one line, exit 2, naming the build command
+    plain = tmp_path / "plain"
+    build_store(params(plain, neurons=None))
+    assert cli_main(["interpret", "--store", str(plain), "--neurons", "1-1"]) == 2
+    err = capsys.readouterr().err
+    assert "built without neurons" in err and "--neurons 1-1" in err and len(err.splitlines()) == 1

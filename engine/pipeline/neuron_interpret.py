@@ -10,7 +10,6 @@ of `neuron_stats`, `neuron_words`, `neuron_ground_truth`; the heads' interpretat
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -85,11 +84,14 @@ def describe_layer(
         idx = range(s, min(sn.n_neurons, s + FRAME_BLOCK))
         directions[s : s + len(idx)] = sn.directions(layer, v[s : s + len(idx)], idx)
     coef = na.sparse_text(directions, atoms, n_words)  # [neuron, text]
+    # the label reads only the first labels.TOP_K picks (their own OMP fit): with as many words
+    # as the description has, the later ones fit what is left and their weights cancel
+    short = na.sparse_text(directions, atoms, min(n_words, labels.TOP_K))
     labs = []
     for j in range(sn.n_neurons):
-        nz = np.flatnonzero(coef[j] > 0)
-        nz = nz[np.argsort(-coef[j, nz], kind="stable")]
-        w = coef[j, nz]
+        nz = np.flatnonzero(short[j] > 0)
+        nz = nz[np.argsort(-short[j, nz], kind="stable")]
+        w = short[j, nz]
         labs.append(labels.offline_label([categories[i] for i in nz], w / max(w.sum(), 1e-30)))
     eta = st.eta2() if codes is not None else None
     return LayerDescription(layer, st, directions, coef, labs, eta)
@@ -105,33 +107,34 @@ def run_neuron_interpretation(
     progress: bool = True,
     text_embeddings_fn=None,
 ) -> NeuronInterpretResult:
-    """Describe the neurons of `neurons` (default: every built neuron layer) into the store."""
-    from engine.pipeline.interpret import text_embeddings
-    from engine.store import mutate_store, open_store, schema
+    """Describe the neurons of `neurons` (default: every built neuron layer) into the store.
+    `text_embeddings_fn(session, texts) -> [text, d_embed]` replaces the store's model (tests)."""
+    from engine.session import StoreSession
+    from engine.store import mutate_store
 
     if top < 1 or n_words < 1:
         raise UserError("--top-images and --words must be at least 1")
     t0 = time.perf_counter()
-    started = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    started = provenance.now()
     run_id = uuid.uuid4().hex
     timings: dict[str, float] = {}
-    with open_store(store_path) as r:
-        version = r.version_path
-        info = dict(r.info)
-        sn = StoredNeurons(r, neurons)
-        n_neurons, chosen_layers = sn.n_neurons, list(sn.chosen)
-        factors = r.factors()
+    with StoreSession.open(store_path) as s:
+        sn = StoredNeurons(s.reader, neurons)
+        n_neurons, chosen = sn.n_neurons, list(sn.chosen)
+        factors = s.reader.factors()
         b = banks.load_bank(bank or ("world" if factors is not None else "general"))
         t = time.perf_counter()
-        fn = text_embeddings_fn or (lambda i, texts: text_embeddings(i, texts, progress=progress))
-        atoms = na.text_dictionary(fn(info, b.texts))
+        embed = text_embeddings_fn or (
+            lambda s_, texts: s_.text_embeddings(texts, progress=progress)
+        )
+        atoms = na.text_dictionary(embed(s, b.texts))
         timings["encode_texts_s"] = round(time.perf_counter() - t, 3)
         codes = n_values = None
         if factors is not None:
             codes = factors[1]
             n_values = [int(codes[:, f].max()) + 1 for f in range(codes.shape[1])]
         described = []
-        for layer in sn.chosen:
+        for layer in chosen:
             t = time.perf_counter()
             described.append(
                 describe_layer(
@@ -147,10 +150,20 @@ def run_neuron_interpretation(
                 )  # fmt: skip
             )
             timings[f"layer_{layer}_s"] = round(time.perf_counter() - t, 3)
+        names = factors[0] if factors is not None else []
+        tables, clear, matched = _tables(described, n_neurons, b, names, run_id)
+        timings["total_s"] = round(time.perf_counter() - t0, 3)
+        params = {"neuron_layers": chosen, "bank": b.name, "top": top, "words": n_words}
+        run = provenance.run_record("interpret-neurons", run_id, s, params, timings, started)
+        with mutate_store(store_path, expect_version=s.version_path) as w:
+            w.replace_neuron_layers(tables, chosen)
+            w.record_run(run)
+    return NeuronInterpretResult(run_id, chosen, n_neurons, b.name, timings, clear, matched)
 
+
+def _tables(described, n_neurons, b, names, run_id):
     stats_rows, word_rows, gt_rows = [], [], []
     clear = matched = 0
-    names = factors[0] if factors is not None else []
     comparable = set(names) <= set(b.vocabulary)
     for d in described:
         st = d.stats
@@ -182,8 +195,7 @@ def run_neuron_interpretation(
                 if truth.is_dominant and comparable:
                     clear += 1
                     matched += groundtruth.label_matches(d.labels[j], truth.factor)
-    timings["total_s"] = round(time.perf_counter() - t0, 3)
-    frames = {
+    tables = {
         "neuron_stats": pd.DataFrame(stats_rows, columns=[
             "layer", "neuron", "mean_norm", "threshold", "top_norm", "top_images", "direction",
             "label", "labeller", "run_id"]),
@@ -192,20 +204,4 @@ def run_neuron_interpretation(
         "neuron_ground_truth": pd.DataFrame(gt_rows, columns=[
             "layer", "neuron", "factor", "eta2", "is_dominant", "label", "match", "run_id"]),
     }  # fmt: skip
-    params = {"neuron_layers": chosen_layers, "bank": b.name, "top": top, "words": n_words}
-    with mutate_store(store_path, expect_version=version) as con:
-        chosen = ", ".join(str(l) for l in chosen_layers)
-        for table in schema.NEURON_TABLES:  # stores built before these tables existed
-            con.execute(schema.TABLES[table].replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
-            con.execute(f"DELETE FROM {table} WHERE layer IN ({chosen})")
-            df = frames[table]
-            if len(df):
-                con.register("_df", df)
-                con.execute(f"INSERT INTO {table} ({', '.join(df.columns)}) SELECT * FROM _df")
-                con.unregister("_df")
-        provenance.insert_run(con, "interpret-neurons", run_id, info, params, timings, started)
-        con.execute(
-            "INSERT OR REPLACE INTO store_meta VALUES ('neuron_interpretation', ?)",
-            [json.dumps({"run_id": run_id, **params})],
-        )
-    return NeuronInterpretResult(run_id, chosen_layers, n_neurons, b.name, timings, clear, matched)
+    return tables, clear, matched

@@ -135,6 +135,20 @@ class StoreWriter:
         self.delete("llm_cache", prompt_hash=df["prompt_hash"].tolist())
         self.append("llm_cache", df)
 
+    def replace_neuron_layers(self, tables: dict[str, pd.DataFrame], layers: list[int]) -> None:
+        """`interpret --neurons`: the rows of `layers` in every NEURON_TABLES table replaced
+        (other layers' rows kept); the tables are created in a store older than them."""
+        unknown = set(tables) - set(schema.NEURON_TABLES)
+        if unknown:
+            raise KeyError(f"not neuron tables: {sorted(unknown)}")
+        for table in schema.NEURON_TABLES:
+            self._con.execute(
+                schema.TABLES[table].replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)
+            )
+            self._columns.pop(table, None)
+            self.delete(table, layer=[int(l) for l in layers])
+            self.append(table, tables.get(table))
+
     def replace_zeroshot_classes(self, df: pd.DataFrame) -> None:
         """The class embeddings of the tasks in `df` (other tasks' rows are kept)."""
         self.delete("zeroshot_classes", task=sorted(set(df["task"])) if len(df) else [])
