@@ -111,7 +111,8 @@ def test_schema_round_trip(tmp_path):
     assert cols == ["image_id", "path", "sha256", "width", "height", "class"]
     rows = dict(con.execute("SELECT key, value FROM store_meta").fetchall())
     assert schema.StoreMeta.from_rows(rows) == fake_meta()  # the typed record round-trips
-    assert json.loads(rows["layers"]) == LAYERS and json.loads(rows["meta_version"]) == 1
+    assert json.loads(rows["layers"]) == LAYERS
+    assert json.loads(rows["meta_version"]) == schema.META_VERSION
     con.close()
 
 
