@@ -86,3 +86,14 @@ def test_batched_omp_equals_scikit_learn():
     assert np.array_equal(ours != 0, ref != 0)  # the same picks
     assert np.allclose(ours, ref, atol=1e-10)  # refits are fp64
     assert ((ours != 0).sum(axis=1) == 7).all()
+
+
+def test_batched_omp_without_the_gram_gives_the_same_codes(monkeypatch):
+    import torch
+
+    rng = np.random.default_rng(5)
+    atoms = torch.from_numpy(na.text_dictionary(rng.standard_normal((120, 30))))
+    y = torch.from_numpy(rng.standard_normal((6, 30)))
+    with_gram = na.batched_omp(atoms, y, 5).numpy()
+    monkeypatch.setattr(na, "GRAM_MAX_TEXTS", 10)
+    assert np.allclose(na.batched_omp(atoms, y, 5).numpy(), with_gram, atol=1e-10)

@@ -29,6 +29,7 @@ import torch
 
 TOP_IMAGES = 100
 N_WORDS = 32  # the reference's default
+GRAM_MAX_TEXTS = 16384  # batched_omp keeps the bank's [text, text] Gram (fp32) up to this size
 
 
 @dataclass
@@ -181,6 +182,9 @@ def batched_omp(atoms: torch.Tensor, y: torch.Tensor, n_nonzero: int, block: int
     out = torch.zeros(n_t, n_text, dtype=atoms.dtype)
     tiny = torch.finfo(atoms.dtype).tiny
     a32 = atoms.float()
+    # residual correlations xy - γ · G[S, :]: from the Gram's chosen rows (one gathered row per
+    # step) when the [text, text] Gram fits, else through d (one matmul per step)
+    gram = (a32 @ a32.T) if n_text <= GRAM_MAX_TEXTS else None
     for b0 in range(0, n_t, block):
         yb = y[b0 : b0 + block]  # [B, d]
         nb = yb.shape[0]
@@ -189,6 +193,7 @@ def batched_omp(atoms: torch.Tensor, y: torch.Tensor, n_nonzero: int, block: int
         xy32 = xy.float()
         chosen = torch.zeros(nb, 0, dtype=torch.long)
         L = torch.zeros(nb, n_nonzero, n_nonzero, dtype=atoms.dtype)
+        gs = None if gram is None else torch.empty(nb, n_nonzero, n_text)  # G[S, :]
         alive = torch.ones(nb, dtype=torch.bool)
         alpha = xy.float()
         gamma = torch.zeros(nb, 0, dtype=atoms.dtype)
@@ -215,9 +220,14 @@ def batched_omp(atoms: torch.Tensor, y: torch.Tensor, n_nonzero: int, block: int
             old = torch.cat([gamma, gamma.new_zeros(nb, 1)], 1)
             gamma = torch.where(alive[:, None], g_new, old)
             chosen = new
-            fit = torch.bmm(gamma[:, None, :], atoms[chosen])[:, 0]  # A_Sᵀ γ: [B, d]
-            alpha = xy32 - fit.float() @ a32.T  # residual correlations, fp32 (the big matmul)
+            if gs is not None:
+                gs[:, s] = gram[lam]
+                beta = torch.bmm(gamma.float()[:, None, :], gs[:, : s + 1])[:, 0]  # [B, text]
+            else:
+                fit = torch.bmm(gamma[:, None, :], atoms[chosen])[:, 0]  # A_Sᵀ γ: [B, d]
+                beta = fit.float() @ a32.T
+            alpha = xy32 - beta  # residual correlations (fp32)
         coef = torch.zeros(nb, n_text, dtype=atoms.dtype)
-        coef.scatter_add_(1, chosen, torch.where(alive[:, None] | (gamma != 0), gamma, 0.0))
+        coef.scatter_add_(1, chosen, gamma)
         out[b0 : b0 + block] = coef
     return out
