@@ -21,7 +21,12 @@ for prop, heads in paper.reference_properties(store).items():
     heads = [h for h in heads if h in stored]
     if heads:
         properties[f"{prop} (paper demo)"] = heads
-if not properties:
+if not properties and tables.interpreted(store):
+    st.info(
+        "All heads are `mixed` (no property heads): interpretation found no head carrying one "
+        "property, as usual at random init or on few images. Choose the heads by hand."
+    )
+elif not properties:
     st.info("No head labels yet (run `python -m engine interpret`): choose the heads by hand.")
 
 c1, c2, c3 = st.columns([2, 1, 1])

@@ -128,3 +128,25 @@ def paper_shaped_store(link: Path, n_images: int = 64) -> Path:
         image_chunk=64,
         run_id="paper-shaped",
     )
+
+
+def relabelled_copy(store: Path, dest: Path, label_of) -> Path:
+    """A copy of `store` published at `dest` (a new artifacts folder's store link) with every
+    head's label replaced by `label_of(layer, head)` and no ground truth (so its properties
+    are exactly those labels). Written through engine.store, as `interpret` writes."""
+    import pandas as pd
+
+    from engine.session import StoreSession
+    from engine.store import mutate_store
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _copy_store(store, dest)
+    with StoreSession.open(dest) as s:
+        heads = s.heads()
+    rows = [
+        {"layer": l, "head": h, "label": label_of(l, h), "labeller": "offline"} for l, h in heads
+    ]
+    with mutate_store(dest) as w:
+        w.replace("head_labels", pd.DataFrame(rows))
+        w.delete("ground_truth")
+    return dest
