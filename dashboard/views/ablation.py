@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import groups_panel, state, stores, tables, widgets
+from engine.core.labels import MIXED, NON_LABELS
 from engine.core.layers import head_name
 from engine.errors import UserError
 
@@ -29,10 +30,11 @@ key = stores.version_key(store)
 
 
 @st.cache_data(show_spinner="Ablating…", max_entries=32)
-def _run(key: str, spec: str, draws: int, split: float, seed: int) -> tuple[str, dict]:
-    """(task source, result) of `engine ablate`'s function, cached per store version."""
+def _run(key: str, spec: str, draws: int, split: float, seed: int) -> tuple[str, dict, str]:
+    """(task source, result, baseline note) of `engine ablate`'s function, cached per store
+    version."""
     run = stores.session(key).ablate(spec, random=draws, split=split, seed=seed)
-    return run.tasks_source, run.result.to_dict()
+    return run.tasks_source, run.result.to_dict(), run.baseline_note
 
 
 try:  # the store's zero-shot tasks (a clear message when it has none)
@@ -44,9 +46,12 @@ except UserError as e:
 
 labels = tables.head_labels(store)
 layers = stores.store_layers(store)
+# the default is a real property: never `mixed` (every unlabelled head) nor a non-label
+properties = sorted(set(labels.values()) - {MIXED, *NON_LABELS})
 mode = st.radio(
     "Ablate",
     ["Heads by label", "Heads", "Layers' heads", "All but the last K layers' heads"],
+    index=0 if properties or not labels else 1,
     horizontal=True,
 )
 if mode == "Heads by label":
@@ -54,7 +59,7 @@ if mode == "Heads by label":
     if not options:
         st.info("No head is labelled yet: run `python -m engine interpret` on this store.")
         st.stop()
-    chosen = st.multiselect("Labels", options, default=options[:1])
+    chosen = st.multiselect("Labels", options, default=properties[:1])
     spec = "+".join(f"label:{c}" for c in chosen)
 elif mode == "Heads":
     heads = stores.store_heads(store)
@@ -99,10 +104,12 @@ st.caption(f"Spec: `{spec}` — the same run from the command line: "
            f"`python -m engine ablate --store {ctx.store_path} --ablate '{spec}'`")  # fmt: skip
 
 try:
-    source, result = _run(key, spec, draws, split, seed)
+    source, result, note = _run(key, spec, draws, split, seed)
 except UserError as e:
     st.error(str(e))
     st.stop()
+if note:
+    st.warning(note)
 
 rows = pd.DataFrame(
     [

@@ -4,8 +4,9 @@
 among that layer's other heads, or among all of its heads when it has too few others. So when an
 ablation takes every head of its layers (`layers:10-11`) each draw is the ablated set itself: the
 baseline's spread is 0 by construction and says nothing. When a layer keeps fewer other heads than
-it loses, the draws reuse ablated heads and the baseline is biased towards the ablation. The CLI,
-its JSON and the Ablation page say so with `check_baseline`.
+it loses, the draws reuse ablated heads and the baseline is biased towards the ablation.
+`engine.session.ablation.ablate` runs `check_baseline` (its result's `baseline`); the CLI, its JSON
+and the Ablation page show that note.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from engine.core.ablation import AblationResult
-from engine.core.baseline import BaselineCheck, check_baseline
+from engine.core.baseline import BaselineCheck
 from engine.core.layers import head_name
 from engine.pipeline import provenance
 from engine.session import StoreSession
@@ -82,10 +82,8 @@ def run_ablate(p: AblateParams, progress: bool = False) -> AblateRun:
         a = s.ablate(p.ablate, tasks=p.tasks, random=p.random, split=p.split, seed=p.seed,
                      per_head=p.per_head, progress=progress)  # fmt: skip
         run = AblateRun(uuid.uuid4().hex, p.ablate, a.tasks_source, a.result, a.head_effects,
-                        a.timings)  # fmt: skip
+                        a.timings, a.baseline)  # fmt: skip
         run.groups = _groups(p, s, a)
-        if p.random > 0:  # the session's components are read once: this costs nothing
-            run.baseline = check_baseline(s.components()[1], a.result.ablated)
         if p.write:
             _write(p, run, s, a, started)
     return run

@@ -16,6 +16,7 @@ import pandas as pd
 
 from engine.core import ablation
 from engine.core.ablation import AblationResult, ComponentSet
+from engine.core.baseline import BaselineCheck, check_baseline
 from engine.core.zeroshot import ZeroShotTask, class_embeddings
 from engine.errors import UserError
 from engine.sources.tasks import TaskSpec, task_specs
@@ -60,17 +61,26 @@ def zeroshot_tasks(s, source: str | None = None, *, progress: bool = False) -> T
 @dataclass
 class Ablation:
     """One ablation: the spec, the task source, the result (per task: before, after, drop,
-    random baseline), each stored head alone when asked (`head_effects`), the tasks used."""
+    random baseline), each stored head alone when asked (`head_effects`), the tasks used, and
+    whether the random baseline can differ from the ablated set (`baseline`; None when no
+    random draws were asked for)."""
 
     spec: str
     tasks: Tasks
     result: AblationResult
     head_effects: pd.DataFrame | None
     timings: dict
+    baseline: BaselineCheck | None = None
 
     @property
     def tasks_source(self) -> str:
         return self.tasks.source
+
+    @property
+    def baseline_note(self) -> str:
+        """One sentence when the random baseline says little (the CLI, JSON and page show it);
+        "" when it is sound or was not drawn."""
+        return self.baseline.note if self.baseline is not None else ""
 
 
 def ablate(
@@ -102,9 +112,11 @@ def ablate(
         output, comps, names, ts.tasks, fit, ev, random_draws=random, seed=seed
     )
     effects = head_effects(output, comps, ts.tasks, fit, ev) if per_head else None
+    baseline = check_baseline(comps, result.ablated) if random > 0 else None
     timings = {"read_s": t_read, "text_s": t_text,
                "ablate_s": time.perf_counter() - t0 - t_read - t_text}  # fmt: skip
-    return Ablation(spec, ts, result, effects, {k: round(v, 3) for k, v in timings.items()})
+    timings = {k: round(v, 3) for k, v in timings.items()}
+    return Ablation(spec, ts, result, effects, timings, baseline)
 
 
 def head_effects(output, comps: ComponentSet, tasks, fit, ev) -> pd.DataFrame:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.dashboard.conftest import ROOT, tree_digest
+from engine.core.layers import head_name
+from tests.dashboard.conftest import ROOT, relabelled_copy, tree_digest
 
 pytestmark = [pytest.mark.dashboard, pytest.mark.demo, pytest.mark.slow]
 
@@ -54,3 +57,52 @@ def test_only_among_the_late_heads_prefixes_the_spec(store_env, monkeypatch):
     assert (within["after"] <= plain["after"] + 1e-9).all() and (
         within["after"] != plain["after"]
     ).any()
+
+
+def _spec(at: AppTest) -> str:
+    caps = [c.value for c in at.caption if c.value.startswith("Spec: `")]
+    assert caps, "the page shows the spec it runs"
+    return caps[0].split("`")[1]
+
+
+def test_default_is_a_property_never_mixed_nor_a_non_label(store_env, monkeypatch, tmp_path):
+    """`mixed` and the non-labels sort before most properties: the default skips them; with no
+    property at all the page starts from one head, not `label:mixed` (every head)."""
+    from engine.core.labels import MIXED, NON_LABELS
+
+    _, store, _ = store_env
+    some = tmp_path / "some"
+    relabelled_copy(
+        store, some / "fixture", lambda l, h: "shape" if h == 0 else (MIXED, *NON_LABELS)[h % 3]
+    )
+    at = _app(monkeypatch, some)
+    assert _spec(at) == "label:shape"
+    none = tmp_path / "none"
+    relabelled_copy(store, none / "fixture", lambda l, h: NON_LABELS[0] if h == 1 else MIXED)
+    at = _app(monkeypatch, none)
+    spec = _spec(at)
+    assert "label:" not in spec and re.fullmatch(r"L\d+H\d+", spec)
+    assert at.dataframe[0].value["after"].notna().all()
+
+
+def test_baseline_note_when_the_draws_are_the_ablated_heads(store_env, monkeypatch):
+    """Every head of the chosen layers ablated: the random baseline is the ablation itself, and
+    the page says so (the note of the session's result, as the CLI prints it)."""
+    artifacts, store, _ = store_env
+    at = _app(monkeypatch, artifacts)
+    at.radio[0].set_value("Layers' heads").run()  # default range: every stored layer
+    assert not at.exception
+    assert _spec(at).startswith("layers:")
+    warn = " ".join(w.value for w in at.warning)
+    assert "random baseline cannot differ from the ablated set" in warn
+    from engine.session import StoreSession
+
+    with StoreSession.open(store) as s:
+        a = s.ablate(_spec(at), random=2)
+        assert a.baseline is not None and a.baseline.status == "identical"
+        assert a.baseline_note in warn
+        one = s.ablate(head_name(*s.heads()[0]), random=2)
+        assert one.baseline.status == "ok" and one.baseline_note == ""
+        assert s.ablate(_spec(at), random=0).baseline is None
+    at.radio[0].set_value("Heads").run()  # one head: the baseline is sound, no warning
+    assert not at.exception and not at.warning
