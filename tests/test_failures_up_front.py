@@ -81,11 +81,10 @@ class _Server:
 
 
 def _interpret_llm(store, capsys, *extra):
-    t = time.perf_counter()
+    """(exit code, stderr) of `interpret --labeller llm`. "At once" is what `no_work` proves:
+    no model is loaded and no text encoded before the check fails (no wall-clock bounds)."""
     rc = main(["interpret", "--store", str(store), "--labeller", "llm", "--no-progress", *extra])
-    took = time.perf_counter() - t
-    err = capsys.readouterr().err
-    return rc, err, took
+    return rc, capsys.readouterr().err
 
 
 def _one_line(err: str) -> str:
@@ -98,8 +97,8 @@ def _one_line(err: str) -> str:
 @pytest.mark.slow
 def test_llm_without_key_fails_before_any_work(store, monkeypatch, capsys, no_work):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    rc, err, took = _interpret_llm(store, capsys)
-    assert rc == 2 and took < 5
+    rc, err = _interpret_llm(store, capsys)
+    assert rc == 2
     assert "OPENAI_API_KEY" in _one_line(err)
     with open_store(store) as r:
         assert not r.interpreted
@@ -110,8 +109,8 @@ def test_llm_unreachable_endpoint_fails_at_once(store, monkeypatch, capsys, no_w
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
     monkeypatch.setenv("OPENAI_BASE_URL", url)
-    rc, err, took = _interpret_llm(store, capsys)
-    assert rc == 2 and took < 5
+    rc, err = _interpret_llm(store, capsys)
+    assert rc == 2
     assert _one_line(err) == f"error: cannot reach {url}; check OPENAI_BASE_URL and the network"
 
 
@@ -121,20 +120,23 @@ def test_llm_rejected_key_and_silent_server(store, monkeypatch, capsys, no_work)
     bad = _Server(401)
     try:
         monkeypatch.setenv("OPENAI_BASE_URL", bad.url)
-        rc, err, took = _interpret_llm(store, capsys)
-        assert rc == 2 and took < 5 and "rejected the API key (HTTP 401)" in _one_line(err)
+        rc, err = _interpret_llm(store, capsys)
+        assert rc == 2 and "rejected the API key (HTTP 401)" in _one_line(err)
         assert bad.paths == ["/v1/models"]  # one request, no retries, no labelling request
     finally:
         bad.close()
     silent = _Server(200, delay=3.0)
     try:
         monkeypatch.setenv("OPENAI_BASE_URL", silent.url)
-        rc, err, took = _interpret_llm(store, capsys, "--llm-timeout", "0.5")
-        assert rc == 2 and took < 3 and "did not answer within 0.5 s" in _one_line(err)
+        rc, err = _interpret_llm(store, capsys, "--llm-timeout", "0.5")
+        # the timeout given is the one used, for one request without retries
+        assert rc == 2 and "did not answer within 0.5 s" in _one_line(err)
+        assert silent.paths == ["/v1/models"]
     finally:
         silent.close()
 
 
+@pytest.mark.unit
 def test_llm_check_lets_a_server_without_a_model_list_through(monkeypatch):
     """Some OpenAI-compatible servers answer 404 on /models: they are there; go on."""
     from engine.pipeline.llm import check_endpoint

@@ -55,11 +55,12 @@ def test_bad_specs_name_the_problem(spec, match):
 
 
 @pytest.mark.unit
-def test_paper_models_are_named_entries():
+def test_paper_models_are_named_entries(capsys, few_architectures):
     """The `models` command lists the paper's six (from engine.sources.reference), then ours."""
-    r = _cli("models", "--json")
-    assert r.returncode == 0, r.stderr
-    rows = {x["spec"]: x for x in json.loads(r.stdout)}
+    from engine.cli import main
+
+    assert main(["models", "--json"]) == 0
+    rows = {x["spec"]: x for x in json.loads(capsys.readouterr().out)}
     paper = {s for s, x in rows.items() if x["paper"]}
     assert paper == {
         "ViT-B-32/openai",
@@ -203,16 +204,20 @@ def test_cli_errors_exit_2_without_traceback():
 
 
 @pytest.mark.unit
-def test_cli_verify_and_models_json():
+def test_cli_verify_and_models_json(capsys, few_architectures):
+    from engine.cli import main
+
     r = _cli("verify", "--model", "tiny-test", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["ok"] and out["relative_error"] < 1e-4
-    r = _cli("models", "--json")
-    assert r.returncode == 0
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
     assert {"spec": "tiny-test"}.items() <= next(
-        x for x in json.loads(r.stdout) if x["spec"] == "tiny-test"
+        x for x in rows if x["spec"] == "tiny-test"
     ).items()
+    archs = [x["spec"] for x in rows if x.get("random_weights")]
+    assert archs == [a.name for a in few_architectures if a.usable]  # stores first, then verify
 
 
 @pytest.mark.unit

@@ -292,11 +292,14 @@ def test_hf_hub_siglip_loads_from_the_local_cache(tiny, tmp_path, monkeypatch):
 
 
 @pytest.mark.unit
-def test_registry_lists_siglip_models_with_pretrained_tags(capsys):
+def test_registry_lists_siglip_models_with_pretrained_tags(
+    capsys, few_architectures, empty_hf_cache
+):
     from engine.model import parse_spec
 
     assert cli_main(["models", "--json"]) == 0
     rows = {r["spec"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["ViT-B-16-SigLIP"]["random_weights"] and not rows["ViT-B-16-SigLIP"]["stores"]
     siglip = {s for s, r in rows.items() if "SigLIP" in s and not r.get("random_weights")}
     assert {
         "ViT-B-16-SigLIP/webli",
@@ -337,7 +340,7 @@ def test_store_build_of_siglip_is_one_clear_refusal(tiny):
 
 
 @pytest.mark.unit
-def test_siglip_pretrained_tag_without_weights_is_a_clear_error(monkeypatch):
+def test_siglip_pretrained_tag_without_weights_is_a_clear_error(monkeypatch, empty_hf_cache):
     from engine.errors import WeightsMissing
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
