@@ -8,8 +8,8 @@ import pytest
 from engine.cli import main
 from engine.errors import UnsupportedModel, UserError
 from engine.model import discovery, loading, parse_spec
+from engine.model.cache import ARCHITECTURES, cache_dir
 from engine.model.discovery import check_architecture, did_you_mean, random_weight_architectures
-from engine.model.text_cache import cache_dir
 
 
 @pytest.mark.slow  # the first listing builds every architecture on the meta device (then cached)
@@ -34,7 +34,7 @@ def test_random_weight_architectures_are_what_check_supported_accepts(monkeypatc
     with pytest.raises(UnsupportedModel, match="LayerScale"):
         loading.load_model("ViT-M-16-alt", random_weights=True)
     # the answers are kept in the cache folder: a new process reads them, building nothing
-    assert list((cache_dir() / "architectures").glob("*.json"))
+    assert list(cache_dir(ARCHITECTURES).glob("*.json"))
     monkeypatch.setattr(discovery, "check_architecture", lambda n: pytest.fail("rebuilt"))
     assert discovery.list_architectures.__wrapped__() == discovery.list_architectures()
 

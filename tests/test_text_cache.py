@@ -9,7 +9,7 @@ import engine.model
 from engine.cli import main
 from engine.core.label_summary import summarise_labels
 from engine.core.labels import MIXED
-from engine.model.text_cache import TextCache, bank_embeddings, model_identity
+from engine.model.text_cache import TextCache, bank_embeddings, model_identity, tokenizer_identity
 from engine.pipeline.build import BuildParams, build_store
 from engine.sources.banks import load_bank
 from engine.store import open_store
@@ -23,9 +23,10 @@ def _build(link, images="synthetic:96"):
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
+    """The text-embeddings folder under a fresh cache root."""
     root = tmp_path / "cache"
     monkeypatch.setenv("CLIP_INTERPRET_CACHE", str(root))
-    return root
+    return root / "text-embeddings"
 
 
 @pytest.fixture
@@ -134,7 +135,7 @@ def test_cached_embeddings_round_trip_and_bad_entries_are_misses(tmp_path):
 
 def Path_of(c, info, texts):
     m = model_identity(info["model_spec"], info["weights_hash"], info["random_weights"])
-    return c.path(c.key(m, texts))
+    return c.path(c.key(m, texts, tokenizer_identity(info)))
 
 
 def test_model_identity():

@@ -5,9 +5,9 @@ open_clip architecture is built on PyTorch's meta device (no memory, no weights)
 per tower (every block of a tower is built from the same config, so one block shows what all of
 them hold), and checked. ResNet image towers and Hugging Face text towers (which need transformers)
 are refused from the config alone. timm towers (SigLIP) cannot be shortened, so they are built
-whole (on the meta device, about a second each): the answers are kept in the cache folder
-(`engine.model.text_cache.cache_dir()`), keyed by the open_clip and timm versions and the source
-of the support checks, so only the first `models` on a machine pays for it.
+whole (on the meta device, about a second each): the answers are kept in `architectures/` under
+the tool's cache root (`engine.model.cache`), keyed by the open_clip and timm versions and the
+source of the support checks, so only the first `models` on a machine pays for it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.model.cache import ARCHITECTURES, cache_dir
 from engine.model.specs import _open_clip
-from engine.model.text_cache import cache_dir
 from engine.model.timm_tower import is_timm_tower
 
 CHECK_SOURCES = ("loading.py", "timm_tower.py", "discovery.py")
@@ -94,7 +94,7 @@ def _cache_key(names: list[str]) -> str:
 def list_architectures() -> tuple[Architecture, ...]:
     """Every open_clip architecture (ours included), checked, or read from the cache folder."""
     names = list(_open_clip().list_models())
-    f = cache_dir() / "architectures" / f"{_cache_key(names)}.json"
+    f = cache_dir(ARCHITECTURES) / f"{_cache_key(names)}.json"
     try:
         return tuple(Architecture(**a) for a in json.loads(f.read_text()))
     except (OSError, ValueError, TypeError):

@@ -41,8 +41,10 @@ def weights_missing_message(s: ModelSpec) -> str:
     else:
         use = f"put the checkpoint file anywhere and use --model {s.arch}:/path/to/{HF_FILES[0]}"
         try_ = f"--model {s.raw} --random-weights"
+    from huggingface_hub import constants
+
     return (
         f"weights for {s.raw} are not on this machine and could not be downloaded{came}; {use} "
-        "(or fill the Hugging Face cache, ~/.cache/huggingface/hub, on a machine with network); "
+        f"(or fill the Hugging Face cache, {constants.HF_HUB_CACHE}, on a machine with network); "
         f"to try the tool meanwhile at random init: {try_}"
     )

@@ -1,19 +1,22 @@
-"""Text-bank embeddings cached on disk, by (model, weights hash, texts hash).
+"""Text-bank embeddings cached on disk, by (model, weights hash, tokenizer, libraries, texts).
 
 Embedding a bank of a few thousand descriptions costs minutes on a CPU, and it is the same array
 every time the same weights see the same texts. The first `interpret` over a bank encodes it and
 writes `[text, d_embed]` float32 here; every later run (on the same store or on any other store
 built from the same weights) reads it back and encodes nothing.
 
-Location: `$CLIP_INTERPRET_CACHE` if set, else `$XDG_CACHE_HOME/clip-interpret/text-embeddings`
-(default `~/.cache/clip-interpret/text-embeddings`). One `<key>.npy` per (model, bank) with a
+Location: `text-embeddings/` under the tool's cache root (`engine.model.cache`: default
+`~/.cache/clip-interpret`, or `$CLIP_INTERPRET_CACHE`). One `<key>.npy` per (model, bank) with a
 readable `<key>.json` beside it; deleting the folder only costs the next run its encoding. The
 cache is not a store: a store stays self-contained and read-only after its build.
 
 The key needs a weights identity that is known without loading the model: the store's recorded
 `weights_hash` (a sha256 of the checkpoint, verified against the weights when the store was built
 and again whenever the bank is encoded) plus what selects the architecture and text tower. Random
-weights are identified by spec and seed; an "unknown" hash is never cached.
+weights are identified by spec and seed; an "unknown" hash is never cached. The root is shared by
+every virtualenv of the machine, so the key also holds the tokenizer (the store's recorded one, or
+what open_clip's config names) and the versions of open_clip, torch and transformers (the
+tokenizers and the tower's kernels): another environment never reads this one's entries.
 """
 
 from __future__ import annotations
@@ -28,16 +31,38 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_ENV = "CLIP_INTERPRET_CACHE"
+from engine.model.cache import TEXT_EMBEDDINGS, package_versions
+from engine.model.cache import cache_dir as _cache_dir
+
 FORMAT = 1  # bump when the encoding (prompting, normalisation, dtype) changes
+LIBRARIES = ("open_clip_torch", "torch", "transformers")  # what shapes an encoded text
 
 
 def cache_dir() -> Path:
-    """The cache folder (see the module docstring); not created here."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "clip-interpret" / "text-embeddings"
+    """The text-embeddings folder (see the module docstring); not created here."""
+    return _cache_dir(TEXT_EMBEDDINGS)
+
+
+def tokenizer_identity(info: dict) -> str:
+    """The tokenizer that made (or will make) the texts' ids: the store's recorded one
+    (`tokenizer`) when it has it, else what open_clip's config of `arch` names (a Hugging Face
+    tokenizer and its options, or open_clip's own with its context length). A spec without an
+    open_clip config (demo, local-dir, hf-hub) is covered by the model identity."""
+    if info.get("tokenizer"):
+        return str(info["tokenizer"])
+    from engine.model.specs import _open_clip
+
+    arch = str(info.get("arch") or "")
+    try:
+        cfg = _open_clip().get_model_config(arch) if arch else None
+    except Exception:
+        cfg = None
+    if not cfg:
+        return f"config of {arch or 'the model'}"
+    text = cfg.get("text_cfg", {})
+    return json.dumps({"hf_tokenizer_name": text.get("hf_tokenizer_name"),
+                       "tokenizer_kwargs": text.get("tokenizer_kwargs"),
+                       "context_length": text.get("context_length")}, sort_keys=True)  # fmt: skip
 
 
 def texts_hash(texts: Sequence[str]) -> str:
@@ -79,8 +104,13 @@ class TextCache:
         return cls(cache_dir())
 
     @staticmethod
-    def key(model: str, texts: Sequence[str]) -> str:
-        blob = json.dumps({"format": FORMAT, "model": model, "texts": texts_hash(texts)})
+    def key(model: str, texts: Sequence[str], tokenizer: str = "", libraries=None) -> str:
+        """sha256 of everything an entry depends on: format, model, tokenizer, the versions of
+        `LIBRARIES` (this environment's unless given) and the texts."""
+        libraries = package_versions(*LIBRARIES) if libraries is None else libraries
+        blob = json.dumps({"format": FORMAT, "model": model, "tokenizer": tokenizer,
+                           "libraries": libraries, "texts": texts_hash(texts)},
+                          sort_keys=True)  # fmt: skip
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:40]
 
     def path(self, key: str) -> Path:
@@ -151,7 +181,8 @@ def bank_embeddings(
         info.get("model_spec", ""), info.get("weights_hash", ""), bool(info.get("random_weights"))
     )
     d_embed = int(info["d_embed"]) if info.get("d_embed") else None
-    key = cache.key(model, texts) if model else None
+    tokenizer = tokenizer_identity(info) if model else ""
+    key = cache.key(model, texts, tokenizer) if model else None
     if key is not None:
         got = cache.load(key, len(texts), d_embed)
         if got is not None:
@@ -168,6 +199,7 @@ def bank_embeddings(
     where = ""
     if key is not None:
         meta = {"model": model, "model_spec": info.get("model_spec"), "name": name,
+                "tokenizer": tokenizer, "libraries": package_versions(*LIBRARIES),
                 "texts_sha256": texts_hash(texts)}  # fmt: skip
         if cache.save(key, emb, meta):
             where = str(cache.path(key))
