@@ -49,10 +49,25 @@ def heads_table(s, texts: int = 5) -> pd.DataFrame:
         )
         df = df.merge(own, on=["layer", "head"], how="left")
     seg = r.table("segmentation_scores")
-    if len(seg):
-        latest = seg[(seg["run_id"] == seg["run_id"].iloc[-1]) & (seg["scope"] == "head")]
+    run_id = latest_run_id(r, "segeval", seg["run_id"].unique()) if len(seg) else None
+    if run_id is not None:
+        latest = seg[(seg["run_id"] == run_id) & (seg["scope"] == "head")]
         latest = latest[["layer", "head", "pointing", "miou"]].rename(
             columns={"pointing": "seg_pointing", "miou": "seg_miou"}
         )
         df = df.merge(latest, on=["layer", "head"], how="left")
     return df
+
+
+def latest_run_id(r, kind: str, among) -> str | None:
+    """The run of `kind` among the run ids `among` that finished last, by the `runs` table's
+    finish time (run ids are uuids and table rows have no order). A single id without a `runs`
+    row is that one; several without rows are not ordered: None."""
+    among = [str(x) for x in among]
+    runs = r.runs(kind)
+    runs = runs[runs["run_id"].isin(among)]
+    if len(runs):
+        return str(
+            runs.sort_values(["finished_at", "started_at"], kind="stable")["run_id"].iloc[-1]
+        )
+    return among[0] if len(among) == 1 else None
