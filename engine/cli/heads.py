@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
 
@@ -25,6 +24,7 @@ def add_arguments(p):
 def run(args) -> int:
     from engine.core.label_summary import summarise_labels
     from engine.core.labels import normalise_label
+    from engine.model.discovery import did_you_mean
     from engine.session import StoreSession
 
     if not Path(args.store).exists():
@@ -45,11 +45,9 @@ def run(args) -> int:
         keep = table["label"].map(normalise_label) == want
         if not keep.any():
             valid = sorted(set(table["label"]))
-            close = difflib.get_close_matches(args.label.lower(), valid, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UserError(
-                f"no head is labelled {args.label!r}{hint}; labels in this store: "
-                + ", ".join(valid)
+                f"no head is labelled {args.label!r}{did_you_mean(args.label, valid)}; labels "
+                "in this store: " + ", ".join(valid)
             )
         table = table[keep]
     if args.json:
