@@ -59,6 +59,53 @@ def _redact(text: str, secret: str | None) -> str:
     return text.splitlines()[0][:200] if text else ""
 
 
+def make_client(base_url: str | None, timeout: float, max_retries: int):
+    """(OpenAI client, where): the one place the key and the endpoint are resolved
+    (`OPENAI_API_KEY`, then `base_url` or `OPENAI_BASE_URL`); a missing key is a UserError.
+    `where` names the endpoint in messages."""
+    import openai
+
+    key = os.environ.get("OPENAI_API_KEY", "")
+    if not key:
+        raise UserError(
+            "the LLM labeller needs OPENAI_API_KEY in the environment (and OPENAI_BASE_URL for "
+            "a server other than OpenAI's)"
+        )
+    base = base_url or os.environ.get("OPENAI_BASE_URL") or None
+    client = openai.OpenAI(api_key=key, base_url=base, timeout=timeout, max_retries=max_retries)
+    return client, base or "the OpenAI API"
+
+
+def api_error(e: Exception, where: str, key: str | None, *, timeout: float, max_retries: int,
+              model: str = "") -> UserError:  # fmt: skip
+    """One line for an error of the OpenAI client (the key redacted from any server text)."""
+    import openai
+
+    retries = f" ({max_retries} retries)" if max_retries else ""
+    if isinstance(e, openai.AuthenticationError):
+        return UserError(f"{where} rejected the API key (HTTP 401); check OPENAI_API_KEY")
+    if isinstance(e, openai.PermissionDeniedError):
+        return UserError(f"{where} refused access (HTTP 403) to model {model!r}")
+    if isinstance(e, openai.NotFoundError):
+        return UserError(f"{where}: model {model!r} not found (HTTP 404)")
+    if isinstance(e, openai.RateLimitError):
+        return UserError(f"{where} is still rate-limiting (HTTP 429) after {max_retries} retries")
+    if isinstance(e, openai.APITimeoutError):  # before APIConnectionError: a subclass of it
+        return UserError(f"{where} did not answer within {timeout:g} s{retries}; check "
+                         "OPENAI_BASE_URL and the network")  # fmt: skip
+    if isinstance(e, openai.APIConnectionError):
+        return UserError(f"cannot reach {where}; check OPENAI_BASE_URL and the network")
+    if isinstance(e, openai.APIResponseValidationError | ValueError):
+        return UserError(f"{where} returned a malformed response")  # also unparsable bodies
+    if isinstance(e, openai.APIStatusError):
+        detail = _redact(getattr(e, "message", ""), key)
+        return UserError(
+            f"{where} failed with HTTP {e.status_code} after {max_retries} retries"
+            + (f": {detail}" if detail else "")
+        )
+    return UserError(f"LLM request failed: {_redact(e, key)}")
+
+
 def check_endpoint(base_url: str | None = None, timeout: float = 5.0) -> None:
     """Before any work: the key is set and the endpoint answers it, else one UserError.
 
@@ -68,25 +115,11 @@ def check_endpoint(base_url: str | None = None, timeout: float = 5.0) -> None:
     """
     import openai
 
-    key = os.environ.get("OPENAI_API_KEY", "")
-    if not key:
-        raise UserError(
-            "the LLM labeller needs OPENAI_API_KEY in the environment (and OPENAI_BASE_URL for "
-            "a server other than OpenAI's); nothing was computed"
-        )
-    base = base_url or os.environ.get("OPENAI_BASE_URL") or None
-    where = base or "the OpenAI API"
+    client, where = make_client(base_url, timeout, max_retries=0)
     try:
-        client = openai.OpenAI(api_key=key, base_url=base, timeout=timeout, max_retries=0)
         client.models.list()
-    except openai.AuthenticationError:
-        raise UserError(f"{where} rejected the API key (HTTP 401); check OPENAI_API_KEY") from None
-    except openai.APITimeoutError:
-        raise UserError(
-            f"{where} did not answer within {timeout:g} s; check OPENAI_BASE_URL and the network"
-        ) from None
-    except openai.APIConnectionError:
-        raise UserError(f"cannot reach {where}; check OPENAI_BASE_URL and the network") from None
+    except (openai.AuthenticationError, openai.APIConnectionError) as e:
+        raise api_error(e, where, client.api_key, timeout=timeout, max_retries=0) from None
     except (openai.APIStatusError, openai.APIResponseValidationError, ValueError):
         pass  # it answered over HTTP: the endpoint is there
 
@@ -111,61 +144,24 @@ class LLMLabeller:
     timeout: float = 30.0
     max_retries: int = 3
     new_entries: list[tuple[str, str, str]] = field(default_factory=list)  # (hash, model, resp)
-    _client: object | None = field(default=None, repr=False)
+    _client: tuple | None = field(default=None, repr=False)  # make_client's (client, where)
 
     def _client_or_fail(self):
         if self._client is None:
-            import openai
-
-            key = os.environ.get("OPENAI_API_KEY", "")
-            if not key:
-                raise UserError("the LLM labeller needs OPENAI_API_KEY in the environment")
-            base = self.base_url or os.environ.get("OPENAI_BASE_URL") or None
-            self._client = openai.OpenAI(
-                api_key=key, base_url=base, timeout=self.timeout, max_retries=self.max_retries
-            )
+            self._client = make_client(self.base_url, self.timeout, self.max_retries)
         return self._client
 
     def _ask(self, messages: list[dict[str, str]]) -> str:
         import openai
 
-        client = self._client_or_fail()
-        key = os.environ.get("OPENAI_API_KEY")
-        where = self.base_url or os.environ.get("OPENAI_BASE_URL") or "the OpenAI API"
+        client, where = self._client_or_fail()
         try:
             resp = client.chat.completions.create(
                 model=self.model, messages=messages, temperature=0, max_tokens=16
             )
-        except openai.AuthenticationError:
-            raise UserError(
-                f"{where} rejected the API key (HTTP 401); check OPENAI_API_KEY"
-            ) from None
-        except openai.PermissionDeniedError:
-            raise UserError(f"{where} refused access (HTTP 403) to model {self.model!r}") from None
-        except openai.NotFoundError:
-            raise UserError(f"{where}: model {self.model!r} not found (HTTP 404)") from None
-        except openai.RateLimitError:
-            raise UserError(
-                f"{where} is still rate-limiting (HTTP 429) after {self.max_retries} retries"
-            ) from None
-        except openai.APITimeoutError:
-            raise UserError(
-                f"{where} did not answer within {self.timeout:g} s ({self.max_retries} retries)"
-            ) from None
-        except openai.APIConnectionError:
-            raise UserError(f"cannot reach {where}") from None
-        except openai.APIResponseValidationError:
-            raise UserError(f"{where} returned a malformed response") from None
-        except openai.APIStatusError as e:
-            detail = _redact(getattr(e, "message", ""), key)
-            raise UserError(
-                f"{where} failed with HTTP {e.status_code} after {self.max_retries} retries"
-                + (f": {detail}" if detail else "")
-            ) from None
-        except openai.OpenAIError as e:
-            raise UserError(f"LLM request failed: {_redact(e, key)}") from None
-        except ValueError:  # an unparsable body (json.JSONDecodeError, validation errors)
-            raise UserError(f"{where} returned a malformed response") from None
+        except (openai.OpenAIError, ValueError) as e:  # ValueError: an unparsable body
+            raise api_error(e, where, client.api_key, timeout=self.timeout, max_retries=self.max_retries,
+                            model=self.model) from None  # fmt: skip
         try:
             content = resp.choices[0].message.content
         except (AttributeError, IndexError, KeyError, TypeError):
