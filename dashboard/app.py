@@ -36,7 +36,7 @@ def home() -> None:
     c = st.columns(4)
     c[0].metric("Model", store.model_record.model_spec)
     c[1].metric("Images", f"{store.n_images:,}")
-    c[2].metric("Heads stored", len(stores.store_heads(store)))
+    c[2].metric("Heads stored", len(store.heads()))
     c[3].metric("Interpreted", "yes" if tables.interpreted(store) else "no")
     st.markdown("**Pages**, in the order of a first look (each link keeps this store):")
     for r in routes.ROUTES:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import stores, tables
+from dashboard import stores
 from dashboard.query import QueryImage
 from engine.session import StoreSession
 
@@ -28,7 +28,7 @@ def _catalogue(key: str) -> pd.DataFrame:
     out["name"] = [image_name(str(p or "")) for p in images["path"]]
     out["class"] = images["class"]
     out["sha256"] = images["sha256"]
-    factors = tables.table(store, "image_factors")
+    factors = store.reader.table("image_factors")
     if not factors.empty:  # the demo world: "red striped circle, small, top left on grey"
         wide = factors.pivot(index="image_id", columns="factor", values="value")
         order = [f for f in (store.meta.factors or ()) if f in wide] or list(wide.columns)

@@ -107,12 +107,3 @@ def _list_store_paths(root: str) -> list[str]:
 def same_store(a: str, b: str) -> bool:
     """Whether two paths name the same store version now."""
     return Path(a).resolve() == Path(b).resolve()
-
-
-def store_layers(store: StoreSession) -> list[int]:
-    return store.layers
-
-
-def store_heads(store: StoreSession) -> list[tuple[int, int]]:
-    """The store's heads (the session's one definition)."""
-    return store.heads()

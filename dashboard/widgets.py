@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from dashboard import render, settings, stored, stores, tables
+from dashboard import render, settings, stored
 from dashboard.query import QueryImage
 from engine.core import analysis
 from engine.core.layers import head_name
@@ -26,7 +26,7 @@ def head_picker(
     max_selections=None,
 ):
     """Multiselect of (layer, head) pairs shown as L{l}H{h} (+ label)."""
-    heads = stores.store_heads(store)
+    heads = store.heads()
     labels = labels or {}
 
     def fmt(x: tuple[int, int]) -> str:
@@ -116,9 +116,9 @@ def show_heatmap(q: QueryImage, grid_map: np.ndarray, high: str, low: str, note:
 def head_mask_picker(store, key: str) -> np.ndarray | None:
     """One head, or an aggregate over chosen layers × heads -> bool mask [layer, head] over the
     stored layers (None, with a message, when nothing is chosen)."""
-    layers = stores.store_layers(store)
+    layers = store.layers
     n_heads = store.n_heads
-    labels = tables.head_labels(store)
+    labels = store.head_labels()
     mode = st.radio(
         "Heads",
         ["One head", "Aggregate"],
@@ -129,7 +129,7 @@ def head_mask_picker(store, key: str) -> np.ndarray | None:
     )
     mask = np.zeros((len(layers), n_heads), dtype=bool)
     if mode == "One head":
-        heads = stores.store_heads(store)
+        heads = store.heads()
         l, h = st.selectbox(
             "Head",
             heads,

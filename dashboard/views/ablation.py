@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import groups_panel, state, stores, tables, widgets
+from dashboard import groups_panel, state, stores, widgets
 from engine.core.labels import MIXED, NON_LABELS
 from engine.core.layers import head_name
 from engine.errors import UserError
@@ -44,8 +44,8 @@ except UserError as e:
     st.error(str(e))
     st.stop()
 
-labels = tables.head_labels(store)
-layers = stores.store_layers(store)
+labels = store.head_labels()
+layers = store.layers
 # the default is a real property: never `mixed` (every unlabelled head) nor a non-label
 properties = sorted(set(labels.values()) - {MIXED, *NON_LABELS})
 mode = st.radio(
@@ -62,7 +62,7 @@ if mode == "Heads by label":
     chosen = st.multiselect("Labels", options, default=properties[:1])
     spec = "+".join(f"label:{c}" for c in chosen)
 elif mode == "Heads":
-    heads = stores.store_heads(store)
+    heads = store.heads()
     chosen = st.multiselect(
         "Heads",
         heads,

@@ -76,7 +76,7 @@ st.caption(
 m = st.columns(4)
 m[0].metric("Share of embedding variance", f"{row.variance_share:.2%}")
 m[1].metric("Variance along its direction", f"{row.explained:.1%}")
-effects = tables.table(store, "head_effects")
+effects = store.reader.table("head_effects")
 own = effects[(effects.layer == layer) & (effects.head == head)]
 if len(own):
     pick = own[own.task == label] if (own.task == label).any() else own
@@ -84,7 +84,7 @@ if len(own):
     m[2].metric(f"Ablation drop ({best.task})", f"{best['drop']:+.3f}")
 else:
     m[2].metric("Ablation drop", "not run")
-seg = tables.table(store, "segmentation_scores")
+seg = store.reader.table("segmentation_scores")
 seg = seg[(seg.scope == "head") & (seg.layer == layer) & (seg["head"] == head)]
 if len(seg):
     s = seg.iloc[-1]
@@ -109,7 +109,7 @@ with left:
             hide_index=True, width="stretch",
         )  # fmt: skip
 with right:
-    gt = tables.table(store, "ground_truth")
+    gt = store.reader.table("ground_truth")
     gt = gt[(gt.layer == layer) & (gt["head"] == head)]
     if len(gt):
         st.subheader("Ground truth (η² per factor)")
@@ -169,7 +169,7 @@ if st.toggle("Show this head on the image picked in the sidebar (runs the model)
     q = widgets.require_query(ctx)
     direction = np.asarray(row.direction, np.float32)  # [d_embed]
     all_maps = widgets.run("Computing per-patch maps…", store.maps, q, direction)
-    grid_map = all_maps[stores.store_layers(store).index(layer), head]  # [grid, grid]
+    grid_map = all_maps[store.layers.index(layer), head]  # [grid, grid]
     score = float(store.query_head_out(q, [(layer, head)])[0] @ direction)
     st.metric("Projection on the direction", f"{score:.4g}")
     widgets.show_heatmap(q, grid_map, f"along {name}", f"against {name}", q.label)

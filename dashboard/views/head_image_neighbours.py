@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import state, stores, tables, unit_page, widgets
+from dashboard import state, unit_page, widgets
 from engine.core.layers import head_name
 
 st.title("Head image neighbours")
@@ -13,8 +13,8 @@ ctx = state.page_context()
 store = widgets.require_store(ctx)
 q = widgets.require_query(ctx)
 
-labels = tables.head_labels(store)
-all_heads = stores.store_heads(store)
+labels = store.head_labels()
+all_heads = store.heads()
 c1, c2 = st.columns([3, 1])
 with c1:
     heads = widgets.head_picker(

@@ -6,12 +6,12 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, paper, state, stores, tables, widgets
+from dashboard import charts, paper, state, stores, widgets
 
 st.title("Overview")
 ctx = state.page_context()
 store = widgets.require_store(ctx)
-scores = tables.table(store, "scores")
+scores = store.reader.table("scores")
 st.caption(
     "**association**: share of heads with at least 3 of their top-5 TextSpan texts in their "
     "label's category (higher = heads more consistent). **entanglement_shared**: share of heads "
@@ -62,7 +62,7 @@ else:
     if per_layer.empty:
         st.info("No per-layer breakdown stored.")
     else:
-        chart = charts.per_layer_chart(per_layer, stores.store_layers(store))
+        chart = charts.per_layer_chart(per_layer, store.layers)
         st.altair_chart(chart, width="stretch")
         st.dataframe(per_layer.drop(columns=["run_id"]), hide_index=True)
 
@@ -73,7 +73,7 @@ for path in stores.list_store_paths():
         other = stores.open_store(path)
     except Exception:
         continue
-    o = overall(tables.table(other, "scores"))
+    o = overall(other.reader.table("scores"))
     name = f"{path.rsplit('/', 1)[-1]} ({other.model_record.model_spec})"
     if o.empty:  # not interpreted: a row that says so, not an empty slot
         rows += [{"model": name, "metric": m, "value": None, "source": "computed (store)"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import paper, state, stores, tables, widgets
+from dashboard import paper, state, tables, widgets
 from engine.core import analysis
 from engine.core.layers import head_name
 
@@ -14,8 +14,8 @@ store = widgets.require_store(ctx)
 q = widgets.require_query(ctx)
 
 # property -> heads: the store's own labels, else the demo's ground truth, plus the paper's lists
-labels = tables.head_labels(store)
-stored = set(stores.store_heads(store))
+labels = store.head_labels()
+stored = set(store.heads())
 properties = store.property_heads()
 for prop, heads in paper.reference_properties(store).items():
     heads = [h for h in heads if h in stored]
