@@ -90,3 +90,26 @@ def test_a_bad_flag_prints_the_subcommands_usage(capsys):
     with pytest.raises(SystemExit):  # no subcommand: the top-level usage, as before
         main(["--bogus"])
     assert capsys.readouterr().err.startswith("usage: clip-interpret [-h]")
+
+
+@pytest.mark.unit
+def test_the_projects_own_configs_are_not_listed(monkeypatch, capsys):
+    """The demo's and the test models' configs are registered with open_clip (so they build)
+    but are not architectures for users: `models` never lists them."""
+    own = discovery.project_configs()
+    assert {"ClipInterpretTiny", "ClipInterpretTinySigLIP"} <= own
+    rows = (
+        discovery.Architecture("ViT-B-32", True),
+        discovery.Architecture("ClipInterpretTiny", True),
+        discovery.Architecture("ClipInterpretTinySigLIP", True, stores=False),
+        discovery.Architecture("ViT-B-16-SigLIP", True, stores=False),
+    )
+    monkeypatch.setattr(discovery, "list_architectures", lambda: rows)
+    assert random_weight_architectures() == ["ViT-B-32"]
+    assert random_weight_architectures(stores=False) == ["ViT-B-32", "ViT-B-16-SigLIP"]
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert not any(name in out for name in own)
+    assert main(["models", "--json"]) == 0
+    specs = {r["spec"] for r in json.loads(capsys.readouterr().out)}
+    assert not specs & own and "tiny-test" in specs

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.model.cache import ARCHITECTURES, cache_dir
-from engine.model.specs import _open_clip
+from engine.model.specs import CONFIG_DIR, _open_clip
 from engine.model.timm_tower import is_timm_tower
 
 CHECK_SOURCES = ("loading.py", "timm_tower.py", "discovery.py")
@@ -110,10 +110,20 @@ def list_architectures() -> tuple[Architecture, ...]:
     return out
 
 
+def project_configs() -> frozenset[str]:
+    """The project's own architectures (engine/data/model_configs: the demo model's and the test
+    models'): reached through their named entries (`demo`, `tiny-test`), never listed to users
+    as architectures."""
+    return frozenset(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
 def random_weight_architectures(stores: bool = True) -> list[str]:
-    """The architectures usable with `--random-weights`, in open_clip's order; `stores`: only
-    those a store can be built from (False: also the verify-only attention-pooled towers)."""
-    return [a.name for a in list_architectures() if a.usable and (a.stores or not stores)]
+    """The architectures usable with `--random-weights`, in open_clip's order (the project's own
+    configs left out); `stores`: only those a store can be built from (False: also the
+    verify-only attention-pooled towers)."""
+    own = project_configs()
+    return [a.name for a in list_architectures()
+            if a.usable and (a.stores or not stores) and a.name not in own]  # fmt: skip
 
 
 def did_you_mean(name: str, valid: Iterable[str]) -> str:
