@@ -7,6 +7,7 @@ a file or folder of the checkout (or a module, `engine/errors` for `engine/error
 name must import (its longest importable module, then attributes).
 """
 
+import fnmatch
 import importlib
 import re
 from pathlib import Path
@@ -80,3 +81,47 @@ def test_every_path_and_dotted_name_in_the_docs_exists(doc):
     bad = sorted(p for p in doc_paths(text) if not path_exists(p))
     bad += sorted(n for n in doc_names(text) if not name_exists(n))
     assert not bad, f"{doc.relative_to(ROOT)} names what does not exist: {', '.join(bad)}"
+
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+MAP_HEADING = "## Modules, one job each"
+
+
+def module_map(text: str) -> set[str]:
+    """The module map's entries: the backticked paths (`core/x.py`, `cli/*.py`, relative to
+    engine/) in the first column of the table under MAP_HEADING."""
+    section = text.split(MAP_HEADING, 1)[1].split("\n## ", 1)[0]
+    out = set()
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            out |= set(re.findall(r"`([\w/.*-]+\.py)`", line.split("|")[1]))
+    return out
+
+
+def engine_modules() -> list[str]:
+    """Every module of engine/ (packages' `__init__.py` aside), as the map writes them."""
+    engine = ROOT / "engine"
+    return sorted(
+        p.relative_to(engine).as_posix() for p in engine.rglob("*.py") if p.name != "__init__.py"
+    )
+
+
+@pytest.mark.unit
+def test_the_module_map_reader():
+    text = (
+        f"x\n{MAP_HEADING}\n\n| module | job |\n|---|---|\n"
+        "| `core/a.py`, `core/b.py` | math, see `core/c.py` |\n| `cli/*.py` | commands |\n"
+        "\n## Next\n| `core/d.py` | elsewhere |\n"
+    )
+    assert module_map(text) == {"core/a.py", "core/b.py", "cli/*.py"}
+
+
+@pytest.mark.unit
+def test_every_engine_module_is_in_the_architecture_map_and_every_entry_exists():
+    entries = module_map(ARCHITECTURE.read_text(encoding="utf-8"))
+    assert entries
+    engine = ROOT / "engine"
+    absent = sorted(e for e in entries if not list(engine.glob(e)))
+    assert not absent, f"docs/architecture.md maps modules that do not exist: {absent}"
+    unmapped = [m for m in engine_modules() if not any(fnmatch.fnmatch(m, e) for e in entries)]
+    assert not unmapped, f"engine modules missing from docs/architecture.md's map: {unmapped}"
