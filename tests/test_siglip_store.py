@@ -1,0 +1,152 @@
+"""SigLIP stores: a build of an attention-pooled tower writes the declared pooled layout (shared
+basis, d_coord-wide coordinates, per-image attention-bias and pool-MLP terms, the tokenizer in
+the model record), `verify --store` sums the terms back to the output, and stores written before
+metadata version 2 read through the declared upgrade step."""
+
+import gc
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.cli import main as cli_main
+from engine.errors import UserError
+from engine.model import decompose_images
+from engine.model.tokenizers import STANDIN_NAME
+from engine.pipeline.build import build_store
+from engine.pipeline.build_plan import BuildParams
+from engine.sources.collection import parse_source
+from engine.store import open_store, schema
+
+TINY = "ClipInterpretTinySigLIP"
+
+
+def _build(tmp_path, model=TINY, n=6, layers="all", name="sig"):
+    params = BuildParams(
+        model=model, images=f"synthetic:{n}", store=str(tmp_path / name), layers=layers,
+        random_weights=True, batch_size=4, workers=1, progress=False,
+    )  # fmt: skip
+    build_store(params)
+    return tmp_path / name
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("siglip"), layers="1-2")
+
+
+@pytest.mark.unit
+def test_a_tiny_siglip_store_declares_its_pooled_layout(tiny_store):
+    with open_store(tiny_store) as r:
+        m, rec = r.meta, r.model_record
+        assert m.pooling == "map" and m.basis_shared and r.pooled
+        assert m.d_coord == r.d_coord == rec.d_embed == 64  # the pool's output map: full rank
+        assert rec.tokenizer == STANDIN_NAME  # the stand-in made its text embeddings
+        assert r.layers == [1, 2] and r.rest_layers == [0]
+        assert r.lazy("basis").shape == (1, 1, 64, 64)  # ONE basis, not one per head
+        assert r.lazy("coord").shape == (6, 2, 4, 64)
+        assert r.lazy("attn_bias_image").shape == (6, 2, 64)
+        assert r.lazy("pool_mlp").shape == (6, 64)
+        assert np.array_equal(r.basis(1, 0), r.basis(2, 3))
+        b = r.basis(1, 0)
+        assert np.allclose(b @ b.T, np.eye(64), atol=1e-5)  # orthonormal rows
+        assert np.all(r.std() == 1.0) and not r.array("attn_bias").any()
+        assert r.basis_per_head().shape == (2, 4, 64, 64)
+
+
+@pytest.mark.unit
+def test_stored_heads_are_the_models_pooled_heads(tiny_store):
+    """coord @ basis of the stored heads equals the pooled decomposition recomputed from the
+    model on the same images (fp16 storage), and the pool-MLP term is the model's own."""
+    from engine.session import StoreSession
+
+    s = StoreSession.open(tiny_store)
+    try:
+        lm = s.model()
+        src = parse_source("synthetic:6")
+        src.image_size = lm.dims.image_size
+        pixels = torch.stack([src.load(i, lm.preprocess, 64).pixels for i in range(3)])
+        d = decompose_images(lm, pixels, [1, 2])
+        r = s.reader
+        for li, layer in enumerate([1, 2]):
+            for h in range(4):
+                stored = r.coords(layer, h)[:3] @ r.basis(layer, h)
+                ref = d.head_out[:, li, h].numpy()
+                assert np.abs(stored - ref).max() <= 2e-3 * np.abs(ref).max() + 1e-6
+        pool_mlp = r.array("pool_mlp")[:3].astype(np.float32)
+        assert np.allclose(pool_mlp, d.pool_mlp.numpy(), rtol=2e-3, atol=1e-4)
+    finally:
+        s.close()
+
+
+@pytest.mark.unit
+def test_verify_store_sums_the_pooled_terms_and_can_fail(tiny_store, tmp_path, capsys):
+    assert cli_main(["verify", "--store", str(tiny_store), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["ok"] and res["pooling"] == "map" and res["d_coord"] == 64
+    assert res["worst_error_over_bound"] <= 1.0 and res["relative_error"] < 1e-3
+    # without the pool-MLP term the stored terms do not sum to the output: verify fails
+    import shutil
+
+    import zarr
+
+    with open_store(tiny_store) as r:
+        src = r.version_path
+    shutil.copytree(src, tmp_path / "v")
+    g = zarr.open_group(str(tmp_path / "v" / schema.STORE_ZARR), mode="r+")
+    g["pool_mlp"][...] = 0
+    assert cli_main(["verify", "--store", str(tmp_path / "v"), "--json"]) == 1
+    assert not json.loads(capsys.readouterr().out)["ok"]
+
+
+@pytest.mark.unit
+def test_a_class_token_store_has_no_pooled_arrays(tmp_path):
+    from engine.store.random_store import write_random_store
+
+    version = write_random_store(tmp_path / "r", n_images=4, progress=False)
+    with open_store(tmp_path / "r") as r:
+        assert r.meta.pooling == "class_token" and not r.meta.basis_shared and not r.pooled
+        assert r.d_coord == r.model_record.d_head
+        assert not r.has_array("pool_mlp")
+        with pytest.raises(UserError, match="attention-pooled"):
+            r.array("pool_mlp")
+    assert version.is_dir()
+
+
+@pytest.mark.unit
+def test_metadata_before_version_2_reads_as_a_class_token_store():
+    """The declared upgrade step: stores of META_VERSION 1 are class-token stores with per-head
+    bases d_head wide, and their models row (no tokenizer column) reads with the legacy name."""
+    meta = {"schema_version": 2, "layers": [2, 3], "image_chunk": 8, "thumb_size": 64,
+            "images_source": "s", "built_at": "t", "run_id": "r", "code_version": "c",
+            "build_key": "k", "factors": None, "image_set_hash": "h", "n_skipped": 0,
+            "reconstruction_error": 0.0, "reconstruction_tolerance": 1e-4,
+            "random_data": False, "meta_version": 1}  # fmt: skip
+    rows = {k: json.dumps(v) for k, v in meta.items()}
+    m = schema.StoreMeta.from_rows(rows)
+    assert (m.pooling, m.d_coord, m.basis_shared) == ("class_token", None, False)
+    assert schema.meta_version_of(rows) == 1
+    row = {"model_spec": "x", "arch": "a", "weights_hash": "h", "random_weights": False,
+           "n_layers": 4, "n_heads": 2, "d_model": 8, "d_head": 4, "d_embed": 8,
+           "image_size": 32, "patch_size": 8, "grid": 4}  # fmt: skip
+    rec = schema.ModelRecord.from_row(row, meta_version=1)
+    assert rec.tokenizer == schema.LEGACY_TOKENIZER
+    with pytest.raises(UserError, match="lacks tokenizer"):  # a v2 store must record it
+        schema.ModelRecord.from_row(row, meta_version=2)
+
+
+@pytest.mark.exact
+@pytest.mark.slow
+def test_a_vit_b16_siglip_store_at_random_init(tmp_path, capsys):
+    """The real architecture: 2 images, the last 2 layers' heads, verified from the store."""
+    link = _build(tmp_path, model="ViT-B-16-SigLIP", n=2, layers="2", name="b16")
+    try:
+        with open_store(link) as r:
+            assert r.meta.pooling == "map" and r.d_coord == 768
+            assert r.lazy("coord").shape == (2, 2, 12, 768)
+            assert r.lazy("basis").shape == (1, 1, 768, 768)
+        assert cli_main(["verify", "--store", str(link), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["ok"]
+    finally:
+        gc.collect()
