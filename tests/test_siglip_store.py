@@ -150,3 +150,90 @@ def test_a_vit_b16_siglip_store_at_random_init(tmp_path, capsys):
         assert json.loads(capsys.readouterr().out)["ok"]
     finally:
         gc.collect()
+
+
+# ------------------------------------------------------------------ readers of a SigLIP store
+
+
+@pytest.fixture(scope="module")
+def tiny_session(tiny_store):
+    from engine.session import StoreSession
+
+    s = StoreSession.open(tiny_store)
+    yield s
+    s.close()
+
+
+@pytest.mark.unit
+def test_the_five_analyses_run_on_a_siglip_store(tiny_session):
+    s = tiny_session
+    q = s.query_from_store(0)
+    heads = [(2, 0), (2, 3)]
+    r = s.property_neighbours(q, heads, k=3)
+    assert len(r.index) == 3 and 0 not in r.index  # the query is left out of its own neighbours
+    per_head = s.head_image_neighbours(q, heads, k=2)
+    assert len(per_head) == 2 and all(len(x.index) == 2 for x in per_head)
+    assert len(s.head_text_neighbours((1, 2), "a red circle", k=4).index) == 4
+    topic = s.topic_segmentation(q, "a red circle")
+    grid = s.model_record.grid
+    assert topic.shape == (grid, grid) and np.isfinite(topic).all()
+    # the maps are each head's pooled term spread over the patches: they sum to head_out · text
+    direction = s.text_embeddings(["a red circle"])[0]
+    maps = s.maps(q, direction)  # [layer, head, grid, grid]
+    live = s.query_image(q).head_out @ direction  # [layer, head]
+    assert np.allclose(maps.sum(axis=(-1, -2)), live, atol=1e-5 * np.abs(live).max() + 1e-7)
+    contrast = s.contrastive_segmentation(q, "a red circle", "a blue square", heads=heads)
+    assert contrast.shape == (grid, grid) and np.abs(contrast).max() > 0
+
+
+@pytest.mark.unit
+def test_the_per_pool_head_view_sums_to_the_embedding(tiny_session):
+    s = tiny_session
+    q = s.query_from_store(1)
+    v = s.pool_head_view(q, ["a red circle", "a blue square"])
+    n_pool_heads = s.model().extra["n_pool_heads"]
+    assert v.contrib.shape == (n_pool_heads, s.model_record.d_embed)
+    assert np.allclose(v.contrib.sum(0) + v.proj_bias + v.pool_mlp, v.output, atol=1e-5)
+    assert np.isclose(v.share.sum(), 1.0) and v.text_scores.shape == (n_pool_heads, 2)
+    # the live query's output is the stored output of the same image (thumbnail or source)
+    share = s.pool_mlp_share()
+    out, mlp = s.reader.output(), s.reader.array("pool_mlp").astype(np.float32)
+    want = np.linalg.norm(mlp, axis=1) / np.linalg.norm(out, axis=1)
+    assert share["n_images"] == 6 and np.isclose(share["mean"], want.mean(), rtol=1e-5)
+    assert 0 < share["max"] <= want.max() + 1e-6
+
+
+@pytest.mark.unit
+def test_ablation_components_of_a_siglip_store_sum_to_the_output(tiny_session):
+    out, comps = tiny_session.components()
+    assert {"pool_mlp", "L1.attn_bias", "L2H3", "L0.attn", "ln_bias"} <= set(comps.names)
+    assert comps["L1.attn_bias"].form == "dense"  # per image in a pooled store
+    total = comps.total()
+    assert np.abs(total - out).max() <= 2e-3 * np.linalg.norm(out, axis=1).max()
+    assert comps.select("pool_mlp,L2H1") == ["L2H1", "pool_mlp"]
+
+
+@pytest.mark.slow
+def test_interpret_ablate_and_segeval_on_a_siglip_store(tiny_store, tmp_path, capsys):
+    import shutil
+
+    link = tmp_path / "s"
+    with open_store(tiny_store) as r:
+        shutil.copytree(r.version_path, tmp_path / ".s.versions" / r.version_path.name)
+        (link).symlink_to(f".s.versions/{r.version_path.name}")
+    assert cli_main(["interpret", "--store", str(link), "--no-progress", "--json"]) == 0
+    capsys.readouterr()
+    with open_store(link) as r:
+        ts = r.textspan()
+        assert set(zip(ts["layer"], ts["head"], strict=True)) == {
+            (l, h) for l in (1, 2) for h in range(4)
+        }
+        assert len(r.head_labels()) == 8
+    assert cli_main(["ablate", "--store", str(link), "--ablate", "L2H1,pool_mlp",
+                     "--random", "2", "--json"]) == 0  # fmt: skip
+    res = json.loads(capsys.readouterr().out)
+    assert "pool_mlp" in json.dumps(res)
+    assert cli_main(["segeval", "--store", str(link), "--masks", "world", "--n-images", "3",
+                     "--no-progress", "--json"]) == 0  # fmt: skip
+    seg = json.loads(capsys.readouterr().out)
+    assert seg

@@ -74,7 +74,7 @@ def parse_ablation_spec(
             raise _bad(text, "empty item between separators")
         if low == "none":
             continue
-        if low in ("embed", "ln_bias"):
+        if low in ("embed", "ln_bias", "pool_mlp"):  # pool_mlp: attention-pooled stores only
             out.append(low)
         elif m := _HEAD.fullmatch(atom):
             key = (int(m[1]), int(m[2]))
