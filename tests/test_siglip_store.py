@@ -237,3 +237,16 @@ def test_interpret_ablate_and_segeval_on_a_siglip_store(tiny_store, tmp_path, ca
                      "--no-progress", "--json"]) == 0  # fmt: skip
     seg = json.loads(capsys.readouterr().out)
     assert seg
+
+
+@pytest.mark.unit
+def test_a_store_of_the_stand_in_tokenizer_refuses_another(tiny_session):
+    from dataclasses import replace
+
+    from engine.session.model import check_tokenizer
+
+    lm = tiny_session.model()
+    check_tokenizer(tiny_session.model_record, lm)  # the same stand-in: fine
+    other = replace(tiny_session.model_record, tokenizer="google/siglip-base-patch16-224")
+    with pytest.raises(UserError, match="text embeddings were made by"):
+        check_tokenizer(other, lm)
