@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.model import load_model  # noqa: E402
 from engine.pipeline.build import BuildParams, build_store  # noqa: E402
+from engine.pipeline.pooled_rows import PooledBatchDecomposer  # noqa: E402
 from engine.pipeline.provenance import env_info  # noqa: E402
 from engine.sources.collection import RandomSource  # noqa: E402
 from engine.store import open_store, schema  # noqa: E402
@@ -48,6 +49,29 @@ def encode_rate(lm, batches: list[torch.Tensor]) -> tuple[float, float]:
         lm.model.encode_image(px)
         n += len(px)
     return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
+
+
+@torch.no_grad()
+def paired(lm, batches: list[torch.Tensor], layers: list[int], reps: int) -> dict:
+    """Batch by batch, alternately: plain encode_image, then the build's per-batch path
+    (`PooledBatchDecomposer.rows`: hooked forward, pooled decomposition, the check, fp16 rows).
+    Wall clock and CPU time of each, summed; the ratio is build time / encode time."""
+    dec = PooledBatchDecomposer(lm, layers)
+    dec.rows(batches[0])  # warm-up
+    t = {"encode": [0.0, 0.0], "build_rows": [0.0, 0.0]}
+    for _ in range(reps):
+        for px in batches:
+            for name, fn in (("encode", lm.model.encode_image), ("build_rows", dec.rows)):
+                w0, c0 = time.perf_counter(), time.process_time()
+                fn(px)
+                t[name][0] += time.perf_counter() - w0
+                t[name][1] += time.process_time() - c0
+    return {
+        "wall_s": {k: round(v[0], 3) for k, v in t.items()},
+        "cpu_s": {k: round(v[1], 3) for k, v in t.items()},
+        "build_time_over_encode_wall": round(t["build_rows"][0] / t["encode"][0], 3),
+        "build_time_over_encode_cpu": round(t["build_rows"][1] / t["encode"][1], 3),
+    }
 
 
 def params(model: str, images: str, store: Path, batch: int) -> BuildParams:
@@ -100,6 +124,7 @@ def main() -> int:
             1, d.n_layers, layers, d.n_heads, d.d_head, d.d_embed, 1, d_coord=d_coord, pooled=True
         )
         share = np.linalg.norm(mlp, axis=1) / np.linalg.norm(out, axis=1)
+        pair = paired(lm, batches, layers, args.reps)
     record = {
         "env": env_info(),
         "model": args.model,
@@ -117,6 +142,7 @@ def main() -> int:
         "build_time_over_encode_cpu": round(
             statistics.median(enc_cpu) / statistics.median(bld_cpu), 3
         ),
+        "paired_per_batch": pair,
         "build_timings": timings,
         "bytes_per_image_on_disk": per_image,
         "bytes_per_image_schema_raw": {
