@@ -18,7 +18,8 @@ from engine.errors import UserError
 
 VALID_FORMS = (
     "valid forms: L10H3,L11H7 | label:NAME | layers:8-11 | mlp | mlp:8-11 | embed | "
-    "all-but-last:K | all | none | L3.mlp, L3.attn, L9.attn_bias, ln_bias; combine with +"
+    "all-but-last:K | all | none | L3.mlp, L3.attn, L9.attn_bias, ln_bias, pool_mlp (SigLIP); "
+    "combine with +"
 )
 _HEAD = re.compile(r"L(\d+)H(\d+)", re.IGNORECASE)
 _LAYER_TERM = re.compile(r"L(\d+)\.(mlp|attn_bias|attn)", re.IGNORECASE)
