@@ -250,3 +250,14 @@ def test_a_store_of_the_stand_in_tokenizer_refuses_another(tiny_session):
     other = replace(tiny_session.model_record, tokenizer="google/siglip-base-patch16-224")
     with pytest.raises(UserError, match="text embeddings were made by"):
         check_tokenizer(other, lm)
+
+
+@pytest.mark.unit
+def test_the_notebook_offers_the_per_pool_head_view(tiny_store):
+    from engine import open_store as open_notebook
+
+    with open_notebook(tiny_store) as s:
+        df = s.pool_heads(2, ["a red circle"])
+        assert list(df.columns) == ["pool_head", "norm", "share", "a red circle"]
+        assert len(df) == s.model().extra["n_pool_heads"] and np.isclose(df["share"].sum(), 1)
+        assert s.coordinates(2, 1).shape == (6, 64)
