@@ -86,6 +86,7 @@ def test_verify_store_sums_the_pooled_terms_and_can_fail(tiny_store, tmp_path, c
     res = json.loads(capsys.readouterr().out)
     assert res["ok"] and res["pooling"] == "map" and res["d_coord"] == 64
     assert res["worst_error_over_bound"] <= 1.0 and res["relative_error"] < 1e-3
+    assert 0 < res["pool_mlp_share_mean"] <= res["pool_mlp_share_max"]
     # without the pool-MLP term the stored terms do not sum to the output: verify fails
     import shutil
 

@@ -188,7 +188,19 @@ def verify_store(path) -> dict:
             "ok": bool(worst_ratio <= 1.0),
             "pooling": r.meta.pooling,
             "d_coord": r.d_coord,
+            **_pool_mlp_share(r),
         }
+
+
+def _pool_mlp_share(r) -> dict:
+    """A pooled store: ||pool_mlp|| / ||output|| (mean, max) over its images, read back."""
+    if not r.has_array("pool_mlp"):
+        return {}
+    import numpy as np
+
+    mlp = np.asarray(r.array("pool_mlp"), np.float32)
+    share = np.linalg.norm(mlp, axis=1) / np.maximum(np.linalg.norm(r.output(), axis=1), 1e-30)
+    return {"pool_mlp_share_mean": float(share.mean()), "pool_mlp_share_max": float(share.max())}
 
 
 def run_store(args) -> int:
