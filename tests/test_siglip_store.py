@@ -262,3 +262,22 @@ def test_the_notebook_offers_the_per_pool_head_view(tiny_store):
         assert list(df.columns) == ["pool_head", "norm", "share", "a red circle"]
         assert len(df) == s.model().extra["n_pool_heads"] and np.isclose(df["share"].sum(), 1)
         assert s.coordinates(2, 1).shape == (6, 64)
+
+
+@pytest.mark.unit
+def test_unit_maps_of_a_pooled_layer_sum_to_each_heads_term(tiny_session):
+    """The unit pages' maps on a SigLIP store: each head along its own direction, through the
+    frozen pool; every map sums to head_out · direction (no class token)."""
+    from engine.model.timm_tower import capture_pooled
+    from engine.session.pooled import layer_maps
+
+    s = tiny_session
+    lm, w = s.model(), s.vision_weights()
+    src = parse_source("synthetic:6")
+    src.image_size = lm.dims.image_size
+    pixels = torch.stack([src.load(i, lm.preprocess, 64).pixels for i in range(2)])
+    dirs = torch.randn(4, lm.dims.d_embed, generator=torch.Generator().manual_seed(0))
+    maps, cls = layer_maps(w, capture_pooled(lm.model, pixels, [2]), 2, dirs)
+    assert maps.shape == (2, 4, lm.dims.grid**2) and not cls.any()
+    want = torch.einsum("ihe,he->ih", decompose_images(lm, pixels, [2]).head_out[:, 0], dirs)
+    assert torch.allclose(maps.sum(-1), want, atol=1e-5 * float(want.abs().max()))

@@ -95,3 +95,20 @@ def pool_mlp_share(reader, max_images: int = 4096) -> dict:
     share = np.linalg.norm(mlp, axis=1) / np.maximum(np.linalg.norm(out, axis=1), 1e-30)
     return {"mean": float(share.mean()), "median": float(np.median(share)),
             "max": float(share.max()), "n_images": n}  # fmt: skip
+
+
+def layer_maps(w: pooling.PooledWeights, cap, layer: int, directions: torch.Tensor):
+    """`engine.core.units.layer_maps` for a pooled tower: per-patch maps of every head of one
+    layer, each along its own direction [head, d_embed], for every image of a capture ->
+    `(maps [image, head, grid*grid], cls [image, head])`; cls is zero (no class token: every
+    token is a patch), and `maps.sum(-1)` is each head's pooled term · its direction."""
+    n_image = cap.output.shape[0]
+    b = pooling.pooled_bases(w, torch.float32, cap.resid.device)
+    maps = torch.stack([
+        torch.stack([
+            pooling.pooled_patch_maps(w, cap, i, [layer], [h], directions[h], bases=b)[0, 0]
+            for h in range(directions.shape[0])
+        ])
+        for i in range(n_image)
+    ])  # [image, head, grid, grid]  # fmt: skip
+    return maps.flatten(2), torch.zeros(n_image, directions.shape[0])

@@ -1,5 +1,6 @@
-"""A SigLIP store browsed in the dashboard: every page opens on a tiny SigLIP-shaped store
-without an exception, and says how large the pool-MLP term is (read from the store)."""
+"""A SigLIP store browsed in the dashboard: every page opens on a tiny SigLIP-shaped store, built
+and interpreted, without an exception, shows results, and says how large the pool-MLP term is
+(read from the store)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ def siglip_artifacts(tmp_path_factory):
                          store=str(root / "sig"), layers="all", random_weights=True,
                          workers=1, progress=False)  # fmt: skip
     build_store(params)
+    from engine.cli import main as cli_main
+
+    assert cli_main(["interpret", "--store", str(root / "sig"), "--no-progress"]) == 0
     return root
 
 
