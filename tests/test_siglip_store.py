@@ -281,3 +281,18 @@ def test_unit_maps_of_a_pooled_layer_sum_to_each_heads_term(tiny_session):
     assert maps.shape == (2, 4, lm.dims.grid**2) and not cls.any()
     want = torch.einsum("ihe,he->ih", decompose_images(lm, pixels, [2]).head_out[:, 0], dirs)
     assert torch.allclose(maps.sum(-1), want, atol=1e-5 * float(want.abs().max()))
+
+
+@pytest.mark.slow
+def test_visualise_refuses_a_siglip_store_in_one_line(tiny_store, tmp_path, capsys):
+    import shutil
+
+    with open_store(tiny_store) as r:
+        shutil.copytree(r.version_path, tmp_path / ".v.versions" / r.version_path.name)
+    (tmp_path / "v").symlink_to(f".v.versions/{r.version_path.name}")
+    assert cli_main(["interpret", "--store", str(tmp_path / "v"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli_main(["visualise", "--store", str(tmp_path / "v"), "--units", "L2H1",
+                     "--steps", "1", "--no-progress"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "attention-pooled (SigLIP)" in err[0]
