@@ -1,7 +1,7 @@
 """SigLIP stores: a build of an attention-pooled tower writes the declared pooled layout (shared
 basis, d_coord-wide coordinates, per-image attention-bias and pool-MLP terms, the tokenizer in
 the model record), `verify --store` sums the terms back to the output, and stores written before
-metadata version 2 read through the declared upgrade step."""
+metadata version 3 read through the declared upgrade step."""
 
 import gc
 import json
@@ -116,9 +116,10 @@ def test_a_class_token_store_has_no_pooled_arrays(tmp_path):
 
 
 @pytest.mark.unit
-def test_metadata_before_version_2_reads_as_a_class_token_store():
-    """The declared upgrade step: stores of META_VERSION 1 are class-token stores with per-head
-    bases d_head wide, and their models row (no tokenizer column) reads with the legacy name."""
+def test_metadata_before_version_3_reads_as_a_class_token_store():
+    """The declared upgrade steps: stores of META_VERSION 1 and 2 are class-token stores with
+    per-head bases d_head wide, and their models row (no tokenizer column) reads with the legacy
+    name."""
     meta = {"schema_version": 2, "layers": [2, 3], "image_chunk": 8, "thumb_size": 64,
             "images_source": "s", "built_at": "t", "run_id": "r", "code_version": "c",
             "build_key": "k", "factors": None, "image_set_hash": "h", "n_skipped": 0,
@@ -131,10 +132,13 @@ def test_metadata_before_version_2_reads_as_a_class_token_store():
     row = {"model_spec": "x", "arch": "a", "weights_hash": "h", "random_weights": False,
            "n_layers": 4, "n_heads": 2, "d_model": 8, "d_head": 4, "d_embed": 8,
            "image_size": 32, "patch_size": 8, "grid": 4}  # fmt: skip
-    rec = schema.ModelRecord.from_row(row, meta_version=1)
-    assert rec.tokenizer == schema.LEGACY_TOKENIZER
-    with pytest.raises(UserError, match="lacks tokenizer"):  # a v2 store must record it
-        schema.ModelRecord.from_row(row, meta_version=2)
+    m2 = schema.StoreMeta.from_rows({**rows, "meta_version": "2", "neuron_layers": "[]"})
+    assert (m2.pooling, m2.d_coord, m2.basis_shared) == ("class_token", None, False)
+    for v in (1, 2):
+        rec = schema.ModelRecord.from_row(row, meta_version=v)
+        assert rec.tokenizer == schema.LEGACY_TOKENIZER
+    with pytest.raises(UserError, match="lacks tokenizer"):  # a v3 store must record it
+        schema.ModelRecord.from_row(row, meta_version=schema.TOKENIZER_SINCE)
 
 
 @pytest.mark.exact
