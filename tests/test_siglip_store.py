@@ -300,3 +300,12 @@ def test_visualise_refuses_a_siglip_store_in_one_line(tiny_store, tmp_path, caps
                      "--steps", "1", "--no-progress"]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "attention-pooled (SigLIP)" in err[0]
+
+
+@pytest.mark.unit
+def test_neurons_on_a_siglip_build_are_refused_in_one_line(tmp_path, capsys):
+    code = cli_main(["build", "--model", TINY, "--random-weights", "--images", "synthetic:2",
+                     "--neurons", "0-1", "--store", str(tmp_path / "n"), "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "class-token tower" in err[0]
+    assert not (tmp_path / "n").exists()  # nothing published
