@@ -165,7 +165,21 @@ def require_store(ctx):
             "No store is open: pick one in the sidebar (**Store**), or build one — see **Home**."
         )
         st.stop()
+    if getattr(ctx.store, "pooled", False):  # SigLIP: one term no head's direct effect explains
+        pooled_notice(ctx.store)
     return ctx.store
+
+
+def pooled_notice(store) -> None:
+    """An attention-pooled store: how large the pool-MLP term is (read from the store)."""
+    share = store.pool_mlp_share()
+    if share["mean"] is not None:
+        st.info(
+            f"Attention-pooled model (SigLIP): the pool's MLP branch is one term that no head "
+            f"explains, ‖pool_mlp‖ / ‖embedding‖ = {share['mean']:.2f} on average (max "
+            f"{share['max']:.2f}) over {share['n_images']} stored images; the heads' direct "
+            "effects explain correspondingly less than in a class-token CLIP."
+        )
 
 
 def require_query(ctx) -> QueryImage:

@@ -40,7 +40,7 @@ def params(store_path, images=f"synthetic:{N}:3", **kw) -> BuildParams:
 
 def arrays_of(path) -> dict[str, np.ndarray]:
     with store.open_store(path) as r:
-        out = {name: r.array(name) for name in schema.ARRAYS}
+        out = {name: r.array(name) for name in schema.ARRAYS if r.has_array(name)}
         out["images"] = r.images().to_numpy()
         out["factors"] = r.factors()[1]
     return out

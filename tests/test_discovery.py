@@ -16,8 +16,9 @@ from engine.model.discovery import check_architecture, did_you_mean, random_weig
 def test_random_weight_architectures_are_what_check_supported_accepts(monkeypatch):
     archs = random_weight_architectures()
     assert {"ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-S-32", "ViT-B-32-quickgelu"} <= set(archs)
-    # attention-pooled timm towers (SigLIP) are decomposable, but stores of them are not built
-    assert "ViT-B-16-SigLIP" in set(random_weight_architectures(stores=False)) - set(archs)
+    # attention-pooled timm towers (SigLIP) are decomposable and build stores
+    assert {"ViT-B-16-SigLIP", "ViT-B-16-SigLIP2"} <= set(archs)
+    assert set(random_weight_architectures(stores=False)) == set(archs)
     refused = {
         "ViT-M-16-alt": "LayerScale",  # ls_1/ls_2
         "ViT-L-14-CLIPA": "pool_type 'avg'",

@@ -45,7 +45,7 @@ def argv(link, images=IMAGES, chunk=CHUNK, batch=BATCH) -> list[str]:
 def contents(link) -> dict:
     """Every array, and every DuckDB row except what names the run (run id, times, host)."""
     with store.open_store(link) as r:
-        out = {name: r.array(name) for name in schema.ARRAYS}
+        out = {name: r.array(name) for name in schema.ARRAYS if r.has_array(name)}
         for table in ("images", "image_factors", "models"):
             out[table] = r.query(f"SELECT * FROM {table} ORDER BY ALL")
         out["skipped_files"] = r.query("SELECT path, reason FROM skipped_files ORDER BY ALL")

@@ -332,10 +332,10 @@ def test_tiny_patch_maps_sum_to_head_contribution(tiny):
 
 
 @pytest.mark.unit
-def test_store_build_of_siglip_is_one_clear_refusal(tiny):
+def test_class_token_weights_of_siglip_are_one_clear_refusal(tiny):
     from engine.model import vision_weights
 
-    with pytest.raises(UnsupportedModel, match="stores of them are not built yet"):
+    with pytest.raises(UnsupportedModel, match="attention-pooled tower .* pooled path"):
         vision_weights(tiny)
 
 

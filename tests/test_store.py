@@ -25,7 +25,7 @@ SIZES = schema.array_sizes(0, 8, LAYERS, n_heads=3, d_head=4, d_embed=8, image_c
 
 FAKE_MODEL = schema.ModelRecord(
     model_spec="fake", arch="fake", weights_hash="random:seed0", random_weights=True,
-    n_layers=8, n_heads=3, d_model=12, d_head=4, d_embed=8, image_size=32, patch_size=8, grid=4,
+    tokenizer="fake", n_layers=8, n_heads=3, d_model=12, d_head=4, d_embed=8, image_size=32, patch_size=8, grid=4,
 )  # fmt: skip
 
 
@@ -35,6 +35,7 @@ def fake_meta(**changes) -> schema.StoreMeta:
         images_source="test", built_at="2026-01-01 00:00:00", run_id="r", code_version="t",
         build_key=None, factors=("colour", "shape"), image_set_hash=None, n_skipped=0,
         reconstruction_error=None, reconstruction_tolerance=None, random_data=True,
+        pooling="class_token", d_coord=4, basis_shared=False,
     )  # fmt: skip
     return schema.StoreMeta(**{**fields, **changes})
 
@@ -89,7 +90,10 @@ def publish_fake(link, n_images: int, fill: float, factors: bool = False, meta_e
 
 def test_schema_round_trip(tmp_path):
     arrays = store.create_arrays(tmp_path, {**SIZES, "image": 10})
-    for name, spec in schema.ARRAYS.items():
+    # a class-token store holds every array but the pooled-only ones
+    assert set(arrays) == {n for n, spec in schema.ARRAYS.items() if not spec.pooled_only}
+    for name in arrays:
+        spec = schema.ARRAYS[name]
         a = arrays[name]
         assert a.metadata.dimension_names == spec.dims
         assert a.dtype == np.dtype(spec.dtype)

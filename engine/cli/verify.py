@@ -145,6 +145,9 @@ def d_weights(lm):
     return vision_weights(lm)
 
 
+POOLED_TERMS = ("attn_bias_image", "pool_mlp")  # a pooled store's per-image terms beyond CLIP's
+
+
 def verify_store(path) -> dict:
     """Sum every image's stored terms, chunk by chunk; compare with `output` and the fp16 bound."""
     import numpy as np
@@ -161,9 +164,10 @@ def verify_store(path) -> dict:
             b = min(n, a + step)
             rows = {k: r.lazy(k)[a:b] for k in ("coord", "std", "mlp", "attn_rest", "embed")}
             out = r.lazy("output")[a:b]
+            extra = tuple(r.lazy(k)[a:b] for k in POOLED_TERMS if r.has_array(k))
             s = stored_sum(
                 rows["coord"], const["basis"], const["attn_bias"], rows["std"], rows["mlp"],
-                rows["attn_rest"], rows["embed"], const["ln_bias"], out,
+                rows["attn_rest"], rows["embed"], const["ln_bias"], out, extra,
             )  # fmt: skip
             ratio = s.error / np.maximum(s.bound, 1e-30)
             i = int(np.argmax(ratio))
@@ -182,7 +186,21 @@ def verify_store(path) -> dict:
             "worst_error_over_bound": worst_ratio,
             "worst_image": worst_image,
             "ok": bool(worst_ratio <= 1.0),
+            "pooling": r.meta.pooling,
+            "d_coord": r.d_coord,
+            **_pool_mlp_share(r),
         }
+
+
+def _pool_mlp_share(r) -> dict:
+    """A pooled store: ||pool_mlp|| / ||output|| (mean, max) over its images, read back."""
+    if not r.has_array("pool_mlp"):
+        return {}
+    import numpy as np
+
+    mlp = np.asarray(r.array("pool_mlp"), np.float32)
+    share = np.linalg.norm(mlp, axis=1) / np.maximum(np.linalg.norm(r.output(), axis=1), 1e-30)
+    return {"pool_mlp_share_mean": float(share.mean()), "pool_mlp_share_max": float(share.max())}
 
 
 def run_store(args) -> int:

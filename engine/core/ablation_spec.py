@@ -18,7 +18,8 @@ from engine.errors import UserError
 
 VALID_FORMS = (
     "valid forms: L10H3,L11H7 | label:NAME | layers:8-11 | mlp | mlp:8-11 | embed | "
-    "all-but-last:K | all | none | L3.mlp, L3.attn, L9.attn_bias, ln_bias; combine with +"
+    "all-but-last:K | all | none | L3.mlp, L3.attn, L9.attn_bias, ln_bias, pool_mlp (SigLIP); "
+    "combine with +"
 )
 _HEAD = re.compile(r"L(\d+)H(\d+)", re.IGNORECASE)
 _LAYER_TERM = re.compile(r"L(\d+)\.(mlp|attn_bias|attn)", re.IGNORECASE)
@@ -74,7 +75,7 @@ def parse_ablation_spec(
             raise _bad(text, "empty item between separators")
         if low == "none":
             continue
-        if low in ("embed", "ln_bias"):
+        if low in ("embed", "ln_bias", "pool_mlp"):  # pool_mlp: attention-pooled stores only
             out.append(low)
         elif m := _HEAD.fullmatch(atom):
             key = (int(m[1]), int(m[2]))

@@ -19,7 +19,7 @@ from engine.core.ablation_spec import parse_ablation_spec, sort_key
 from engine.core.layers import head_name, term_name
 from engine.errors import UserError
 
-KINDS = ("head", "attn", "attn_bias", "mlp", "embed", "ln_bias")
+KINDS = ("head", "attn", "attn_bias", "mlp", "embed", "ln_bias", "pool_mlp")
 
 # ---------------------------------------------------------------------------------------------
 # components
@@ -209,6 +209,8 @@ class ComponentSet:
         std: np.ndarray | None = None,
         ln_bias: np.ndarray | None = None,
         n_layers: int | None = None,
+        attn_bias_image: np.ndarray | None = None,
+        pool_mlp: np.ndarray | None = None,
     ) -> ComponentSet:
         """Components from the store's arrays (every argument optional):
 
@@ -216,7 +218,9 @@ class ComponentSet:
         `head_layers` (heads `L{l}H{h}`); mlp [image, layer, d_embed] for layers 0.. (`L{l}.mlp`);
         attn [image, layer, d_embed] for `attn_layers` (`L{l}.attn`); embed [image, d_embed];
         attn_bias [layer, d_embed] for `head_layers`, scaled per image by 1/std, std [image]
-        (`L{l}.attn_bias`); ln_bias [d_embed] (constant).
+        (`L{l}.attn_bias`); ln_bias [d_embed] (constant). An attention-pooled store (SigLIP):
+        attn_bias_image [image, layer, d_embed] for `head_layers` (`L{l}.attn_bias`, per image:
+        it replaces attn_bias) and pool_mlp [image, d_embed] (`pool_mlp`, the pool's MLP branch).
         """
         comps: list[Component] = []
         if coord is not None:
@@ -252,6 +256,16 @@ class ComponentSet:
             ]
         if embed is not None:
             comps.append(Component("embed", "embed", dense=embed))
+        if attn_bias_image is not None:
+            if len(head_layers) != attn_bias_image.shape[1]:
+                raise ValueError("attn_bias_image [image, layer, d_embed] needs head_layers")
+            comps += [
+                Component(term_name(l, "attn_bias"), "attn_bias", l, dense=attn_bias_image[:, i])
+                for i, l in enumerate(head_layers)
+            ]
+            attn_bias = None  # the per-image term replaces the constant one
+        if pool_mlp is not None:
+            comps.append(Component("pool_mlp", "pool_mlp", dense=pool_mlp))
         if attn_bias is not None:
             if std is None or len(head_layers) != attn_bias.shape[0]:
                 raise ValueError("attn_bias [layer, d_embed] needs std [image] and head_layers")

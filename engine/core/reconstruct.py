@@ -45,18 +45,25 @@ def stored_sum(
     embed: np.ndarray,
     ln_bias: np.ndarray,
     output: np.ndarray,
+    extra: tuple[np.ndarray, ...] = (),
 ) -> StoredSum:
     """Sum the stored terms of a chunk of images and bound the sum's fp16 rounding error.
 
     coord [image, layer, head, d_head]; basis [layer, head, d_head, d_embed]; attn_bias
     [layer, d_embed] (per image / std); std [image]; mlp [image, layer_all, d_embed];
     attn_rest [image, rest_layer, d_embed]; embed [image, d_embed]; ln_bias [d_embed];
-    output [image, d_embed] (the model's own embedding)."""
+    output [image, d_embed] (the model's own embedding); extra: further per-image fp16 terms,
+    each [image, term, d_embed] or [image, d_embed] (a pooled store's attn_bias_image and
+    pool_mlp). A basis [1, 1, d_coord, d_embed] is shared by every head: the coordinates are
+    summed first (one product)."""
     n = coord.shape[0]
     d_embed = basis.shape[-1] if basis.size else output.shape[1]
     c = np.asarray(coord, np.float32)
-    flat = c.reshape(n, -1)  # [image, layer*head*d_head]
-    total = flat @ np.asarray(basis, np.float32).reshape(flat.shape[1], d_embed)
+    if basis.shape[:2] == (1, 1) and c.shape[1:3] != (1, 1):  # one shared basis
+        total = c.sum(axis=(1, 2)) @ np.asarray(basis[0, 0], np.float32)
+    else:
+        flat = c.reshape(n, -1)  # [image, layer*head*d_head]
+        total = flat @ np.asarray(basis, np.float32).reshape(flat.shape[1], d_embed)
     total += (
         np.asarray(attn_bias, np.float32).sum(axis=0)[None] / np.asarray(std, np.float32)[:, None]
     )
@@ -64,6 +71,9 @@ def stored_sum(
     r = np.asarray(attn_rest, np.float32)
     e = np.asarray(embed, np.float32)
     total += m.sum(axis=1) + r.sum(axis=1) + e + np.asarray(ln_bias, np.float32)
+    xs = [np.asarray(x, np.float32).reshape(n, -1, d_embed) for x in extra]  # [image, t, d_embed]
+    for x in xs:
+        total += x.sum(axis=1)
     out = np.asarray(output, np.float32)
     error = np.linalg.norm(out - total, axis=1)
     norms = (
@@ -71,8 +81,9 @@ def stored_sum(
         + np.linalg.norm(m, axis=-1).sum(axis=1)
         + np.linalg.norm(r, axis=-1).sum(axis=1)
         + np.linalg.norm(e, axis=-1)
+        + sum(np.linalg.norm(x, axis=-1).sum(axis=1) for x in xs)
     )
-    n_terms = c.shape[1] * c.shape[2] + m.shape[1] + r.shape[1] + 1
+    n_terms = c.shape[1] * c.shape[2] + m.shape[1] + r.shape[1] + 1 + sum(x.shape[1] for x in xs)
     bound = (
         FP16_UNIT * norms
         + FP16_SUBNORMAL * np.sqrt(d_embed) * n_terms

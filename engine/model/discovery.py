@@ -25,7 +25,6 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.model.cache import ARCHITECTURES, cache_dir
 from engine.model.specs import CONFIG_DIR, _open_clip
-from engine.model.timm_tower import is_timm_tower
 
 CHECK_SOURCES = ("loading.py", "timm_tower.py", "discovery.py")
 
@@ -35,7 +34,7 @@ class Architecture:
     name: str
     usable: bool  # decomposable: usable with --random-weights (and with its checkpoints)
     reason: str = ""  # why not, in words (empty when usable)
-    stores: bool = True  # a store can be built (attention-pooled timm towers: verify only)
+    stores: bool = True  # a store can be built (every usable tower, SigLIP's included)
 
 
 def _not_open_clip_vit(cfg: dict) -> str:
@@ -77,7 +76,7 @@ def check_architecture(name: str) -> Architecture:
         return Architecture(name, False, str(e).removeprefix(f"{name}: "))
     except Exception as e:  # an architecture open_clip cannot build here
         return Architecture(name, False, f"cannot be built: {type(e).__name__}")
-    return Architecture(name, True, stores=not is_timm_tower(model))
+    return Architecture(name, True, stores=True)  # attention-pooled towers build stores too
 
 
 def _cache_key(names: list[str]) -> str:

@@ -22,11 +22,11 @@ from engine.core import pooling
 from engine.core.types import ModelDims
 from engine.errors import UnsupportedModel
 
-# What the class-token code paths (store builds, the dashboard's live query) say to a SigLIP tower
+# What the class-token code paths (`vision_weights`, `capture`) say to a SigLIP tower
 STORE_NOT_YET = (
-    "attention-pooled towers (SigLIP / SigLIP 2) are decomposed exactly by `verify --model`, but "
-    "stores of them are not built yet: a head's pooled term needs d_embed coordinates, a "
-    "per-image attention-bias term and the pool-MLP term (docs/decomposition.md)"
+    "an attention-pooled tower (SigLIP / SigLIP 2) has no class-token weights: its "
+    "decomposition, stores and maps go through the pooled path (`pooled_weights`, "
+    "`capture_pooled`, engine.core.pooling)"
 )
 BLOCK_PARAMS = frozenset(
     {

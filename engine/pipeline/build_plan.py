@@ -18,10 +18,13 @@ import torch
 
 from engine import store
 from engine.core.layers import parse_layers
+from engine.core.pooling import PooledWeights, pooled_bases
 from engine.core.types import ViTWeights
 from engine.errors import UserError
 from engine.model import LoadedModel, load_model, vision_weights
+from engine.model.timm_tower import is_timm_tower, pooled_weights
 from engine.pipeline.neurons import n_neurons, parse_neuron_layers
+from engine.pipeline.pooled_rows import PooledBatchDecomposer
 from engine.pipeline.rows import BatchDecomposer
 from engine.sources import collection
 from engine.store import schema
@@ -57,18 +60,27 @@ class BuildPlan:
     chunk: int  # source items (and store rows) per chunk
     key: str  # the staging key
     staging: Path
-    weights: ViTWeights  # the vision tower's weights by name, extracted once
+    weights: ViTWeights | PooledWeights  # the vision tower's weights by name, extracted once
+    d_coord: int = 0  # a head's coordinate width (d_head; pooled towers: the pool's rank)
     _arrays: dict | None = None
-    _decomposer: BatchDecomposer | None = None
+    _decomposer: BatchDecomposer | PooledBatchDecomposer | None = None
     neuron_layers: list[int] = field(default_factory=list)  # the second-order lens's layers
     n_neurons: int = 0
 
-    def decomposer(self) -> BatchDecomposer:
+    @property
+    def pooled(self) -> bool:
+        """An attention-pooled tower (SigLIP): shared basis, pooled-only arrays."""
+        return isinstance(self.weights, PooledWeights)
+
+    def decomposer(self) -> BatchDecomposer | PooledBatchDecomposer:
         """The per-batch decomposition with the heads' bases computed once per process."""
         if self._decomposer is None:
-            self._decomposer = BatchDecomposer(
-                self.lm, self.layers, weights=self.weights, neuron_layers=self.neuron_layers
-            )
+            if self.pooled:
+                self._decomposer = PooledBatchDecomposer(self.lm, self.layers, weights=self.weights)
+            else:
+                self._decomposer = BatchDecomposer(
+                    self.lm, self.layers, weights=self.weights, neuron_layers=self.neuron_layers
+                )
         return self._decomposer
 
     @property
@@ -96,6 +108,7 @@ class BuildPlan:
         return schema.array_sizes(
             self.source.n_items, d.n_layers, self.layers, d.n_heads, d.d_head, d.d_embed,
             self.chunk, self.neuron_layers, self.n_neurons,
+            d_coord=self.d_coord or d.d_head, pooled=self.pooled,
         )  # fmt: skip
 
 
@@ -129,10 +142,21 @@ def plan_build(params: BuildParams, *, load_device: str | None = None) -> BuildP
         layers_arg = "all"  # the default on a model shallower than it
     layers = parse_layers(layers_arg, dims.n_layers)
     neuron_layers = parse_neuron_layers(params.neurons, dims.n_layers)
+    if is_timm_tower(lm.model):  # SigLIP: heads through the frozen pool, one shared basis
+        if neuron_layers:
+            raise UserError(
+                f"--neurons: the second-order lens reads a class-token tower; {params.model} "
+                "pools its tokens with attention (SigLIP)"
+            )
+        weights = pooled_weights(lm.model)
+        d_coord = pooled_bases(weights).width
+    else:
+        weights, d_coord = vision_weights(lm), dims.d_head
+    pooled = isinstance(weights, PooledWeights)
     d_mlp = n_neurons(lm, neuron_layers)
     sizes = schema.array_sizes(
         source.n_items, dims.n_layers, layers, dims.n_heads, dims.d_head, dims.d_embed, 1,
-        neuron_layers, d_mlp,
+        neuron_layers, d_mlp, d_coord=d_coord, pooled=pooled,
     )  # fmt: skip
     chunk = params.image_chunk or schema.image_chunk_for(sizes, source.n_items)
     if chunk < 1:
@@ -154,7 +178,7 @@ def plan_build(params: BuildParams, *, load_device: str | None = None) -> BuildP
         key_fields["neuron_layers"] = neuron_layers
     key = build_key(key_fields)
     staging = store.staging_dir(link, key)
-    plan = BuildPlan(params, link, source, lm, layers, chunk, key, staging, vision_weights(lm))
+    plan = BuildPlan(params, link, source, lm, layers, chunk, key, staging, weights, d_coord)
     plan.neuron_layers, plan.n_neurons = neuron_layers, d_mlp
     return plan
 

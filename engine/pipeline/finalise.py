@@ -161,6 +161,8 @@ def _store_meta(plan: BuildPlan, run_id, code, image_set_hash, n_skipped) -> sto
         image_set_hash=image_set_hash, n_skipped=n_skipped, reconstruction_error=worst,
         reconstruction_tolerance=plan.decomposer().tolerance, random_data=False,
         neuron_layers=tuple(plan.neuron_layers),
+        pooling="map" if plan.pooled else "class_token", d_coord=plan.d_coord,
+        basis_shared=plan.pooled,
     )  # fmt: skip
 
 
@@ -171,6 +173,7 @@ def _model_record(plan: BuildPlan) -> store.schema.ModelRecord:
         arch=lm.arch,
         weights_hash=lm.weights_hash,
         random_weights=bool(plan.params.random_weights) or lm.weights_hash.startswith("random"),
+        tokenizer=str(lm.extra.get("tokenizer") or type(lm.tokenizer).__name__),
         **asdict(lm.dims),
     )
 

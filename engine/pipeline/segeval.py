@@ -135,12 +135,18 @@ def _folder_set(s, images: str | None, masks: str, text: str | None) -> EvalSet:
 
 def _maps(lm, w, layers: list[int], ev: EvalSet, batch_size: int, bar=None) -> np.ndarray:
     """Per-patch maps of every stored head -> [image, layer, head, grid, grid] float32."""
+    from engine.core.pooling import PooledWeights, pooled_patch_maps
+    from engine.model.timm_tower import capture_pooled
+
+    pooled = isinstance(w, PooledWeights)  # SigLIP: per-token terms weighted by the pool
     out = []
     for s in range(0, len(ev.pixels), batch_size):
-        cap = capture(lm, ev.pixels[s : s + batch_size], layers)
+        pixels = ev.pixels[s : s + batch_size]
+        cap = capture_pooled(lm.model, pixels, layers) if pooled else capture(lm, pixels, layers)
         for i in range(cap.output.shape[0]):
             d = torch.from_numpy(ev.directions[s + i])
-            out.append(patch_maps(w, cap, i, layers, None, d).numpy())
+            maps = pooled_patch_maps if pooled else patch_maps
+            out.append(maps(w, cap, i, layers, None, d).numpy())
             if bar is not None:
                 bar.update(1)
     return np.stack(out)

@@ -141,9 +141,16 @@ class UnitPrecompute:
             bar.update(len(ids[a : a + MAP_BATCH]))
             if not batch:
                 continue
-            cap = capture(lm, torch.stack([p for _, p in batch]), layers)
+            pixels = torch.stack([p for _, p in batch])
+            if self.session.pooled:  # SigLIP: maps through the frozen pool, no class token
+                from engine.model.timm_tower import capture_pooled
+                from engine.session.pooled import layer_maps
+
+                cap = capture_pooled(lm.model, pixels, layers)
+            else:
+                cap, layer_maps = capture(lm, pixels, layers), units.layer_maps
             for l in layers:  # every head of the layer on every image of the batch at once
-                maps, cls = units.layer_maps(w, cap, l, dirs[l])  # [image, head, grid²], [i, h]
+                maps, cls = layer_maps(w, cap, l, dirs[l])  # [image, head, grid²], [i, h]
                 for j, (i, _) in enumerate(batch):
                     for ll, h in want[i]:
                         if ll == l:

@@ -110,6 +110,11 @@ def run_visualise(
         for key in chosen:
             ex = unit_tables.unit_examples(r, *key)
             store_max[key] = float(ex[ex.side == "top"].projection.max()) if len(ex) else np.nan
+        if session.pooled:
+            raise UserError(
+                f"{store_path}: visualise does not handle attention-pooled (SigLIP) stores yet "
+                "(its objective is the class-token head term); the other commands do"
+            )
         lm = session.model()  # verified against the store's weights
         weights = session.vision_weights()
     mean, std = _normalisation(lm)

@@ -42,4 +42,18 @@ def load_store_model(record: ModelRecord, *, device: str = "cpu") -> LoadedModel
             f"({loaded[:16]} here, {stored[:16]} in the store); rebuild the store with these "
             "weights, or point the model spec at the original ones"
         )
+    check_tokenizer(record, lm)
     return lm
+
+
+def check_tokenizer(record: ModelRecord, lm: LoadedModel) -> None:
+    """Refuse mixing text embeddings of the stand-in tokenizer (random weights only) with the
+    model's own: the store records which one made its text embeddings (`ModelRecord.tokenizer`)."""
+    from engine.model.tokenizers import STANDIN_NAME
+
+    loaded = str(lm.extra.get("tokenizer", ""))
+    if STANDIN_NAME in (record.tokenizer, loaded) and record.tokenizer != loaded:
+        raise UserError(
+            f"{record.model_spec}: this store's text embeddings were made by "
+            f"{record.tokenizer!r}, but here the tokenizer is {loaded!r}; rebuild the store"
+        )

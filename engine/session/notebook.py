@@ -10,6 +10,7 @@
     s.property_neighbours(12, ["L11H3", (11, 5)])   # DataFrame: image_id, score, path, class
     s.topic_segmentation("photo.jpg", "a red shape")  # [grid, grid]
     s.ablate("label:colour")       # engine.session.Ablation (what `engine ablate` computes)
+    s.pool_heads(0, ["a red shape"])  # SigLIP: which pool head carries what (DataFrame)
 
 An image is a stored image's id (int), a file path, or a PIL image; heads are (layer, head)
 pairs or names like "L11H3". No math here: everything is `StoreSession`'s.
@@ -101,7 +102,8 @@ class Store:
         return self.session.contributions(*self._head((layer, head)))
 
     def coordinates(self, layer: int, head: int) -> np.ndarray:
-        """The same in the head's own coordinates: [image, d_head] float32."""
+        """The same in the head's own coordinates: [image, d_coord] float32 (d_head for CLIP;
+        d_embed in one shared basis for SigLIP)."""
         return np.array(self.session.reader.coords(*self._head((layer, head))))
 
     def basis(self, layer: int, head: int) -> np.ndarray:
@@ -157,6 +159,17 @@ class Store:
     def contrastive_segmentation(self, image, text_a: str, text_b: str, *, heads=None):
         hs = None if heads is None else self._heads(heads)
         return self.session.contrastive_segmentation(self.query(image), text_a, text_b, heads=hs)
+
+    def pool_heads(self, image, texts: Sequence[str] = ()) -> pd.DataFrame:
+        """A SigLIP store: the reference's per-pooling-head view of `image`, one row per pool
+        head: pool_head, norm, share (of the pool heads' summed norms) and one column per text
+        (the pool head's part of the embedding · the unit text embedding)."""
+        v = self.session.pool_head_view(self.query(image), list(texts))
+        df = pd.DataFrame({"pool_head": np.arange(len(v.share)),
+                           "norm": np.linalg.norm(v.contrib, axis=1), "share": v.share})  # fmt: skip
+        for i, t in enumerate(v.texts):
+            df[t] = v.text_scores[:, i]
+        return df
 
     def ablate(self, spec: str, **choices) -> Ablation:
         """`python -m engine ablate --no-write` as a call (same function, same result)."""

@@ -210,14 +210,21 @@ class StoreSession:
             return self._lm
 
     def vision_weights(self):
-        """The vision tower's weights by state-dict name (`engine.core.types.ViTWeights`)."""
+        """The vision tower's weights by state-dict name (`engine.core.types.ViTWeights`; a
+        pooled store's: `engine.core.pooling.PooledWeights`)."""
         from engine.model import vision_weights
+        from engine.session import pooled
 
         lm = self.model()
         with self._model_lock:
             if self._w is None:
-                self._w = vision_weights(lm)
+                self._w = pooled.weights(lm) if self.reader.pooled else vision_weights(lm)
             return self._w
+
+    @property
+    def pooled(self) -> bool:
+        """A store of an attention-pooled tower (SigLIP; `engine.session.pooled`)."""
+        return self.reader.pooled
 
     def text_embeddings(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Unit-norm text embeddings by the store's model -> [text, d_embed] float32 (each text
@@ -309,6 +316,8 @@ class StoreSession:
     def query_image(self, query) -> ImageAnalysis:
         """The query image's decomposition by the store's model (cached by its `sha`)."""
         q = self.as_query(query)
+        if self.pooled:
+            return self._pooled_query(q)[0]
 
         def compute() -> ImageAnalysis:
             from engine.core.decompose import decompose
@@ -326,6 +335,38 @@ class StoreSession:
             )
 
         return self._queries.get(q.sha, compute)
+
+    def _pooled_query(self, q):
+        """(ImageAnalysis, PooledDecomposition) of a query in a pooled store (cached)."""
+        from engine.session import pooled
+
+        def compute():
+            lm, w = self.model(), self.vision_weights()
+            pixels = lm.preprocess(q.image.convert("RGB"))[None]  # [image=1, 3, H, W]
+            return pooled.analyse(lm, w, pixels, self.layers)
+
+        return self._queries.get(("pooled", q.sha), compute)
+
+    def pooled_decomposition(self, query):
+        """The query's `engine.core.pooling.PooledDecomposition` (a pooled store only): every
+        term, the pool's pattern and the per-pool-head split."""
+        if not self.pooled:
+            raise UserError(f"{self.path}: not a store of an attention-pooled tower")
+        return self._pooled_query(self.as_query(query))[1]
+
+    def pool_head_view(self, query, texts: Sequence[str] = ()):
+        """The reference's per-pooling-head view: which pool head carries what
+        (`engine.session.pooled.PoolHeadView`; a pooled store only)."""
+        from engine.session import pooled
+
+        return pooled.pool_head_view(self, query, texts)
+
+    def pool_mlp_share(self) -> dict:
+        """||pool_mlp|| / ||output|| over the stored images (mean, median, max; None for a
+        class-token store): the embedding's share no head's direct effect explains."""
+        from engine.session import pooled
+
+        return self._once.get("pool_mlp_share", lambda: pooled.pool_mlp_share(self.reader))
 
     def query_head_out(self, query, heads: Sequence[tuple[int, int]]) -> np.ndarray:
         """The query's contributions of `heads` -> [head, d_embed]: the stored ones when the
@@ -349,6 +390,10 @@ class StoreSession:
 
         def compute() -> np.ndarray:
             a = self.query_image(q)
+            if self.pooled:  # per-token contributions weighted by the pool's attention
+                from engine.session import pooled
+
+                return pooled.maps(self.vision_weights(), a.capture, self.layers, d)
             return patch_maps(
                 self.vision_weights(), a.capture, 0, self.layers, None, torch.from_numpy(d.copy())
             ).numpy()

@@ -15,10 +15,11 @@ from engine.core.components import ComponentSet
 
 def load_components(r) -> tuple[np.ndarray, ComponentSet]:
     """The store's complete decomposition: output [image, d_embed] and every term."""
-    coord = r.array("coord").astype(np.float32)  # [image, layer, head, d_head]
+    coord = r.array("coord").astype(np.float32)  # [image, layer, head, d_coord]
+    pooled = {k: r.array(k) for k in ("attn_bias_image", "pool_mlp") if r.has_array(k)}
     comps = ComponentSet.from_arrays(
         coord=coord,
-        basis=r.array("basis"),
+        basis=r.basis_per_head(),  # [layer, head, d_coord, d_embed] (a view when shared)
         head_layers=r.layers,
         mlp=r.array("mlp"),
         attn=r.array("attn_rest"),
@@ -28,6 +29,7 @@ def load_components(r) -> tuple[np.ndarray, ComponentSet]:
         std=r.array("std"),
         ln_bias=r.array("ln_bias"),
         n_layers=int(r.info["n_layers"]),
+        **pooled,
     )
     return r.output(), comps
 

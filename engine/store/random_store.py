@@ -85,9 +85,9 @@ def write_random_store(
         store.write_rows(arrays, start, rows)
     model = schema.ModelRecord(
         model_spec=spec, arch=arch, weights_hash=weights_hash, random_weights=random_weights,
-        **dims,
+        tokenizer="open_clip (random data: the arch's own tokenizer)", **dims,
     )  # fmt: skip
-    meta = _meta(layers, chunk, n_images, seed, run_id)
+    meta = _meta(layers, chunk, n_images, seed, run_id, int(dims["d_head"]))
     images = pd.DataFrame(
         {
             "image_id": np.arange(n_images, dtype=np.int32),
@@ -103,7 +103,9 @@ def write_random_store(
     return store.publish(link, staging)
 
 
-def _meta(layers, chunk: int, n_images: int, seed: int, run_id: str | None) -> schema.StoreMeta:
+def _meta(
+    layers, chunk: int, n_images: int, seed: int, run_id: str | None, d_coord: int
+) -> schema.StoreMeta:
     """The metadata record of a random store: no build, no model run (no provenance, no
     reconstruction figures), `random_data` set."""
     return schema.StoreMeta(
@@ -112,6 +114,7 @@ def _meta(layers, chunk: int, n_images: int, seed: int, run_id: str | None) -> s
         built_at=time.strftime("%Y-%m-%d %H:%M:%S"), run_id=run_id or "random-" + uuid.uuid4().hex,
         code_version=None, build_key=None, factors=None, image_set_hash=None, n_skipped=0,
         reconstruction_error=None, reconstruction_tolerance=None, random_data=True,
+        pooling="class_token", d_coord=d_coord, basis_shared=False,
     )  # fmt: skip
 
 

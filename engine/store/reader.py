@@ -60,8 +60,9 @@ class StoreReader:
         try:
             self._check_format()
             self._group = zarr.open_group(str(version / schema.STORE_ZARR), mode="r")
-            self.meta = schema.StoreMeta.from_rows(self._meta_rows(), where=str(self.path))
-            self.model_record = self._load_model_record()
+            rows = self._meta_rows()
+            self.meta = schema.StoreMeta.from_rows(rows, where=str(self.path))
+            self.model_record = self._load_model_record(schema.meta_version_of(rows))
         except BaseException:
             self.close()
             raise
@@ -115,12 +116,14 @@ class StoreReader:
             k: v for k, v in rows.itertuples(index=False) if k != schema.INTERPRETATION_META_KEY
         }
 
-    def _load_model_record(self) -> schema.ModelRecord:
+    def _load_model_record(self, meta_version: int) -> schema.ModelRecord:
         models = self.query("SELECT * FROM models")
         if len(models) != 1:
             raise UserError(f"{self.path}: the models table holds {len(models)} rows, not 1 "
                             "(a broken store; rebuild it)")  # fmt: skip
-        return schema.ModelRecord.from_row(models.iloc[0].to_dict(), where=str(self.path))
+        return schema.ModelRecord.from_row(
+            models.iloc[0].to_dict(), where=str(self.path), meta_version=meta_version
+        )
 
     def _info_view(self) -> dict:
         """A flat read-only dict of the typed records (`meta`, `model`) plus derived facts, for
@@ -128,6 +131,7 @@ class StoreReader:
         meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.meta).items()}
         return MappingProxyType({
             **self.model_record.as_row(), **meta, "rest_layers": list(self._rest_layers),
+            "d_coord": self.d_coord,
             "n_images": int(self._group["output"].shape[0]),
             "interpretation": self.interpretation,
         })  # fmt: skip
@@ -234,12 +238,22 @@ class StoreReader:
         return self._rest_layers
 
     @property
+    def pooled(self) -> bool:
+        """A store of an attention-pooled tower (SigLIP): shared basis, pooled-only arrays."""
+        return self.meta.pooling != "class_token"
+
+    @property
+    def d_coord(self) -> int:
+        """The width of every head's coordinates (d_head for CLIP; d_embed for SigLIP)."""
+        return self.model_record.d_head if self.meta.d_coord is None else int(self.meta.d_coord)
+
+    @property
     def n_heads(self) -> int:
         return int(self._group["coord"].shape[2])
 
     @property
     def coord_array(self) -> zarr.Array:
-        """Lazy zarr array [image, layer (stored), head, d_head] fp16."""
+        """Lazy zarr array [image, layer (stored), head, d_coord] fp16."""
         return self._group["coord"]
 
     def _index(self, layer: int, head: int) -> int:
@@ -250,17 +264,31 @@ class StoreReader:
         return self._layers.index(layer)
 
     def basis(self, layer: int, head: int) -> np.ndarray:
-        """Orthonormal basis of head (layer, head): float32 [d_head, d_embed] (zero rows past
-        its rank); `coords(layer, head) @ basis(layer, head)` is the head's contribution."""
+        """Orthonormal basis of head (layer, head): float32 [d_coord, d_embed] (zero rows past
+        its rank); `coords(layer, head) @ basis(layer, head)` is the head's contribution. In a
+        store with `meta.basis_shared` every head returns the same one."""
         li = self._index(layer, head)
+        b = self.bases()
+        return b[0, 0] if self.meta.basis_shared else b[li, head]
+
+    def bases(self) -> np.ndarray:
+        """The stored basis array, float32 [basis_layer, basis_head, d_coord, d_embed] (1 x 1
+        when shared; read once, read-only)."""
         if self._basis is None:
             b = np.asarray(self._group["basis"][...], dtype=np.float32)
             b.setflags(write=False)
             self._basis = b
-        return self._basis[li, head]
+        return self._basis
+
+    def basis_per_head(self) -> np.ndarray:
+        """[layer, head, d_coord, d_embed]: a read-only broadcast view when shared (no copy)."""
+        b = self.bases()
+        if not self.meta.basis_shared:
+            return b
+        return np.broadcast_to(b, (len(self._layers), self.n_heads, *b.shape[2:]))
 
     def coords(self, layer: int, head: int, *, cache: bool = True) -> np.ndarray:
-        """Coordinates of head (layer, head) for every image: float32 [image, d_head].
+        """Coordinates of head (layer, head) for every image: float32 [image, d_coord].
 
         layer is the absolute layer index (one of `self.layers`). Cached within the reader's
         byte budget (`cache=False` reads around the cache: a pass over every head once)."""
@@ -288,16 +316,21 @@ class StoreReader:
         """ln_post's residual standard deviation per image, float32 [image]."""
         return self._group["std"][:]
 
-    def array(self, name: str) -> np.ndarray:
-        """Any schema array in full (e.g. mlp, attn_rest, embed, std, attn_bias, ln_bias)."""
+    def has_array(self, name: str) -> bool:
+        """Does this store hold the schema array (pooled-only arrays: in pooled stores only)?"""
         if name not in schema.ARRAYS:
             raise UserError(f"no array {name!r} in the store schema ({', '.join(schema.ARRAYS)})")
-        return self._group[name][...]
+        return not schema.ARRAYS[name].pooled_only or self.pooled
+
+    def array(self, name: str) -> np.ndarray:
+        """Any schema array in full (e.g. mlp, attn_rest, embed, std, attn_bias, ln_bias)."""
+        return self.lazy(name)[...]
 
     def lazy(self, name: str) -> zarr.Array:
         """A schema array without reading it (slice it to read a part)."""
-        if name not in schema.ARRAYS:
-            raise UserError(f"no array {name!r} in the store schema ({', '.join(schema.ARRAYS)})")
+        if not self.has_array(name):
+            raise UserError(f"{self.path}: {name!r} is held only by stores of attention-pooled "
+                            "towers (SigLIP); this store's tower pools its class token")  # fmt: skip
         return self._group[name]
 
     def thumbnails(self, image_ids) -> np.ndarray:

@@ -10,9 +10,12 @@ docs/decomposition.md), with the chosen layers' heads in their own coordinates:
 
     output[i] = Σ_{l, h} coord[i, l, h] @ basis[l, h] + Σ_l attn_bias[l] / std[i]
                 + Σ_l mlp[i, l] + Σ_r attn_rest[i, r] + embed[i] + ln_bias
+                [+ Σ_l attn_bias_image[i, l] + pool_mlp[i]]     (attention-pooled towers)
 
 (`l` over the stored layers, `r` over `rest_layers`, fp16 rounding of the per-image terms;
-`python -m engine verify --store S` checks it). Arrays whose first dimension is `image` are
+`python -m engine verify --store S` checks it). A store of an attention-pooled tower (SigLIP,
+`StoreMeta.pooling == "map"`) holds every head in ONE shared basis `basis[0, 0]` of d_coord
+(= d_embed) coordinates, std = 1, attn_bias = 0 and the two pooled-only arrays. Arrays whose first dimension is `image` are
 written chunk by chunk by a build; the others (`basis`, `rank`, `attn_bias`, `ln_bias`) depend only
 on the weights and are written once. `coord` is chunked for the main read, one (layer, head)
 over all images: inner chunks `(image_chunk, 1, 1, d_head)` packed into shards
@@ -52,6 +55,12 @@ class ArraySpec:
     shards: tuple[int, ...] | None
     description: str
     compress: bool = False  # zstd per inner chunk (thumbnails); contributions stay raw
+    pooled_only: bool = False  # only in stores of attention-pooled towers (SigLIP)
+
+    def applies(self, sizes: dict[str, int]) -> bool:
+        """Does a store of these sizes hold this array? (`sizes["pooled"]`: 1 for a store of an
+        attention-pooled tower, 0 for a class-token one.)"""
+        return not self.pooled_only or bool(sizes.get("pooled", 0))
 
     @property
     def per_image(self) -> bool:
@@ -81,7 +90,7 @@ class ArraySpec:
 
     def bytes_per_image(self, sizes: dict[str, int]) -> int:
         """Bytes one image adds to this array (0 for constants)."""
-        if not self.per_image:
+        if not self.per_image or not self.applies(sizes):
             return 0
         return math.prod(int(sizes[d]) for d in self.dims[1:]) * _itemsize(self.dtype)
 
@@ -91,27 +100,32 @@ def _itemsize(dtype: str) -> int:
 
 
 # dimension names: layer = a stored layer (its heads in coord), layer_all = every layer of the
-# model, rest_layer = a layer whose heads are not stored (summed into attn_rest)
+# model, rest_layer = a layer whose heads are not stored (summed into attn_rest), d_coord = the
+# width of a head's coordinates (d_head for a class-token CLIP tower; the rank of the pool's
+# output map, d_embed, for an attention-pooled one), basis_layer / basis_head = layer / head, or
+# 1 each when every head shares one basis (`StoreMeta.basis_shared`; pooled towers)
 ARRAYS: dict[str, ArraySpec] = {
     a.name: a
     for a in [
         ArraySpec(
             "coord",
-            ("image", "layer", "head", "d_head"),
+            ("image", "layer", "head", "d_coord"),
             "float16",
             (IMAGE_CHUNK, 1, 1, ALL),
             (IMAGE_CHUNK, ALL, ALL, ALL),
             "each stored (layer, head)'s direct contribution in the head's own coordinates: "
-            "(value mix / std) @ U S, so that coord @ basis = the contribution to the embedding",
+            "(value mix / std) @ U S, so that coord @ basis = the contribution to the embedding "
+            "(pooled towers: the head's term through the frozen pool, in the shared coordinates)",
         ),
         ArraySpec(
             "basis",
-            ("layer", "head", "d_head", "d_embed"),
+            ("basis_layer", "basis_head", "d_coord", "d_embed"),
             "float32",
             (1, 1, ALL, ALL),
             None,
             "orthonormal rows V^T of the thin SVD U S V^T of each head's map W_O[h] @ P "
-            "(rows past the head's rank are zero)",
+            "(rows past the head's rank are zero); pooled towers: ONE basis [1, 1, d_coord, "
+            "d_embed] shared by every head, V^T of the pool's output map W_proj^T",
         ),
         ArraySpec(
             "rank",
@@ -128,7 +142,8 @@ ARRAYS: dict[str, ArraySpec] = {
             (ALL, ALL),
             None,
             "out_proj bias of each stored layer through ln_post's linear part and proj "
-            "(b_out @ P); the image's term is attn_bias / std",
+            "(b_out @ P); the image's term is attn_bias / std (pooled towers: zeros, the term "
+            "depends on the image and is attn_bias_image)",
         ),
         ArraySpec(
             "ln_bias",
@@ -136,7 +151,8 @@ ARRAYS: dict[str, ArraySpec] = {
             "float32",
             (ALL,),
             None,
-            "ln_post.bias @ proj, the same for every image",
+            "ln_post.bias @ proj, the same for every image (pooled towers: the pool's constant, "
+            "final norm's bias through the pool's value map plus the value and proj biases)",
         ),
         ArraySpec(
             "mlp",
@@ -171,7 +187,8 @@ ARRAYS: dict[str, ArraySpec] = {
             (IMAGE_CHUNK,),
             None,
             "ln_post's standard deviation of the final class-token residual (biased variance + "
-            "eps): every per-image term is already divided by it",
+            "eps): every per-image term is already divided by it (pooled towers: 1; each token's "
+            "own deviation is folded into every term through the pool)",
         ),
         ArraySpec(
             "output",
@@ -245,6 +262,26 @@ ARRAYS: dict[str, ArraySpec] = {
             "L_n: Cholesky factor of neuron n's path Gram matrix (zero-padded to neuron_k); "
             "Q_n = L_n^-1 E_n",
         ),
+        ArraySpec(
+            "attn_bias_image",
+            ("image", "layer", "d_embed"),
+            "float16",
+            (IMAGE_CHUNK, ALL, ALL),
+            None,
+            "pooled towers: each stored layer's attn.proj bias through the frozen pool (every "
+            "token carries it, the pool weighs tokens per image, so the term depends on the image)",
+            pooled_only=True,
+        ),
+        ArraySpec(
+            "pool_mlp",
+            ("image", "d_embed"),
+            "float16",
+            (IMAGE_CHUNK, ALL),
+            None,
+            "pooled towers: the pool's MLP branch mlp(norm(pooled)), nonlinear, ONE term taken "
+            "from the model's own forward (what no head's direct effect explains)",
+            pooled_only=True,
+        ),
     ]
 }
 
@@ -259,9 +296,15 @@ def array_sizes(
     image_chunk: int,
     neuron_layers: list[int] | tuple = (),
     n_neurons: int = 0,
+    *,
+    d_coord: int | None = None,
+    pooled: bool = False,
 ) -> dict[str, int]:
     """Every dimension size of the schema for a store of these shapes (`neuron_layers`: the
-    layers whose `n_neurons` MLP neurons are stored by the second-order lens)."""
+    layers whose `n_neurons` MLP neurons are stored by the second-order lens).
+
+    d_coord: a head's coordinate width (default d_head); pooled: a store of an attention-pooled
+    tower (its heads share one basis [1, 1, d_coord, d_embed]; the pooled-only arrays exist)."""
     return {
         **neuron_sizes(n_layers, n_heads, neuron_layers, n_neurons),
         "image": n_images,
@@ -270,6 +313,10 @@ def array_sizes(
         "rest_layer": n_layers - len(layers),
         "head": n_heads,
         "d_head": d_head,
+        "d_coord": d_head if d_coord is None else int(d_coord),
+        "basis_layer": 1 if pooled else len(layers),
+        "basis_head": 1 if pooled else n_heads,
+        "pooled": int(bool(pooled)),
         "d_embed": d_embed,
         "y": THUMB_SIZE,
         "x": THUMB_SIZE,
@@ -323,6 +370,7 @@ CREATE TABLE models (
     arch VARCHAR,
     weights_hash VARCHAR,
     random_weights BOOLEAN,
+    tokenizer VARCHAR,
     n_layers INTEGER,
     n_heads INTEGER,
     d_model INTEGER,
@@ -624,7 +672,7 @@ UNIT_TABLES = ("unit_summary", "unit_examples", "unit_histograms")
 
 # ---------------------------------------------------------------- typed records of the tables
 
-META_VERSION = 2
+META_VERSION = 3
 """Version of the `StoreMeta` record. Rows without a `meta_version` key (version 0) were written
 before the record was typed. Every older version is read through `META_UPGRADES`, which says
 exactly what each step fills in; within a version every field is written and a missing one is an
@@ -657,6 +705,9 @@ class StoreMeta:
     reconstruction_error: float | None  # worst per-batch relative error, before fp16 storage
     reconstruction_tolerance: float | None
     random_data: bool  # random arrays (engine.store.random_store), not a model's decomposition
+    pooling: str  # how the tower makes its embedding: POOLINGS ("class_token", "map")
+    d_coord: int | None  # a head's coordinate width (None: a store before v3, = the model's d_head)
+    basis_shared: bool  # every head in ONE basis `basis[0, 0]` (pooled towers), else per head
     # MLP layers whose neurons' second-order effects are stored (build --neurons; () = none)
     neuron_layers: tuple[int, ...] = ()
 
@@ -710,7 +761,33 @@ def _upgrade_neuron_layers(values: dict) -> dict:
     return {**values, "neuron_layers": values.get("neuron_layers") or []}
 
 
-META_UPGRADES = {0: _upgrade_legacy_meta, 1: _upgrade_neuron_layers}  # version -> step to +1
+def _upgrade_pooling(values: dict) -> dict:
+    """Version 2 -> 3: stores before it are all of class-token towers (attention-pooled ones
+    were refused): heads in their own bases, d_head wide (the models row's d_head)."""
+    out = dict(values)
+    out.setdefault("pooling", "class_token")
+    out.setdefault("d_coord", None)
+    out.setdefault("basis_shared", False)
+    return out
+
+
+META_UPGRADES = {0: _upgrade_legacy_meta, 1: _upgrade_neuron_layers, 2: _upgrade_pooling}
+"""version -> the step to version + 1"""
+
+POOLINGS = ("class_token", "map")
+"""`StoreMeta.pooling`: the class token through ln_post and proj (CLIP), or timm's attention
+pooling (`map`: SigLIP / SigLIP 2, engine.core.pooling)."""
+
+TOKENIZER_SINCE = 3
+"""The metadata version from which the models row records `tokenizer`."""
+LEGACY_TOKENIZER = "open_clip (not recorded: a store before metadata version 3)"
+"""`ModelRecord.tokenizer` of a store written before the models row recorded it (its text
+embeddings were open_clip's own tokenizer's: the stand-in did not exist)."""
+
+
+def meta_version_of(rows: dict[str, str]) -> int:
+    """The metadata version of `store_meta` rows (0: before the record was typed)."""
+    return int(json.loads(rows["meta_version"])) if "meta_version" in rows else 0
 
 
 def _typed(name: str, v):
@@ -728,6 +805,7 @@ class ModelRecord:
     arch: str
     weights_hash: str  # `engine.model.load_model`'s hash; `random:seedN` at random init
     random_weights: bool
+    tokenizer: str  # what made the store's text embeddings (engine.model.tokenizers)
     n_layers: int
     n_heads: int
     d_model: int
@@ -738,7 +816,13 @@ class ModelRecord:
     grid: int
 
     @classmethod
-    def from_row(cls, row: dict, where: str = "store") -> ModelRecord:
+    def from_row(
+        cls, row: dict, where: str = "store", meta_version: int = META_VERSION
+    ) -> ModelRecord:
+        """`meta_version`: the store's (`meta_version_of`); before TOKENIZER_SINCE the row has
+        no tokenizer."""
+        if meta_version < TOKENIZER_SINCE and row.get("tokenizer") is None:
+            row = {**row, "tokenizer": LEGACY_TOKENIZER}
         missing = [f.name for f in fields(cls) if row.get(f.name) is None]
         if missing:
             raise UserError(f"{where}: the models table lacks {', '.join(missing)} (a broken "

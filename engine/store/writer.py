@@ -35,6 +35,8 @@ def create_arrays(folder: Path, sizes: dict[str, int]) -> dict:
     group = zarr.open_group(str(folder / schema.STORE_ZARR), mode="w", zarr_format=3)
     arrays = {}
     for spec in schema.ARRAYS.values():
+        if not spec.applies(sizes):  # pooled-only arrays in a class-token store
+            continue
         arrays[spec.name] = group.create_array(
             spec.name,
             shape=spec.shape(sizes),
@@ -50,8 +52,10 @@ def create_arrays(folder: Path, sizes: dict[str, int]) -> dict:
 
 
 def open_arrays(folder: Path, mode: str = "r") -> dict:
+    """The store's schema arrays (those it holds: pooled-only ones only in pooled stores)."""
     group = zarr.open_group(str(folder / schema.STORE_ZARR), mode=mode)
-    return {name: group[name] for name in schema.ARRAYS}
+    present = set(group.array_keys())
+    return {name: group[name] for name in schema.ARRAYS if name in present}
 
 
 def write_rows(arrays: dict, start: int, data: dict[str, np.ndarray]) -> None:
@@ -189,6 +193,8 @@ def compact_rows(folder: Path, parts: list[tuple[int, int]], sizes: dict) -> Non
             dst = create_arrays(tmp, {**sizes, "image": total})
             chunk = int(sizes["image_chunk"])
             for name, spec in schema.ARRAYS.items():
+                if name not in src:  # an array this store does not hold
+                    continue
                 if spec.per_image:
                     _copy_rows(src[name], dst[name], parts, chunk)
                 else:  # weight-only constants: copied whole
