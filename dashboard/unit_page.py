@@ -168,3 +168,21 @@ def open_clicked(ctx, unit: tuple[int, int] | None) -> None:
     """Open the Head page of a clicked unit (nothing when none was clicked)."""
     if unit is not None:
         open_unit(ctx, *unit)
+
+
+def mask_links(ctx, store, mask: np.ndarray) -> None:
+    """Links to the Head pages of the heads a map sums (`mask` [layer, head] over the stored
+    layers, as `widgets.head_mask_picker` returns it): one link for one head, else a list."""
+    chosen = [
+        (l, h) for i, l in enumerate(store.layers) for h in range(mask.shape[1]) if mask[i, h]
+    ]
+    if len(chosen) == 1:
+        unit_link(ctx, *chosen[0], f"{head_name(*chosen[0])}'s page")
+        return
+    with st.expander(f"Pages of the {len(chosen)} heads in this map"):
+        st.markdown(
+            " · ".join(
+                f"[{head_name(l, h)}]({routes.href('head', routes.link_params(ctx, unit=head_name(l, h)))})"
+                for l, h in chosen
+            )
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import state, widgets
+from dashboard import state, unit_page, widgets
 
 st.title("Contrastive segmentation")
 ctx = state.page_context()
@@ -31,3 +31,4 @@ widgets.show_heatmap(
     low=f"more “{t2}”",
     note=f"{int(mask.sum())} head(s) summed · direction = text 1 − text 2",
 )
+unit_page.mask_links(ctx, store, mask)

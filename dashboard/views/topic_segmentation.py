@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import state, widgets
+from dashboard import state, unit_page, widgets
 
 st.title("Topic segmentation")
 ctx = state.page_context()
@@ -30,3 +30,4 @@ widgets.show_heatmap(
     low=f"away from “{text}”",
     note=f"{n} head(s) summed · map of contribution · text per patch",
 )
+unit_page.mask_links(ctx, store, mask)

@@ -139,3 +139,25 @@ def test_pages_naming_a_head_link_to_its_page(monkeypatch, store_env, page):
     links = [(x.proto.page, x.proto.label) for x in at.get("page_link")]
     to_head = [label for target, label in links if target.endswith("head")]
     assert to_head and all(re.fullmatch(r"L\d+H\d+'s page", x) for x in to_head), links
+
+
+@pytest.mark.parametrize("page", ["topic_segmentation", "contrastive_segmentation"])
+def test_segmentation_pages_link_to_the_heads_they_sum(monkeypatch, store_env, page):
+    """Aggregate (the default): every summed head's page is linked; one head: its page link."""
+    root, store, _ = store_env
+    monkeypatch.setenv("CLIP_INTERPRET_ARTIFACTS", str(root))
+    monkeypatch.delenv("CLIP_INTERPRET_STORE", raising=False)
+    at = AppTest.from_file(HOME, default_timeout=300)
+    at.query_params["store"] = store.name
+    at.switch_page(f"views/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    with open_store(store) as r:
+        n_heads = len(r.layers) * r.n_heads
+    text = " ".join(m.value for m in at.markdown)
+    linked = re.findall(r"\[(L\d+H\d+)\]\(\./head\?store=[^&]+&unit=\1\)", text)
+    assert len(set(linked)) == n_heads, text[:500]
+    at.radio[0].set_value("One head").run()
+    assert not at.exception, [e.value for e in at.exception]
+    to_head = [x.proto.label for x in at.get("page_link") if x.proto.page.endswith("head")]
+    assert len(to_head) == 1 and re.fullmatch(r"L\d+H\d+'s page", to_head[0]), to_head
