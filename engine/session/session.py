@@ -25,6 +25,7 @@ from engine.core.layers import head_name
 from engine.errors import UserError
 from engine.session import ablation as _ablation
 from engine.session import analyses as _analyses
+from engine.session import neurons as _neurons
 from engine.session.model import load_store_model
 from engine.session.query import ImageAnalysis, ImageQuery
 from engine.store import StoreReader
@@ -436,3 +437,17 @@ class StoreSession:
 
     def ablate(self, spec: str, **choices) -> _ablation.Ablation:
         return _ablation.ablate(self, spec, **choices)
+
+    # ---------------------------------------------------------------- neurons (engine.session.neurons)
+
+    def neuron_table(self):
+        return _neurons.neuron_table(self)
+
+    def search_neurons(self, text: str, *, k: int = 20):
+        return _neurons.search_neurons(self, text, k)
+
+    def neuron_facts(self, layer: int, neuron: int):
+        return _neurons.neuron_facts(self, layer, neuron)
+
+    def neuron_map(self, query, layer: int, neuron: int, direction=None):
+        return _neurons.neuron_map(self, query, layer, neuron, direction)
