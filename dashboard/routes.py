@@ -44,6 +44,7 @@ ROUTES: tuple[Route, ...] = (
     Route("head_image_neighbours", "Head image neighbours", ":material/photo_library:", "Analyses"),
     Route("head_text_neighbours", "Head text neighbours", ":material/text_fields:", "Analyses"),
     Route("head", "Head", ":material/neurology:", "Model"),  # one head: /head?unit=L7H3
+    Route("neurons", "Neurons", ":material/hub:", "Model"),  # one neuron: /neurons?unit=L5N12
     Route("ablation", "Ablation", ":material/science:", "Causal tests"),
 )
 

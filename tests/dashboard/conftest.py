@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 N_IMAGES = 200
+NEURON_LAYER = {"demo": "6-6", "tiny-test": "1-1"}  # one neuron layer (the Neurons page)
 
 
 def _engine(*args: str) -> subprocess.CompletedProcess:
@@ -57,11 +58,15 @@ def build_fixture(base: Path) -> tuple[Path, Path, bool]:
         f"synthetic:{N_IMAGES}",
         "--store",
         str(store),
+        "--neurons",
+        NEURON_LAYER[model],
         "--no-progress",
     )
     assert r.returncode == 0, r.stderr
     _copy_store(store, _raw_root(base) / "fixture")
     r = _engine("interpret", "--store", str(store))
+    assert r.returncode == 0, r.stderr
+    r = _engine("interpret", "--store", str(store), "--neurons", "all", "--no-progress")
     assert r.returncode == 0, r.stderr
     done.write_text("interpreted")
     return root, store, True
