@@ -88,3 +88,81 @@ def test_bad_neurons_are_one_line(session, tmp_path):
     _build(plain, None)
     with StoreSession.open(plain) as s, pytest.raises(UserError, match="built without neurons"):
         s.neuron_table()
+
+
+# ---- ablate neurons (engine.core.neuron_spec, engine.session.neuron_ablation) ----
+
+
+def test_neuron_specs_name_the_right_neurons():
+    from engine.core.neuron_spec import SIGNIFICANT_SHARE, is_neuron_spec, parse_neuron_spec
+
+    sig = {6: np.array([0.1, 0.9, 0.5, 0.3, 0.0, 0.7, 0.2, 0.8, 0.6, 0.4])}
+    assert is_neuron_spec("L6N1,L6N2") and is_neuron_spec("neurons:L6:all")
+    assert not is_neuron_spec("L6H1") and not is_neuron_spec("label:colour")
+    assert parse_neuron_spec("L6N3+L6N1", sig)[6].tolist() == [1, 3]
+    n_sig = round(SIGNIFICANT_SHARE * 10)
+    top = np.argsort(-sig[6])[:n_sig]
+    assert parse_neuron_spec("neurons:L6:significant", sig)[6].tolist() == sorted(top)
+    rest = parse_neuron_spec("neurons:L6:insignificant", sig)[6]
+    assert len(rest) == 10 - n_sig and not set(rest) & set(top)
+    assert parse_neuron_spec("neurons:L6:top:3", sig)[6].tolist() == [1, 5, 7]
+    assert parse_neuron_spec("neurons:L6:bottom:2", sig)[6].tolist() == [0, 4]
+    by_text = parse_neuron_spec("neurons:L6:top:2:a dog", sig, lambda l, t: -sig[l])
+    assert by_text[6].tolist() == [0, 4]
+    for bad in ("L7N1", "L6N10", "neurons:L6:top:0", "neurons:L6:sideways", "neurons:L6:top:2:x"):
+        with pytest.raises(UserError, match="bad neuron spec"):
+            parse_neuron_spec(bad, sig)
+
+
+def test_ablating_every_neuron_removes_the_layers_propagated_write(session):
+    from engine.core import ablation
+    from engine.session.neuron_ablation import neuron_delta
+
+    fit, ev = ablation.split(N, 0.5, 0)
+    n = StoredNeurons(session.reader).n_neurons
+    delta = neuron_delta(session, {1: np.arange(n)}, fit, ev)  # [image, d_embed]
+    total = session.reader.array("neuron_total")[:, 0]  # the write, unfactorised
+    want = total[ev] - total[fit].mean(axis=0)
+    scale = session.reader.array("neuron_scale")[:, 0]  # [image, neuron]
+    k = StoredNeurons(session.reader).n_paths(1)
+    bound = so.quantisation_bound(scale, k).sum(axis=1)  # per image
+    err = np.linalg.norm(delta - want, axis=1)
+    assert (err <= bound[ev] + bound[fit].mean() + 1e-4 * np.linalg.norm(want, axis=1)).all()
+    # one neuron alone is its own centred stored effect
+    sn = StoredNeurons(session.reader)
+    kk = sn.k(1, 0, N)[:, 7]  # [image, K]
+    eff = kk @ sn.frame(1, [7])[0]
+    one = neuron_delta(session, {1: np.array([7])}, fit, ev)
+    np.testing.assert_allclose(one, eff[ev] - eff[fit].mean(0), rtol=1e-4, atol=1e-6)
+
+
+def test_ablate_neurons_reports_before_after_and_random(session):
+    res = session.ablate_neurons("neurons:L1:significant", random=3)
+    assert res.n_ablated == round(0.1 * StoredNeurons(session.reader).n_neurons)
+    assert res.n_fit + res.n_eval == N and res.tasks
+    for t in res.tasks:
+        assert 0 <= t.after <= 1 and 0 <= t.before <= 1 and t.random.shape == (3,)
+    none = session.ablate_neurons("L1N0", random=0)  # a dead-weight check: one neuron, no draws
+    assert none.n_ablated == 1 and none.tasks[0].random.size == 0
+
+
+def test_ablate_cli_takes_neurons_and_refuses_unbuilt_layers(session, capsys):
+    import json
+
+    from engine.cli import main as cli_main
+
+    argv = ["ablate", "--store", str(session.path), "--random", "2", "--json", "--ablate"]
+    assert cli_main([*argv, "neurons:L1:top:5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_ablated"] == 5 and out["tasks"] and "random_mean" in out["tasks"][0]
+    assert cli_main([*argv, "neurons:L0:all"]) == 2
+    assert "not described" in capsys.readouterr().err
+
+
+def test_demo_store_visualises_the_labelled_heads_of_its_last_layers():
+    from engine.cli.demo_store import visualise_spec
+
+    labels = {(6, 0): "colour", (7, 1): "shape", (7, 2): "mixed", (7, 0): "texture", (5, 3): ""}
+    assert visualise_spec(labels, 8, last=1) == "L7H0,L7H1"
+    assert visualise_spec(labels, 8, last=2) == "L6H0,L7H0,L7H1"
+    assert visualise_spec({(7, 2): "mixed"}, 8) is None

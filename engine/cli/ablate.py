@@ -28,8 +28,13 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from engine.core.neuron_spec import is_neuron_spec
     from engine.pipeline.ablate import AblateParams, run_ablate
 
+    if is_neuron_spec(args.ablate):
+        from engine.cli.ablate_neurons import run_neurons
+
+        return run_neurons(args)
     res = run_ablate(
         AblateParams(
             store=args.store, ablate=args.ablate, tasks=args.tasks, random=args.random,

@@ -451,3 +451,8 @@ class StoreSession:
 
     def neuron_map(self, query, layer: int, neuron: int, direction=None):
         return _neurons.neuron_map(self, query, layer, neuron, direction)
+
+    def ablate_neurons(self, spec: str, **choices):
+        from engine.session.neuron_ablation import ablate_neurons
+
+        return ablate_neurons(self, spec, **choices)
