@@ -56,6 +56,8 @@ PAGE_NOTES = {
     "causal evidence (ablation effect, segmentation scores); export.",
     "head": "One head's page: its texts, top and bottom stored images with its map over each, "
     "histograms, related heads, a synthesized image; share it by its URL (`unit=L7H3`).",
+    "neurons": "MLP neurons through the second-order lens: by significance, searched by text, "
+    "one neuron's words, top images and map on the image (`unit=L6N12`).",
     "property_neighbours": "Images of the store most alike the chosen image in one property.",
     "topic_segmentation": "Where in the image heads see a text.",
     "contrastive_segmentation": "Where the image is more one text than another.",

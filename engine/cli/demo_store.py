@@ -7,8 +7,12 @@ import argparse
 NAME = "demo-store"
 HELP = (
     "build the demo model's store over the synthetic world (once), interpret it, and record "
-    "its causal checks (per-head ablation, segmentation against the world's masks)"
+    "its causal checks (per-head ablation, segmentation against the world's masks), describe "
+    "one layer's MLP neurons (second-order lens) and synthesize an image per labelled head"
 )
+NEURON_LAYER = 6  # the demo model's neuron layer (docs/benchmarks.md, "Neurons")
+VISUALISE_STEPS = 32  # optimisation steps per head in the demo (visualise's default: 256)
+VISUALISE_LAST = 1  # the labelled heads of the last layer get a synthesized image (~25 s each)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "`spurious --repair` on it (docs/spurious.md)",
     )  # fmt: skip
     p.add_argument("--repair", type=int, default=4, help="with --biased: heads to repair (4)")
+    p.add_argument(
+        "--neurons", default=f"{NEURON_LAYER}-{NEURON_LAYER}",
+        help=f"MLP layers whose neurons are stored and described (default {NEURON_LAYER}-{NEURON_LAYER}; none: skip)",
+    )  # fmt: skip
+    p.add_argument(
+        "--visualise-steps", type=int, default=VISUALISE_STEPS,
+        help=f"visualise steps per labelled head (default {VISUALISE_STEPS}; 0: skip)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--force", action="store_true", help="rebuild even if complete")
     p.add_argument("--no-progress", action="store_true")
@@ -44,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         store=args.store,
         batch_size=args.batch_size,
         layers="all",
+        neurons=_neurons(args.neurons),
         force=args.force,
         progress=not args.no_progress,
     )
@@ -61,12 +74,14 @@ def run(args: argparse.Namespace) -> int:
         ablated = r.has_rows("head_effects")
         segmented = r.has_rows("segmentation_scores")
         last = min(4, int(r.info["n_layers"]))  # the paper's "last four layers"
+        neuron_layers = list(r.info.get("neuron_layers") or [])
+        described = r.has_rows("neuron_stats")
     if interpreted and not args.force:
         print(f"{args.store} is interpreted")
     else:
         run_interpretation(args.store, labeller="offline", bank="world")
         print(f"interpreted {args.store}")
-        ablated = segmented = False
+        ablated = segmented = described = False
     if not ablated:
         run = run_ablate(AblateParams(args.store, f"all-but-last:{last}", per_head=True))
         kept = ", ".join(f"{t.task} {t.after:.2f}" for t in run.result.tasks)
@@ -75,7 +90,55 @@ def run(args: argparse.Namespace) -> int:
         seg = run_segeval(SegEvalParams(args.store, "world"), progress=not args.no_progress)
         a = seg.aggregate()
         print(f"segmentation: pointing {a['pointing']:.3f}, mIoU {a['miou']:.3f} (all heads)")
+    if neuron_layers and not described:
+        _describe_neurons(args)
+    if args.visualise_steps > 0:
+        _visualise(args)
     return 0
+
+
+def _neurons(spec: str | None) -> str | None:
+    return None if spec is None or spec.strip().lower() in ("", "none") else spec
+
+
+def _describe_neurons(args: argparse.Namespace) -> None:
+    from engine.pipeline.neuron_interpret import run_neuron_interpretation
+
+    res = run_neuron_interpretation(args.store, None, "world", progress=not args.no_progress)
+    print(
+        f"described {res.n_neurons} neurons x layers {res.layers} in "
+        f"{res.timings.get('total_s')} s; ground truth {res.matched}/{res.clear} clear neurons "
+        "labelled with their factor"
+    )
+
+
+def visualise_spec(labels: dict, n_layers: int, last: int = VISUALISE_LAST) -> str | None:
+    """The demo's labelled heads (label other than `mixed`) of the last `last` layers, as a
+    spec; None when there are none."""
+    from engine.core.labels import MIXED
+    from engine.core.layers import head_name
+
+    heads = sorted(k for k, v in labels.items() if k[0] >= n_layers - last and v and v != MIXED)
+    return ",".join(head_name(l, h) for l, h in heads) or None
+
+
+def _visualise(args: argparse.Namespace) -> None:
+    from engine.pipeline.visualise import run_visualise
+    from engine.store import open_store, unit_tables
+
+    with open_store(args.store) as r:
+        spec = visualise_spec(r.head_labels(), int(r.info["n_layers"]))
+        done = len(unit_tables.unit_visualisations(r)) > 0
+    if spec is None or (done and not args.force):
+        return
+    rows = run_visualise(
+        args.store, spec, steps=args.visualise_steps, progress=not args.no_progress
+    )
+    above = sum(x.sigmas_above_init > 3 for x in rows)
+    print(
+        f"visualised {len(rows)} labelled heads ({args.visualise_steps} steps): {above} score "
+        "> 3 sd above random Fourier images"
+    )
 
 
 def _biased(args: argparse.Namespace) -> int:
