@@ -79,6 +79,21 @@ def test_map_sums_to_the_stored_effect_along_its_direction(session):
     assert m.patches.ndim == 2 and m.patches.shape[0] == m.patches.shape[1]
 
 
+def test_segmentation_averages_the_text_nearest_neurons_maps_along_the_text(session):
+    q = session.query_from_store(5)
+    seg, used = session.neuron_segmentation(q, "a red shape", k=4)
+    t = session.text_embeddings(["a red shape"])[0]
+    maps = [session.neuron_map(q, l, n, t) for l, n in zip(used.layer, used.neuron, strict=True)]
+    np.testing.assert_allclose(seg, np.mean([m.patches for m in maps], axis=0), rtol=1e-6)
+    assert len(used) == 4 and seg.shape == maps[0].patches.shape
+    # each map along the text sums (with the class token) to that neuron's effect · text
+    sn = StoredNeurons(session.reader)
+    l, n = int(used.layer.iloc[0]), int(used.neuron.iloc[0])
+    eff = sn.k(l, 5, 6)[0, n] @ sn.frame(l, [n])[0]
+    bound = so.quantisation_bound(session.reader.lazy("neuron_scale")[5, 0, n], sn.n_paths(l))
+    assert abs(maps[0].patches.sum() + maps[0].cls - float(eff @ t)) <= bound + 1e-6
+
+
 def test_bad_neurons_are_one_line(session, tmp_path):
     with pytest.raises(UserError, match="not a described neuron"):
         session.neuron_facts(1, 9999)

@@ -93,3 +93,18 @@ if st.toggle("Map this neuron on the image picked in the sidebar (runs the model
         f"Per-patch shares of the effect along its direction (the class token's: {nmap.cls:.3g}); "
         f"stored images are significant above {facts.threshold:.3g} (centred norm)."
     )
+
+st.subheader("Neuron segmentation")
+seg_text = st.text_input(
+    "Segment the image picked in the sidebar by the 10 neurons nearest a text (runs the model)",
+    key="neurons_seg",
+    placeholder="e.g. a red shape",
+)
+if seg_text.strip():
+    q = widgets.require_query(ctx)
+    seg, used = widgets.run("Segmenting…", store.neuron_segmentation, q, seg_text, k=10)
+    widgets.show_heatmap(q, np.asarray(seg), f"more {seg_text!r}", f"less {seg_text!r}", q.label)
+    st.caption(
+        "The mean of their per-patch maps along the text's embedding; neurons: "
+        + ", ".join(used.unit)
+    )

@@ -258,3 +258,14 @@ def neuron_map(session, query, layer: int, neuron: int, direction=None) -> Neuro
         total=float(per_token.sum()),
         norm=float(eff.norm()),
     )
+
+
+def neuron_segmentation(session, query, text: str, k: int = 10) -> tuple[np.ndarray, pd.DataFrame]:
+    """The paper's neuron-based segmentation: the k neurons whose direction is nearest `text`,
+    each one's per-patch map on the query along the text's embedding, averaged -> ([grid, grid],
+    the neurons used: the search rows)."""
+    hits = search_neurons(session, text, k)
+    t = session.text_embeddings([str(text).strip()])[0]  # [d_embed]
+    maps = [neuron_map(session, query, int(l), int(n), t).patches
+            for l, n in zip(hits.layer, hits.neuron, strict=True)]  # fmt: skip
+    return np.mean(maps, axis=0), hits

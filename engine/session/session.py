@@ -452,6 +452,9 @@ class StoreSession:
     def neuron_map(self, query, layer: int, neuron: int, direction=None):
         return _neurons.neuron_map(self, query, layer, neuron, direction)
 
+    def neuron_segmentation(self, query, text: str, *, k: int = 10):
+        return _neurons.neuron_segmentation(self, query, text, k)
+
     def ablate_neurons(self, spec: str, **choices):
         from engine.session.neuron_ablation import ablate_neurons
 

@@ -69,6 +69,12 @@ def test_neuron_map_on_a_stored_image(monkeypatch, store_env):
     metrics = {m.label: m.value for m in at.metric}
     # the live effect norm of its top image is the stored one (int8 frame coordinates)
     assert float(metrics["Effect norm"]) == pytest.approx(float((k**2).sum() ** 0.5), rel=2e-2)
+    # neuron segmentation for a typed text names the neurons it averaged
+    at.text_input(key="neurons_seg").set_value("a red shape").run()
+    assert not at.exception, [e.value for e in at.exception]
+    with StoreSession.open(store) as s:
+        used = s.search_neurons("a red shape", k=10).unit
+    assert any(", ".join(used) in c.value for c in at.caption)
 
 
 def test_store_without_described_neurons_says_how(monkeypatch, tmp_path):
