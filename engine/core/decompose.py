@@ -67,8 +67,54 @@ class HeadBases:
         return int(self.basis.shape[2])
 
 
+class SumsToOutput:
+    """What every decomposition of `encode_image` shares: labelled components, their sum and the
+    remainder. A subclass gives `coord`, `head_out`, `heads_sum()`, `layers`, `rest_layers`,
+    `attn_rest`, `mlp`, `output`, `attn_bias_terms()` [image, layer, d_embed] and
+    `tail_terms()` (its own last terms, each [image, d_embed])."""
+
+    def components(self) -> tuple[list[str], Tensor]:
+        """All terms with labels: (labels, [image, component, d_embed]); they sum to `output`.
+
+        Materialises every head in d_embed: for tests, `verify` and small batches."""
+        n_image, n_layer, n_head, _ = self.coord.shape
+        d_embed = self.output.shape[1]
+        labels = [head_name(l, h) for l in self.layers for h in range(n_head)]
+        parts = [self.head_out.reshape(n_image, n_layer * n_head, d_embed)]  # (layer, head)
+        labels += [term_name(l, "attn_bias") for l in self.layers]
+        parts.append(self.attn_bias_terms())
+        labels += [term_name(l, "attn") for l in self.rest_layers]
+        parts.append(self.attn_rest)
+        labels += [term_name(l, "mlp") for l in range(self.mlp.shape[1])]
+        parts.append(self.mlp)
+        tail = self.tail_terms()
+        labels += [name for name, _ in tail]
+        parts += [t[:, None] for _, t in tail]
+        return labels, torch.cat(parts, dim=1)
+
+    def total(self) -> Tensor:
+        """Sum of all components: [image, d_embed] (heads summed in coordinates)."""
+        out = (
+            self.heads_sum()
+            + self.attn_bias_terms().sum(dim=1)
+            + self.attn_rest.sum(dim=1)
+            + self.mlp.sum(dim=1)
+        )
+        for _, t in self.tail_terms():
+            out = out + t
+        return out
+
+    def remainder(self) -> Tensor:
+        """output - total: [image, d_embed]. Zero up to floating-point error."""
+        return self.output - self.total()
+
+    def relative_error(self) -> float:
+        """max |remainder| / max ||output||: the number `verify` and `build` check."""
+        return float(self.remainder().abs().max() / self.output.norm(dim=-1).max().clamp_min(1e-30))
+
+
 @dataclass
-class Decomposition:
+class Decomposition(SumsToOutput):
     """Components of `encode_image`, each already mapped to embedding space (/ std).
 
     coord:     [image, layer, head, d_head]   each head of `layers` in its own coordinates
@@ -114,42 +160,10 @@ class Decomposition:
         """[image, layer, d_embed]: each decomposed layer's out_proj bias term, / std."""
         return self.attn_bias[None] / self.std[:, None, None]
 
-    def components(self) -> tuple[list[str], Tensor]:
-        """All terms with labels: (labels, [image, component, d_embed]); they sum to `output`.
-
-        Materialises every head in d_embed: for tests, `verify` and small batches."""
-        n_image, n_layer, n_head, _ = self.coord.shape
-        d_embed = self.output.shape[1]
-        labels = [head_name(l, h) for l in self.layers for h in range(n_head)]
-        parts = [self.head_out.reshape(n_image, n_layer * n_head, d_embed)]  # (layer, head)
-        labels += [term_name(l, "attn_bias") for l in self.layers]
-        parts.append(self.attn_bias_terms())
-        labels += [term_name(l, "attn") for l in self.rest_layers]
-        parts.append(self.attn_rest)
-        labels += [term_name(l, "mlp") for l in range(self.mlp.shape[1])]
-        parts.append(self.mlp)
-        labels += ["embed", "ln_bias"]
-        parts += [self.embed[:, None], self.ln_bias.expand(n_image, d_embed)[:, None]]
-        return labels, torch.cat(parts, dim=1)
-
-    def total(self) -> Tensor:
-        """Sum of all components: [image, d_embed] (heads summed in coordinates)."""
-        return (
-            self.heads_sum()
-            + self.attn_bias_terms().sum(dim=1)
-            + self.attn_rest.sum(dim=1)
-            + self.mlp.sum(dim=1)
-            + self.embed
-            + self.ln_bias
-        )
-
-    def remainder(self) -> Tensor:
-        """output - total: [image, d_embed]. Zero up to floating-point error."""
-        return self.output - self.total()
-
-    def relative_error(self) -> float:
-        """max |remainder| / max ||output||: the number `verify` and `build` check."""
-        return float(self.remainder().abs().max() / self.output.norm(dim=-1).max().clamp_min(1e-30))
+    def tail_terms(self) -> list[tuple[str, Tensor]]:
+        """The terms after the layers', each [image, d_embed]: embed, ln_bias."""
+        n_image, d_embed = self.output.shape
+        return [("embed", self.embed), ("ln_bias", self.ln_bias.expand(n_image, d_embed))]
 
 
 def ln_projection(w: ViTWeights, dtype=torch.float32) -> Tensor:

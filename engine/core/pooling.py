@@ -40,8 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.core.decompose import RANK_RTOL
-from engine.core.layers import head_name, term_name
+from engine.core.decompose import RANK_RTOL, SumsToOutput
 
 
 @dataclass
@@ -152,7 +151,7 @@ def pooled_bases(w: PooledWeights, dtype=torch.float32, device=None) -> PooledBa
 
 
 @dataclass
-class PooledDecomposition:
+class PooledDecomposition(SumsToOutput):
     """Components of `encode_image` of a MAP-pooled tower, each in embedding space.
 
     coord:     [image, layer, head, k]       each head of `layers` in the shared coordinates
@@ -196,45 +195,18 @@ class PooledDecomposition:
         """Sum of every decomposed head, [image, d_embed] (summed in coordinates first)."""
         return self.coord.sum(dim=(1, 2)) @ self.basis
 
-    def components(self) -> tuple[list[str], Tensor]:
-        """All terms with labels: (labels, [image, component, d_embed]); they sum to `output`."""
-        n_image, n_layer, n_head, _ = self.coord.shape
-        d_embed = self.output.shape[1]
-        labels = [head_name(l, h) for l in self.layers for h in range(n_head)]
-        parts = [self.head_out.reshape(n_image, n_layer * n_head, d_embed)]  # (layer, head)
-        labels += [term_name(l, "attn_bias") for l in self.layers]
-        parts.append(self.attn_bias)
-        labels += [term_name(l, "attn") for l in self.rest_layers]
-        parts.append(self.attn_rest)
-        labels += [term_name(l, "mlp") for l in range(self.mlp.shape[1])]
-        parts.append(self.mlp)
-        labels += ["embed", "pool_bias", "pool_mlp"]
-        parts += [
-            self.embed[:, None],
-            self.pool_bias.expand(n_image, d_embed)[:, None],
-            self.pool_mlp[:, None],
+    def attn_bias_terms(self) -> Tensor:
+        """[image, layer, d_embed]: each decomposed layer's bias term (already per image)."""
+        return self.attn_bias
+
+    def tail_terms(self) -> list[tuple[str, Tensor]]:
+        """The terms after the layers', each [image, d_embed]: embed, pool_bias, pool_mlp."""
+        n_image, d_embed = self.output.shape
+        return [
+            ("embed", self.embed),
+            ("pool_bias", self.pool_bias.expand(n_image, d_embed)),
+            ("pool_mlp", self.pool_mlp),
         ]
-        return labels, torch.cat(parts, dim=1)
-
-    def total(self) -> Tensor:
-        """Sum of all components: [image, d_embed]."""
-        return (
-            self.heads_sum()
-            + self.attn_bias.sum(dim=1)
-            + self.attn_rest.sum(dim=1)
-            + self.mlp.sum(dim=1)
-            + self.embed
-            + self.pool_bias
-            + self.pool_mlp
-        )
-
-    def remainder(self) -> Tensor:
-        """output - total: [image, d_embed]. Zero up to floating-point error."""
-        return self.output - self.total()
-
-    def relative_error(self) -> float:
-        """max |remainder| / max ||output||: the number `verify` and `build` check."""
-        return float(self.remainder().abs().max() / self.output.norm(dim=-1).max().clamp_min(1e-30))
 
     def pool_mlp_share(self) -> Tensor:
         """||pool_mlp|| / ||output|| per image [image]: how much of the embedding the heads'
