@@ -27,8 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--repair", type=int, default=4, help="with --biased: heads to repair (4)")
     p.add_argument(
-        "--neurons", default=f"{NEURON_LAYER}-{NEURON_LAYER}",
-        help=f"MLP layers whose neurons are stored and described (default {NEURON_LAYER}-{NEURON_LAYER}; none: skip)",
+        "--neurons", default="auto",
+        help=f"MLP layers whose neurons are stored and described (default auto: layer "
+        f"{NEURON_LAYER} of the demo model, none for another --model; none: skip)",
     )  # fmt: skip
     p.add_argument(
         "--visualise-steps", type=int, default=VISUALISE_STEPS,
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         store=args.store,
         batch_size=args.batch_size,
         layers="all",
-        neurons=_neurons(args.neurons),
+        neurons=_neurons(args.neurons, args.model),
         force=args.force,
         progress=not args.no_progress,
     )
@@ -97,7 +98,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _neurons(spec: str | None) -> str | None:
+def _neurons(spec: str | None, model: str) -> str | None:
+    """The --neurons spec to build: `auto` is the demo model's measured layer (another model's
+    layers differ: none unless named)."""
+    if spec is not None and spec.strip().lower() == "auto":
+        return f"{NEURON_LAYER}-{NEURON_LAYER}" if model == "demo" else None
     return None if spec is None or spec.strip().lower() in ("", "none") else spec
 
 
