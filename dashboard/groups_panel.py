@@ -94,7 +94,7 @@ def render(store, key: str, ablated, draws: int, split: float, seed: int) -> Non
     c[2].metric("mean before", f"{ga.before.mean:.3f}")
     c[3].metric("mean after", f"{ga.after.mean:.3f}", f"{ga.after.mean - ga.before.mean:+.3f}")
     rnd = (
-        np.nanmean([r.accuracy for r in ga.random], axis=0)
+        pd.DataFrame([r.accuracy for r in ga.random]).mean(axis=0).to_numpy()  # NaN: no image
         if ga.random
         else np.full(len(ga.before.names), np.nan)
     )

@@ -170,19 +170,26 @@ def open_clicked(ctx, unit: tuple[int, int] | None) -> None:
         open_unit(ctx, *unit)
 
 
-def mask_links(ctx, store, mask: np.ndarray) -> None:
-    """Links to the Head pages of the heads a map sums (`mask` [layer, head] over the stored
-    layers, as `widgets.head_mask_picker` returns it): one link for one head, else a list."""
-    chosen = [
-        (l, h) for i, l in enumerate(store.layers) for h in range(mask.shape[1]) if mask[i, h]
-    ]
-    if len(chosen) == 1:
-        unit_link(ctx, *chosen[0], f"{head_name(*chosen[0])}'s page")
+def heads_links(ctx, heads: list[tuple[int, int]], what: str = "in this map") -> None:
+    """Links to the Head pages of `heads` [(layer, head)]: one link for one head, else a list."""
+    if not heads:
         return
-    with st.expander(f"Pages of the {len(chosen)} heads in this map"):
+    if len(heads) == 1:
+        unit_link(ctx, *heads[0], f"{head_name(*heads[0])}'s page")
+        return
+    with st.expander(f"Pages of the {len(heads)} heads {what}"):
         st.markdown(
             " · ".join(
                 f"[{head_name(l, h)}]({routes.href('head', routes.link_params(ctx, unit=head_name(l, h)))})"
-                for l, h in chosen
+                for l, h in heads
             )
         )
+
+
+def mask_links(ctx, store, mask: np.ndarray) -> None:
+    """Links to the Head pages of the heads a map sums (`mask` [layer, head] over the stored
+    layers, as `widgets.head_mask_picker` returns it)."""
+    chosen = [
+        (l, h) for i, l in enumerate(store.layers) for h in range(mask.shape[1]) if mask[i, h]
+    ]
+    heads_links(ctx, chosen)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import groups_panel, state, stores, widgets
+from dashboard import groups_panel, state, stores, unit_page, widgets
 from engine.core.labels import MIXED, NON_LABELS
 from engine.core.layers import head_name
 from engine.errors import UserError
@@ -122,6 +122,9 @@ rows = pd.DataFrame(
 st.markdown(
     f"**{len(result['ablated'])} components** ablated; means over {result['n_fit']:,} images, "
     f"accuracy on {result['n_eval']:,} others ({source} tasks)."
+)
+unit_page.heads_links(  # the ablated heads' own pages (MLPs and other terms have none)
+    ctx, [u for u in map(unit_page.parse_unit, result["ablated"]) if u is not None], "ablated"
 )
 st.dataframe(rows, hide_index=True, width="stretch", column_config={
     c: st.column_config.NumberColumn(format="%.3f") for c in rows.columns[2:]

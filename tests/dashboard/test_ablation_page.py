@@ -106,3 +106,18 @@ def test_baseline_note_when_the_draws_are_the_ablated_heads(store_env, monkeypat
         assert s.ablate(_spec(at), random=0).baseline is None
     at.radio[0].set_value("Heads").run()  # one head: the baseline is sound, no warning
     assert not at.exception and not at.warning
+
+
+def test_ablated_heads_link_to_their_pages(store_env, monkeypatch):
+    """The heads an ablation removes are linked to their Head pages (other terms are not)."""
+    artifacts, store, _ = store_env
+    at = _app(monkeypatch, artifacts)
+    at.radio[0].set_value("Heads").run()
+    assert not at.exception, [e.value for e in at.exception]
+    to_head = [x.proto.label for x in at.get("page_link") if x.proto.page.endswith("head")]
+    assert len(to_head) == 1 and re.fullmatch(r"L\d+H\d+'s page", to_head[0]), to_head
+    at.radio[0].set_value("All but the last K layers' heads").run()
+    next(s for s in at.slider if s.label == "K").set_value(1).run()  # the earlier layers' heads
+    assert not at.exception, [e.value for e in at.exception]
+    linked = re.findall(r"\[(L\d+H\d+)\]\(\./head\?", " ".join(m.value for m in at.markdown))
+    assert linked and all(re.fullmatch(r"L\d+H\d+", x) for x in linked)
