@@ -17,7 +17,7 @@ import torch
 
 from engine.core import pooling
 from engine.model.timm_tower import capture_pooled, pooled_weights
-from engine.pipeline.rows import RECONSTRUCTION_TOL, ReconstructionError
+from engine.pipeline.rows import RECONSTRUCTION_TOL, check_batch, f16
 
 
 class PooledBatchDecomposer:
@@ -63,18 +63,7 @@ class PooledBatchDecomposer:
         pool_mlp, std (ones), output. Raises ReconstructionError as BatchDecomposer does."""
         dec = self.decompose(pixels)
         if self.check:
-            err = dec.relative_error()
-            self.worst_error = max(self.worst_error, err)
-            if not err <= self.tolerance:  # NaN fails too
-                raise ReconstructionError(
-                    f"the pooled decomposition does not reproduce encode_image on this batch "
-                    f"(max |error| / max ||output|| = {err:.2e} > {self.tolerance:g}); nothing "
-                    "was stored"
-                )
-
-        def f16(t: torch.Tensor) -> np.ndarray:
-            return t.to(torch.float16).cpu().numpy()
-
+            check_batch(self, dec, "the pooled decomposition")
         n = dec.output.shape[0]
         return {
             "coord": f16(dec.coord),

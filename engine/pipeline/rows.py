@@ -36,6 +36,24 @@ class ReconstructionError(UserError):
     """A batch's components do not sum to encode_image: the model is not what we decompose."""
 
 
+def check_batch(decomposer, dec, what: str) -> None:
+    """Record `dec`'s relative error on `decomposer` (its worst so far) and raise
+    ReconstructionError past the decomposer's tolerance; `what` names the decomposition."""
+    err = dec.relative_error()
+    decomposer.worst_error = max(decomposer.worst_error, err)
+    if not err <= decomposer.tolerance:  # NaN fails too
+        raise ReconstructionError(
+            f"{what} does not reproduce encode_image on this batch (max |error| / max "
+            f"||output|| = {err:.2e} > {decomposer.tolerance:g}): the model computes something "
+            "the per-head decomposition does not model; nothing was stored"
+        )
+
+
+def f16(t: torch.Tensor) -> np.ndarray:
+    """A tensor as the store's fp16 rows."""
+    return t.to(torch.float16).cpu().numpy()
+
+
 class BatchDecomposer:
     """Per-batch decomposition into store rows for one model and one choice of stored layers."""
 
@@ -88,19 +106,7 @@ class BatchDecomposer:
         else:
             dec = self.decompose(pixels)
         if self.check:
-            err = dec.relative_error()
-            self.worst_error = max(self.worst_error, err)
-            if not err <= self.tolerance:  # NaN fails too
-                raise ReconstructionError(
-                    f"the decomposition does not reproduce encode_image on this batch (max "
-                    f"|error| / max ||output|| = {err:.2e} > {self.tolerance:g}): the model "
-                    "computes something the per-head decomposition does not model; nothing "
-                    "was stored"
-                )
-
-        def f16(t: torch.Tensor) -> np.ndarray:
-            return t.to(torch.float16).cpu().numpy()
-
+            check_batch(self, dec, "the decomposition")
         extra = {} if ncap is None else self.neurons.rows(cap, ncap, dec.std, self.tolerance)
         return {
             **extra,
