@@ -1,8 +1,8 @@
 """Neurons: the store's MLP neurons through the second-order lens, `/neurons?store=NAME&unit=L5N12`.
 
 A table of the described neurons (significance, words, label) searchable by text, and one neuron's
-page: its top stored images, its words with their weights and its per-patch map on the query
-image. Computation lives in `engine.session.neurons`; this page gathers choices and renders.
+page: its top stored images, its words with their weights, its recorded ablations (`ablate`) and
+its per-patch map on the query image. Computation lives in `engine.session.neurons`; this page gathers choices and renders.
 """
 
 from __future__ import annotations
@@ -80,6 +80,27 @@ with right:
         st.image(list(stored.thumbnails(store, ids)), caption=[f"#{i}" for i in ids], width=96)
     else:
         st.caption("none")
+
+st.subheader("Recorded ablations")
+drops = store.neuron_ablation_drops(layer, neuron)  # engine.store.neuron_ablations
+if drops.empty:
+    st.caption(
+        f"No recorded ablation removed {name}: `python -m engine ablate --store {ctx.store_path} "
+        f"--ablate {name}` records its own accuracy drop (the Ablation page shows such runs "
+        "without recording them)."
+    )
+else:
+    cols = ["spec", "n_ablated", "task", "before", "after", "drop", "random_mean", "finished_at"]
+    st.dataframe(
+        drops[cols], hide_index=True, width="stretch", height=220,
+        column_config={c: st.column_config.NumberColumn(format="%.3f")
+                       for c in ("before", "after", "drop", "random_mean")},
+    )  # fmt: skip
+    st.caption(
+        "Every recorded `ablate` run that removed this neuron, the latest first: its own drop where "
+        "it was ablated alone (n_ablated 1), else the drop of the set it was in; random_mean: as "
+        "many random neurons of the layer ablated instead."
+    )
 
 st.subheader("On the query image")
 if st.toggle("Map this neuron on the image picked in the sidebar (runs the model)", key="neuron_q"):

@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from engine.pipeline.neurons import StoredNeurons
 from engine.session import StoreSession
-from engine.session.neurons import neuron_name
+from engine.session.neurons import neuron_name, parse_neuron
 from tests.dashboard.conftest import ROOT
 
 pytestmark = [pytest.mark.dashboard, pytest.mark.demo, pytest.mark.slow]
@@ -85,3 +85,34 @@ def test_store_without_described_neurons_says_how(monkeypatch, tmp_path):
     # built without neurons, or built with them and not described: one line naming the command
     msg = at.info[0].value if at.info else ""
     assert "python -m engine" in msg and "--neurons" in msg, msg
+
+
+def test_recorded_ablation_drops(monkeypatch, store_env, tmp_path, capsys):
+    """`ablate --ablate L6N12` recorded in a copy of the store: that neuron's page shows the run's
+    drop per task (the reader's rows); a neuron no run removed says how to record one."""
+    import json
+
+    from engine.cli import main as cli_main
+    from tests.dashboard.conftest import _copy_store
+
+    _, store, _ = store_env
+    root = tmp_path / "arts"
+    _copy_store(store, root / "fixture")
+    with StoreSession.open(root / "fixture") as s:
+        table = s.neuron_table()
+    first, other = table.unit.iloc[0], table.unit.iloc[1]
+    argv = ["ablate", "--store", str(root / "fixture"), "--random", "0", "--json", "--ablate"]
+    assert cli_main([*argv, first]) == 0
+    run = json.loads(capsys.readouterr().out)
+    at = _open(monkeypatch, root, {"store": "fixture", "unit": first})
+    frames = [d.value for d in at.dataframe if "spec" in d.value.columns]
+    assert len(frames) == 1
+    shown = frames[0]
+    with StoreSession.open(root / "fixture") as s:
+        want = s.neuron_ablation_drops(*parse_neuron(first))
+    assert list(shown.spec) == [first] * len(want) and (shown.n_ablated == 1).all()
+    assert list(shown["drop"]) == list(want["drop"]) and list(shown.task) == list(want.task)
+    assert set(want.run_id) == {run["run_id"]} and len(want) == len(run["tasks"])
+    at = _open(monkeypatch, root, {"store": "fixture", "unit": other})
+    assert not [d for d in at.dataframe if "spec" in d.value.columns]
+    assert any(f"No recorded ablation removed {other}" in c.value for c in at.caption)
