@@ -181,3 +181,18 @@ def test_every_neuron_ablated_makes_the_draws_the_ablation(store):
     for t in a.tasks:
         assert (t.random == t.after).all()
     assert few.baseline.status == "ok" and few.baseline_note == ""
+
+
+def test_sessions_route_neurons_and_heads_apart(store):
+    from engine.session.notebook import open_store as open_notebook
+
+    with StoreSession.open(store) as s:
+        with pytest.raises(UserError, match="ablate_neurons"):
+            s.ablate("L1N0", random=0)
+        with pytest.raises(UserError, match="mixes neurons"):
+            s.ablate("L1N0+L1H0", random=0)
+        with pytest.raises(UserError, match="names no neurons"):
+            s.ablate_neurons("label:colour", random=0)
+        want = s.ablate_neurons("neurons:L1:bottom:4", random=1).to_dict()
+    with open_notebook(store) as nb:
+        assert nb.ablate_neurons("neurons:L1:bottom:4", random=1).to_dict() == want
