@@ -261,8 +261,9 @@ if not np.isfinite(per["drop"]).all():
 
 if neurons:
     st.caption(
-        "Recorded by the command above (`neuron_ablation_runs`); the Neurons page shows each "
-        "neuron's recorded drops. Group accuracies are computed for ablations of heads."
+        "The command above also records the run in the store (`neuron_ablation_runs`); this page "
+        "does not. The Neurons page shows each neuron's recorded drops. Group accuracies are "
+        "computed for ablations of heads."
     )
 else:
     groups_panel.render(store, key, result["ablated"], draws, split, seed)  # grouped tasks only
