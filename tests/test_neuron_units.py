@@ -150,3 +150,44 @@ def test_tables_hold_both_kinds_and_heads_survive_a_neuron_rerun(store):
     # an unknown name or a head name on a neuron-only store reads empty
     with open_store(store) as r:
         assert ut.unit_examples_of(r, "L1N99999").empty and ut.unit_examples_of(r, "nope").empty
+
+
+def test_each_interpret_replaces_only_its_kind_and_older_tables_are_upgraded(tmp_path):
+    """Heads after neurons keep the neurons' rows (and vice versa); a store whose unit tables
+    predate `kind`/`unit`/`neuron` reads its rows as heads, and the next neuron run adds the
+    columns in place, keeping the heads' rows."""
+    from engine.pipeline.interpret import run_interpretation
+    from engine.store import mutate_store, schema
+
+    link = tmp_path / "s"
+    build_store(BuildParams(model="tiny-test", images="synthetic:24:2", store=str(link),
+                            batch_size=12, progress=False, neurons="1-1"))  # fmt: skip
+    run_neuron_interpretation(link, None, "world", top=6, n_words=2, progress=False,
+                              unit_map_neurons=0)  # fmt: skip
+    run_interpretation(link, "offline", "world", progress=False, unit_maps=False)
+    with open_store(link) as r:
+        heads, neurons = ut.unit_summary(r), ut.unit_summary(r, "neuron")
+        n_head_examples = len(ut.unit_examples_of(r, heads.unit.iloc[0]))
+        n_neurons = StoredNeurons(r).n_neurons
+    assert len(heads) and set(heads.kind) == {"head"} and len(neurons) == n_neurons
+    assert n_head_examples > 0 and neurons.maps.iloc[0] == "not requested"
+    # an older store: the unit tables without the new columns, only head rows
+    with mutate_store(link) as w:
+        for t in schema.UNIT_TABLES:
+            w._con.execute(f"DELETE FROM {t} WHERE kind = 'neuron'")
+            for c in ("kind", "unit", "neuron", "exact_top", "exact_bottom", "proj_images"):
+                if c in w.columns(t) and not (t == "unit_summary" and c == "unit"):
+                    w._con.execute(f'ALTER TABLE {t} DROP COLUMN "{c}"')
+    with open_store(link) as r:
+        old = ut.unit_summary(r)
+        assert old.unit.tolist() == heads.unit.tolist() and set(old.kind) == {"head"}
+        assert ut.unit_summary(r, "neuron").empty
+        ex = ut.unit_examples_of(r, heads.unit.iloc[0])
+        assert len(ex) == n_head_examples and set(ex.unit) == {heads.unit.iloc[0]}
+    run_neuron_interpretation(link, None, "world", top=6, n_words=2, progress=False,
+                              unit_map_neurons=0)  # fmt: skip
+    with open_store(link) as r:
+        assert ut.unit_summary(r).unit.tolist() == heads.unit.tolist()
+        assert len(ut.unit_summary(r, "neuron")) == len(neurons)
+        assert len(ut.unit_examples_of(r, heads.unit.iloc[0])) == n_head_examples
+        assert len(ut.unit_examples_of(r, neurons.unit.iloc[0])) > 0

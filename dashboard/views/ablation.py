@@ -124,8 +124,9 @@ st.markdown(
     f"accuracy on {result['n_eval']:,} others ({source} tasks)."
 )
 unit_page.heads_links(  # the ablated heads' own pages (MLPs and other terms have none)
-    ctx, [u for u in map(unit_page.parse_unit, result["ablated"]) if u is not None], "ablated"
-)
+    ctx, [(u.layer, u.index) for u in map(unit_page.parse_unit, result["ablated"])
+          if u is not None and u.kind == "head"], "ablated",
+)  # fmt: skip
 st.dataframe(rows, hide_index=True, width="stretch", column_config={
     c: st.column_config.NumberColumn(format="%.3f") for c in rows.columns[2:]
 })  # fmt: skip

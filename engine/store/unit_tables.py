@@ -81,6 +81,8 @@ def unit_summary(reader, kind: str = "head") -> pd.DataFrame:
     if kind == "all":
         return pd.concat([unit_summary(reader, k) for k in schema.UNIT_KINDS], ignore_index=True)
     cols = _present(reader, "unit_summary")
+    if kind == "neuron" and "neuron" not in cols:  # a store written before neurons were units
+        return pd.DataFrame(columns=_columns("unit_summary"))
     order = "layer, head" if kind == "head" else "layer, neuron"
     got = reader.query(f"SELECT * FROM unit_summary WHERE {_kind_sql(cols, kind)} ORDER BY {order}")
     return _filled(got, "unit_summary", kind)
