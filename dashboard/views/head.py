@@ -10,7 +10,6 @@ optional "on the query image" section runs the model like the analysis pages do.
 from __future__ import annotations
 
 import altair as alt
-import numpy as np
 import pandas as pd
 import streamlit as st
 
