@@ -121,6 +121,11 @@ def _head_facts(store, row) -> UnitFacts:
     )  # fmt: skip
 
 
+def percent(x: float) -> str:
+    """A share as a percentage with two significant digits when small (a neuron's 0.00021 %)."""
+    return f"{x:.2%}" if not abs(x) < 1e-3 else f"{100 * x:.2g} %"
+
+
 def recorded_neuron_drop(store, layer: int, neuron: int) -> tuple[str, float] | None:
     """(task, accuracy drop) recorded for this neuron by a neuron ablation, or None.
 
@@ -142,7 +147,7 @@ def _neuron_facts(store, row) -> UnitFacts:
     layer, neuron = int(row.layer), int(row.neuron)
     f = store.neuron_facts(layer, neuron)  # the neuron tables, through the session
     metrics = [("Significance (mean centred norm)", f"{f.significance:.4g}"),
-               ("Share of embedding variance", f"{row.variance_share:.2%}"),
+               ("Share of embedding variance", percent(row.variance_share)),
                ("Variance along its direction (top images)", f"{row.explained:.1%}")]  # fmt: skip
     drop = recorded_neuron_drop(store, layer, neuron)
     metrics.append(
