@@ -45,7 +45,7 @@ def add_arguments(p):
         help=f"label normalisation before scoring (default {DEFAULT_NORMALISATION})",
     )  # fmt: skip
     p.add_argument(
-        "--unit-k", type=int, default=16, help="top and bottom images kept per head (unit pages)"
+        "--unit-k", type=int, default=16, help="top and bottom images kept per unit (unit pages)"
     )
     p.add_argument(
         "--no-unit-maps", action="store_true",

@@ -79,7 +79,9 @@ def unit_summary(reader, kind: str = "head") -> pd.DataFrame:
     if not _has(reader, "unit_summary"):
         return pd.DataFrame(columns=_columns("unit_summary"))
     if kind == "all":
-        return pd.concat([unit_summary(reader, k) for k in schema.UNIT_KINDS], ignore_index=True)
+        parts = [unit_summary(reader, k) for k in schema.UNIT_KINDS]
+        full = [p for p in parts if len(p)]
+        return pd.concat(full, ignore_index=True) if full else parts[0]
     cols = _present(reader, "unit_summary")
     if kind == "neuron" and "neuron" not in cols:  # a store written before neurons were units
         return pd.DataFrame(columns=_columns("unit_summary"))
