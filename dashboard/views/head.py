@@ -33,11 +33,18 @@ if summ.empty:
 names = summ["unit"].tolist()
 if url_text and (asked is None or asked.name not in names):
     kind = "neuron" if asked is not None and asked.kind == "neuron" else "head"
-    same = [n for n, k in zip(names, summ["kind"], strict=True) if k == kind] or names
-    st.warning(
-        f"{url_text!r} is not a {kind} of this store ({kind}s like {same[0]}…{same[-1]}); "
-        f"showing {same[0]}."
-    )
+    same = [n for n, k in zip(names, summ["kind"], strict=True) if k == kind]
+    if same:
+        st.warning(
+            f"{url_text!r} is not a {kind} of this store ({kind}s like {same[0]}…{same[-1]}); "
+            f"showing {same[0]}."
+        )
+    else:
+        same = names
+        st.warning(
+            f"{url_text!r}: this store has no {kind} pages yet (for neurons: `python -m engine "
+            f"interpret --store {ctx.store_path} --neurons all`); showing {same[0]}."
+        )
     here = same[0]
 else:
     here = asked.name if asked is not None else names[0]
