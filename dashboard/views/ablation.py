@@ -99,11 +99,11 @@ def _neuron_spec() -> str:
 
 
 def _neuron_links(units: list[str]) -> None:
-    """Links to the Neurons page of the ablated neurons: one link for one, else a list."""
+    """Links to the unit pages of the ablated neurons: one link for one, else a list."""
     if len(units) == 1:
-        routes.page_link(ctx, "neurons", f"{units[0]}'s page", unit=units[0])
+        routes.page_link(ctx, "head", f"{units[0]}'s page", unit=units[0])
         return
-    links = [f"[{u}]({routes.href('neurons', routes.link_params(ctx, unit=u))})"
+    links = [f"[{u}]({routes.href('head', routes.link_params(ctx, unit=u))})"
              for u in units[:MAX_LINKS]]  # fmt: skip
     more = f" … and {len(units) - MAX_LINKS} more" if len(units) > MAX_LINKS else ""
     with st.expander(f"Pages of the {len(units)} ablated neurons"):
@@ -210,8 +210,9 @@ else:
         f"images, accuracy on {result['n_eval']:,} others ({source} tasks)."
     )
     unit_page.heads_links(  # the ablated heads' own pages (MLPs and other terms have none)
-        ctx, [u for u in map(unit_page.parse_unit, result["ablated"]) if u is not None], "ablated"
-    )
+        ctx, [(u.layer, u.index) for u in map(unit_page.parse_unit, result["ablated"])
+              if u is not None and u.kind == "head"], "ablated",
+    )  # fmt: skip
 st.dataframe(rows, hide_index=True, width="stretch", column_config={
     c: st.column_config.NumberColumn(format="%.3f") for c in rows.columns[2:]
 })  # fmt: skip

@@ -1,139 +1,117 @@
-"""Head: the page of one head, `/head?store=NAME&unit=L7H3` — what it does on the store's images.
+"""Unit: the page of one head or MLP neuron, `/head?store=NAME&unit=L7H3` or `unit=L6N12` — what
+it does on the store's images. One page for both kinds (`dashboard.unit_page` gathers each kind's
+facts into the same shapes).
 
-Reads only the precomputed tables (labels, TextSpan, unit summaries, examples with their maps,
-histograms, visualisations, ground truth, ablation and segmentation records); the optional "on the
-query image" section runs the model like the analysis pages do.
+Reads only the precomputed tables (labels, TextSpan or neuron words, unit summaries, examples with
+their maps, histograms, visualisations, ground truth, ablation and segmentation records); the
+optional "on the query image" section runs the model like the analysis pages do.
 """
 
 from __future__ import annotations
 
-import json
-
 import altair as alt
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import state, stores, tables, unit_page, widgets
-from engine.core.layers import head_name
-from engine.store import unit_tables
+from dashboard import state, stores, unit_page, widgets
 
-st.title("Head")
 ctx = state.page_context()
+url_text = state.url_param("unit")
+asked = unit_page.parse_unit(url_text)
+st.title("Neuron" if asked is not None and asked.kind == "neuron" else "Head")
 store = widgets.require_store(ctx)
 key = stores.version_key(store)
 summ = unit_page.summary(key)
 if summ.empty:
     st.info(
         "This store has no unit summaries yet: run "
-        f"`python -m engine interpret --store {ctx.store_path}`."
+        f"`python -m engine interpret --store {ctx.store_path}` (heads) or "
+        f"`python -m engine interpret --store {ctx.store_path} --neurons all` (neurons)."
     )
     st.stop()
 
-all_units = [(int(l), int(h)) for l, h in zip(summ["layer"], summ["head"], strict=True)]
-url_text = state.url_param("unit")
-here = unit_page.parse_unit(url_text)
-if url_text and here not in all_units:
-    st.warning(
-        f"{url_text!r} is not a head of this store (heads like "
-        f"{head_name(*all_units[0])}…{head_name(*all_units[-1])}); showing "
-        f"{head_name(*all_units[0])}."
-    )
-if here not in all_units:
-    here = all_units[0]
-prev_u, next_u = unit_page.neighbours(all_units, here)
+names = summ["unit"].tolist()
+if url_text and (asked is None or asked.name not in names):
+    kind = "neuron" if asked is not None and asked.kind == "neuron" else "head"
+    same = [n for n, k in zip(names, summ["kind"], strict=True) if k == kind]
+    if same:
+        st.warning(
+            f"{url_text!r} is not a {kind} of this store ({kind}s like {same[0]}…{same[-1]}); "
+            f"showing {same[0]}."
+        )
+    else:
+        same = names
+        st.warning(
+            f"{url_text!r}: this store has no {kind} pages yet (for neurons: `python -m engine "
+            f"interpret --store {ctx.store_path} --neurons all`); showing {same[0]}."
+        )
+    here = same[0]
+else:
+    here = asked.name if asked is not None else names[0]
+row = summ.iloc[names.index(here)]
+kin = [n for n, k in zip(names, summ["kind"], strict=True) if k == row.kind]
+prev_u, next_u = unit_page.neighbours(kin, here)  # previous / next unit of the same kind
 nav = st.columns([1, 3, 1])
 go = None
-if nav[0].button(f"← {head_name(*prev_u)}", key="head_prev"):
+if nav[0].button(f"← {prev_u}", key="head_prev"):
     go = prev_u
-picked = nav[1].selectbox(
-    "Head",
-    all_units,
-    index=all_units.index(here),
-    format_func=lambda u: head_name(*u),
-    label_visibility="collapsed",
-)  # fmt: skip  (no key: the URL is the state, the index follows it)
-if picked != here:
+picked = nav[1].selectbox("Unit", names, index=names.index(here), label_visibility="collapsed")
+if picked != here:  # (no key: the URL is the state, the index follows it)
     go = picked
-if nav[2].button(f"{head_name(*next_u)} →", key="head_next"):
+if nav[2].button(f"{next_u} →", key="head_next"):
     go = next_u
 if go is not None:
-    state.set_url_param("unit", head_name(*go))
+    state.set_url_param("unit", go)
     st.rerun()
-layer, head = here
-name = head_name(layer, head)
-state.set_url_param("unit", name)  # a copied URL reopens this head
+state.set_url_param("unit", here)  # a copied URL reopens this unit
 
-row = summ.set_index(["layer", "head"]).loc[(layer, head)]
-label, labeller = unit_tables.head_label(store.reader, layer, head)
-label, labeller = label or "(unlabelled)", labeller or "—"
-st.header(f"{name} · {label}", anchor=False)
-st.caption(
-    f"Labelled by **{labeller}**. Direction: the head's first principal direction over the "
-    f"{int(row.n_images):,} stored images (sign: its mean contribution points along it)."
-)
-
-m = st.columns(4)
-m[0].metric("Share of embedding variance", f"{row.variance_share:.2%}")
-m[1].metric("Variance along its direction", f"{row.explained:.1%}")
-effects = store.reader.table("head_effects")
-own = effects[(effects.layer == layer) & (effects.head == head)]
-if len(own):
-    pick = own[own.task == label] if (own.task == label).any() else own
-    best = pick.sort_values("drop", ascending=False).iloc[0]
-    m[2].metric(f"Ablation drop ({best.task})", f"{best['drop']:+.3f}")
-else:
-    m[2].metric("Ablation drop", "not run")
-seg = store.reader.table("segmentation_scores")
-seg = seg[(seg.scope == "head") & (seg.layer == layer) & (seg["head"] == head)]
-if len(seg):
-    s = seg.iloc[-1]
-    m[3].metric(f"Segmentation pointing ({s.text})", f"{s.pointing:.3f}")
-else:
-    m[3].metric("Segmentation", "not run")
+facts = unit_page.safe_facts(store, row)
+if isinstance(facts, str):
+    st.info(facts)
+    st.stop()
+st.header(f"{here} · {facts.label}", anchor=False)
+st.caption(f"Labelled by **{facts.labeller}**. {facts.caption}")
+m = st.columns(len(facts.metrics))
+for col, (label, value) in zip(m, facts.metrics, strict=True):
+    col.metric(label, value)
 
 left, right = st.columns([3, 2])
 with left:
-    st.subheader("TextSpan texts")
-    ts = tables.textspan_texts(store, layer, head)
-    if ts.empty:
+    title, texts = facts.texts
+    st.subheader(title)
+    if texts is None or texts.empty:
         st.caption("none")
     else:
-        st.dataframe(ts, hide_index=True, width="stretch")
-    near = [json.loads(x) if isinstance(x, str) else None
-            for x in (row.get("texts_along"), row.get("texts_against"))]  # fmt: skip
-    if near[0]:
+        st.dataframe(texts, hide_index=True, width="stretch")
+    along, against = unit_page.nearest_texts(row)
+    if along:
         st.markdown("**Bank texts nearest its direction**")
-        st.dataframe(
-            pd.DataFrame({"along (+)": near[0], "against (−)": near[1]}),
-            hide_index=True, width="stretch",
-        )  # fmt: skip
+        st.dataframe(pd.DataFrame({"along (+)": along, "against (−)": against}),
+                     hide_index=True, width="stretch")  # fmt: skip
 with right:
-    gt = store.reader.table("ground_truth")
-    gt = gt[(gt.layer == layer) & (gt["head"] == head)]
-    if len(gt):
+    gt = facts.ground_truth
+    if gt is not None and len(gt):
         st.subheader("Ground truth (η² per factor)")
         st.altair_chart(
-            alt.Chart(gt[["factor", "eta2", "is_dominant"]])
+            alt.Chart(gt)
             .mark_bar()
             .encode(x=alt.X("eta2:Q", scale=alt.Scale(domain=[0, 1])), y=alt.Y("factor:N"),
                     color=alt.Color("is_dominant:N", legend=None), tooltip=["factor", "eta2"])
             .properties(height=160),
             width="stretch",
         )  # fmt: skip
-    st.subheader("Related heads")
-    rel = unit_page.related_units(summ, (layer, head))
-    st.dataframe(rel, hide_index=True, width="stretch")
-    st.caption("|cosine| of first principal directions (their signs are a convention).")
+    st.subheader("Related units")
+    st.dataframe(unit_page.related_units(summ, here), hide_index=True, width="stretch")
+    st.caption("Heads and neurons by |cosine| of principal directions (signs are a convention).")
 
-ex = unit_page.examples(key, layer, head)
+ex = unit_page.examples(key, here)
 grid = int(store.info.get("grid") or 0)
-maps = [np.asarray(x, np.float32) for x in ex["map"] if x is not None]
-vmax = max((float(np.abs(x).max()) for x in maps), default=1.0) or 1.0
+vmax = unit_page.map_scale(ex)
 st.subheader("Stored images along its direction")
 st.caption(
-    f"Each image's per-patch contribution along the direction over it (red +, blue −, one scale, "
-    f"±{vmax:.3g}); captions: image # · projection. Maps: {row.maps}."
+    f"Each image's per-patch {facts.what} along the direction over it (red +, blue −, one "
+    f"scale, ±{vmax:.3g}); captions: image # · projection. Maps: {row.maps}."
+    + unit_page.examples_note(row)
 )
 a, b = st.columns(2)
 with a:
@@ -141,20 +119,20 @@ with a:
 with b:
     unit_page.show_examples(store, ex[ex.side == "bottom"], "**Bottom** (most against)", grid, vmax)
 
-hist = unit_page.histograms(key, layer, head)
+hist = unit_page.histograms(key, here)
 if len(hist):
+    norm_title = "contribution norm" if row.kind == "head" else "centred effect norm (all images)"
+    proj_title = ("projection on the direction" if row.kind == "head"
+                  else f"projection on the direction ({int(row.proj_images)} most affected)")  # fmt: skip
     h1, h2 = st.columns(2)
-    h1.altair_chart(unit_page.histogram_chart(hist, "norm", "contribution norm"), width="stretch")
-    h2.altair_chart(
-        unit_page.histogram_chart(hist, "projection", "projection on the direction"),
-        width="stretch",
-    )
+    h1.altair_chart(unit_page.histogram_chart(hist, "norm", norm_title), width="stretch")
+    h2.altair_chart(unit_page.histogram_chart(hist, "projection", proj_title), width="stretch")
 
-vis = unit_page.visualisation(key, layer, head)
+vis = unit_page.visualisation(key, here)
 st.subheader("Synthesized image")
 if vis.empty:
     st.caption(
-        f"None stored: `python -m engine visualise --store {ctx.store_path} --units {name}`."
+        f"None stored: `python -m engine visualise --store {ctx.store_path} --units {here}`."
     )
 else:
     v = vis.iloc[0]
@@ -164,15 +142,21 @@ else:
         f" best stored image {v.store_max:.3g}); {v.method}."
     )
 
+if row.kind == "neuron":
+    unit_page.neuron_ablations(ctx, store, here, int(row.layer), int(row.neuron))
+
 st.subheader("On the query image")
-if st.toggle("Show this head on the image picked in the sidebar (runs the model)", key="head_q"):
+toggle_key = "head_q" if row.kind == "head" else "neuron_q"
+if st.toggle(f"Show this {row.kind} on the image picked in the sidebar (runs the model)",
+             key=toggle_key):  # fmt: skip
     q = widgets.require_query(ctx)
-    direction = np.asarray(row.direction, np.float32)  # [d_embed]
-    all_maps = widgets.run("Computing per-patch maps…", store.maps, q, direction)
-    grid_map = all_maps[store.layers.index(layer), head]  # [grid, grid]
-    score = float(store.query_head_out(q, [(layer, head)])[0] @ direction)
-    st.metric("Projection on the direction", f"{score:.4g}")
-    widgets.show_heatmap(q, grid_map, f"along {name}", f"against {name}", q.label)
+    grid_map, score, norm = widgets.run("Computing the per-patch map…", unit_page.query_map,
+                                        store, q, row)  # fmt: skip
+    c = st.columns(2)
+    c[0].metric("Projection on the direction", f"{score:.4g}")
+    if norm is not None:
+        c[1].metric("Effect norm", f"{norm:.4g}")
+    widgets.show_heatmap(q, grid_map, f"along {here}", f"against {here}", q.label)
     st.caption(
         f"Stored images range from {pd.Series(ex.projection).min():.3g} to "
         f"{pd.Series(ex.projection).max():.3g} on this projection."

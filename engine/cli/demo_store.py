@@ -8,11 +8,13 @@ NAME = "demo-store"
 HELP = (
     "build the demo model's store over the synthetic world (once), interpret it, and record "
     "its causal checks (per-head ablation, segmentation against the world's masks), describe "
-    "one layer's MLP neurons (second-order lens) and synthesize an image per labelled head"
+    "one layer's MLP neurons (second-order lens) and synthesize an image per labelled head and "
+    "for its most significant neurons"
 )
 NEURON_LAYER = 6  # the demo model's neuron layer (docs/benchmarks.md, "Neurons")
 VISUALISE_STEPS = 32  # optimisation steps per head in the demo (visualise's default: 256)
 VISUALISE_LAST = 1  # the labelled heads of the last layer get a synthesized image (~25 s each)
+VISUALISE_NEURONS = 4  # the most significant neurons of each neuron layer get one too
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.errors import UserError
     from engine.pipeline.build import BuildParams, build_store
-    from engine.store import open_store
+    from engine.store import open_store, unit_tables
 
     if args.images < 1:
         raise UserError(f"bad --images {args.images}: must be >= 1")
@@ -76,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
         segmented = r.has_rows("segmentation_scores")
         last = min(4, int(r.info["n_layers"]))  # the paper's "last four layers"
         neuron_layers = list(r.info.get("neuron_layers") or [])
-        described = r.has_rows("neuron_stats")
+        # described, with the unit pages' rows (a demo store made before neurons were units
+        # is described again: the neuron pass is seconds)
+        described = r.has_rows("neuron_stats") and not unit_tables.unit_summary(r, "neuron").empty
     if interpreted and not args.force:
         print(f"{args.store} is interpreted")
     else:
@@ -95,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         _describe_neurons(args)
     if args.visualise_steps > 0:
         _visualise(args)
+        if neuron_layers:
+            _visualise_neurons(args, neuron_layers)
     return 0
 
 
@@ -143,6 +149,29 @@ def _visualise(args: argparse.Namespace) -> None:
     print(
         f"visualised {len(rows)} labelled heads ({args.visualise_steps} steps): {above} score "
         "> 3 sd above random Fourier images"
+    )
+
+
+def _visualise_neurons(args: argparse.Namespace, layers: list[int]) -> None:
+    """Synthesized images for the VISUALISE_NEURONS most significant neurons of each layer."""
+    import time
+
+    from engine.pipeline.visualise import run_visualise
+    from engine.store import open_store, unit_tables
+
+    with open_store(args.store) as r:
+        done = (unit_tables.unit_visualisations(r)["unit"].str.contains("N")).any()
+    if done and not args.force:
+        return
+    spec = ",".join(f"neurons:L{l}:top:{VISUALISE_NEURONS}" for l in layers)
+    t = time.perf_counter()
+    rows = run_visualise(
+        args.store, spec, steps=args.visualise_steps, progress=not args.no_progress
+    )
+    above = sum(x.sigmas_above_init > 3 for x in rows)
+    print(
+        f"visualised the {len(rows)} most significant neurons ({args.visualise_steps} steps, "
+        f"{time.perf_counter() - t:.0f} s): {above} score > 3 sd above random Fourier images"
     )
 
 

@@ -45,12 +45,17 @@ def add_arguments(p):
         help=f"label normalisation before scoring (default {DEFAULT_NORMALISATION})",
     )  # fmt: skip
     p.add_argument(
-        "--unit-k", type=int, default=16, help="top and bottom images kept per head (unit pages)"
+        "--unit-k", type=int, default=16, help="top and bottom images kept per unit (unit pages)"
     )
     p.add_argument(
         "--no-unit-maps", action="store_true",
         help="skip the per-patch maps of the unit pages' images (they run the model on 2k images "
         "per head)",
+    )  # fmt: skip
+    p.add_argument(
+        "--unit-map-neurons", type=int, default=64,
+        help="with --neurons: the most significant neurons whose unit-page images get per-patch "
+        "maps (2k model forwards each; default 64)",
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -130,7 +135,8 @@ def run_neurons(args) -> int:
     spec = None if args.neurons.strip().lower() == "all" else args.neurons
     res = run_neuron_interpretation(
         args.store, spec, args.bank, top=args.top_images, n_words=args.words,
-        progress=not args.no_progress,
+        progress=not args.no_progress, unit_k=args.unit_k,
+        unit_map_neurons=0 if args.no_unit_maps else args.unit_map_neurons,
     )  # fmt: skip
     summary = {
         "run_id": res.run_id,

@@ -10,8 +10,8 @@ from engine.errors import UserError
 
 NAME = "visualise"
 HELP = (
-    "optimise an input image per head to maximise its contribution along its direction "
-    "(Fourier phase, fixed 1/f magnitude) and store it (needs interpret first)"
+    "optimise an input image per unit (head or neuron) to maximise its effect along its "
+    "direction (Fourier phase, fixed 1/f magnitude) and store it (needs interpret first)"
 )
 
 
@@ -19,7 +19,8 @@ def add_arguments(p):
     p.add_argument("--store", required=True, help="store link, e.g. artifacts/demo")
     p.add_argument(
         "--units", required=True,
-        help="heads, in the ablate spec language: L7H3,L7H5 | label:colour | layers:6-7",
+        help="units, in the ablate spec language: heads L7H3,L7H5 | label:colour | layers:6-7, "
+        "or neurons L6N12 | neurons:L6:top:8 | neurons:L6:significant",
     )  # fmt: skip
     p.add_argument("--steps", type=int, default=vis.DEFAULT_STEPS, help="optimisation steps")
     p.add_argument("--lr", type=float, default=vis.DEFAULT_LR, help="Adam learning rate")

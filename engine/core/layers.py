@@ -28,6 +28,23 @@ def head_name(layer: int, head: int) -> str:
     return f"L{int(layer)}H{int(head)}"
 
 
+_UNIT = re.compile(r"L(\d+)([HN])(\d+)", re.IGNORECASE)
+
+
+def parse_unit_name(text) -> tuple[str, int, int] | None:
+    """A unit's name, any case: `L7H3` -> ("head", 7, 3), `L6N12` -> ("neuron", 6, 12); anything
+    else -> None (the one parser of both spellings: unit pages, unit tables, visualise)."""
+    m = _UNIT.fullmatch(str(text or "").strip())
+    if not m:
+        return None
+    return ("head" if m[2].upper() == "H" else "neuron"), int(m[1]), int(m[3])
+
+
+def unit_name(kind: str, layer: int, index: int) -> str:
+    """`L{l}H{h}` for a head, `L{l}N{n}` for a neuron."""
+    return f"L{int(layer)}{'H' if kind == 'head' else 'N'}{int(index)}"
+
+
 def term_name(layer: int, kind: str) -> str:
     """The one spelling of a per-layer term: `L{layer}.mlp`, `L{layer}.attn` (a layer's whole
     attention), `L{layer}.attn_bias` (its out_proj bias)."""

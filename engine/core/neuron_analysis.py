@@ -80,8 +80,9 @@ class NeuronStats:
         """[neuron, K] mean effect coordinates over the collection."""
         return (self.sum_k / max(self.n, 1)).T.numpy()
 
-    def update_top(self, q: np.ndarray, scale: np.ndarray, start: int) -> None:
-        """Pass 2 over the chunk of images start..: centred norms, running top images."""
+    def update_top(self, q: np.ndarray, scale: np.ndarray, start: int) -> torch.Tensor:
+        """Pass 2 over the chunk of images start..: centred norms, running top images. Returns
+        the chunk's centred norms `[image, neuron]` (the unit pages' norm histogram)."""
         mu = (self.sum_k / max(self.n, 1)).float()  # [K, neuron]
         qf = torch.from_numpy(np.ascontiguousarray(q)).float()
         s = torch.from_numpy(scale.astype(np.float32))[:, None, :]
@@ -93,7 +94,7 @@ class NeuronStats:
         n_better = better.sum(dim=0)
         aff = n_better.nonzero()[:, 0]  # neurons whose top changes
         if len(aff) == 0:
-            return
+            return norms
         m = int(n_better.max())  # at most m of this chunk's images enter any top
         cand = torch.where(better[:, aff], norms[:, aff], -torch.inf)  # [image, aff]
         c_norm, c_row = cand.topk(m, dim=0)  # [m, aff]
@@ -106,6 +107,7 @@ class NeuronStats:
         self.top_norm[:, aff] = val
         self.top_image[:, aff] = cand_img[pick, cols]
         self.top_k[:, aff] = cand_k[pick, cols]
+        return norms
 
     def finish(self) -> None:
         """Sorted already (topk); kept for the two-pass protocol."""

@@ -56,6 +56,34 @@ def head_score(
     return (pattern * value_dot).sum(dim=-1) / std
 
 
+def neuron_score(
+    w: ViTWeights,
+    attn_in: dict,
+    ln_std: dict,
+    acts: Tensor,
+    std: Tensor,
+    later: list[int],
+    gains: Tensor,
+) -> Tensor:
+    """A neuron's second-order effect along its direction d, `effect_n · d` `[image]`,
+    differentiable w.r.t. everything it reads (docs/unit-pages.md, "Neurons"):
+
+        Σ_{l' > l, h} Σ_m pattern[l', h][cls, m] · a_n[m] / σ[l', m] · g[l', h] / std
+
+    attn_in: {l': [image, token, d_model]} ln_1 outputs of the later blocks (for their
+    class-token patterns); ln_std: {l': [image, token]}; acts: `[image, token]` the neuron's
+    post-GELU activations; std: `[image]` ln_post's σ; later: the later blocks in path order;
+    gains: `[K]` g = u[k, n] @ basis[k] @ d (`neuron_maps.path_gains`), K = later × head. Equals
+    `neuron_maps.token_weights(...).sum(tokens)` (the lens on this image), but with autograd."""
+    g = gains.to(acts.dtype).reshape(len(later), w.n_heads)  # [later, head]
+    total = torch.zeros(acts.shape[0], dtype=acts.dtype, device=acts.device)
+    for i, lp in enumerate(later):
+        weighted = _pattern(w, lp, attn_in[lp].to(acts.dtype))  # [image, head, token]
+        weighted = weighted / ln_std[lp].to(acts.dtype)[:, None, :]
+        total = total + torch.einsum("iht,it,h->i", weighted, acts, g[i])
+    return total / std.to(acts.dtype)
+
+
 def spectrum_magnitude(size: int, decay: float = 1.0) -> Tensor:
     """The fixed magnitude `[size, size // 2 + 1]`: 1 / f^decay (f in cycles per image, the DC
     term at f = 1), scaled to unit root mean square."""

@@ -158,6 +158,16 @@ def capture_neurons(
     post-GELU activations (pre-hook on `mlp.c_proj`), the MLP's write without its bias, and every
     later block's `ln_1` σ per token (pre-hook on `ln_1`). The later blocks' attention inputs are
     captured too. Returns (VisionCapture, engine.core.second_order.NeuronCapture)."""
+    return _capture_neurons(lm, pixels, layers, neuron_layers, capture)
+
+
+def capture_neurons_grad(lm: LoadedModel | torch.nn.Module, pixels: Tensor, neuron_layers):
+    """`capture_neurons` with autograd on: gradients reach `pixels` (a neuron's feature
+    visualisation)."""
+    return _capture_neurons(lm, pixels, [], neuron_layers, capture.__wrapped__)
+
+
+def _capture_neurons(lm, pixels, layers, neuron_layers, capture_fn):
     from engine.core.second_order import NeuronCapture
 
     model = lm.model if isinstance(lm, LoadedModel) else lm
@@ -194,7 +204,7 @@ def capture_neurons(
             hooks.append(blocks[i].mlp.c_proj.register_forward_pre_hook(on_proj(i)))
         for i in later:
             hooks.append(blocks[i].ln_1.register_forward_pre_hook(on_ln(i)))
-        cap = capture(lm, pixels, sorted(set(int(x) for x in layers) | set(later)))
+        cap = capture_fn(lm, pixels, sorted(set(int(x) for x in layers) | set(later)))
     finally:
         for h in hooks:
             h.remove()

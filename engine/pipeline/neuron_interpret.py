@@ -64,9 +64,11 @@ def describe_layer(
     top: int = na.TOP_IMAGES,
     n_words: int = na.N_WORDS,
     progress: bool = False,
+    on_norms=None,
 ) -> LayerDescription:
     """One neuron layer described (no writes). atoms: [text, d_embed] (`text_dictionary`);
-    codes: [image, factor] demo-world factor codes or None."""
+    codes: [image, factor] demo-world factor codes or None; on_norms(layer, norms [image,
+    neuron]): a per-chunk hook given the second pass's centred effect norms (unit pages)."""
     n = int(sn.r.info["n_images"])
     step = int(sn.r.info.get("image_chunk") or 1024)
     st = na.NeuronStats(sn.n_neurons, sn.n_paths(layer), min(top, n), n_values or [])
@@ -76,7 +78,9 @@ def describe_layer(
         cs = None if codes is None else [codes[a:b, f] for f in range(codes.shape[1])]
         st.update_mean(*sn.q(layer, a, b), cs)
     for a in tqdm(chunks, desc=f"L{layer} top", disable=not progress):
-        st.update_top(*sn.q(layer, a, min(n, a + step)), a)
+        norms = st.update_top(*sn.q(layer, a, min(n, a + step)), a)
+        if on_norms is not None:
+            on_norms(layer, norms)
     st.finish()
     v = na.principal_directions(st.top_k)  # [neuron, K]
     directions = np.zeros((sn.n_neurons, atoms.shape[1]), np.float32)
@@ -106,9 +110,14 @@ def run_neuron_interpretation(
     n_words: int = na.N_WORDS,
     progress: bool = True,
     text_embeddings_fn=None,
+    unit_k: int = 16,
+    unit_map_neurons: int | None = None,
 ) -> NeuronInterpretResult:
     """Describe the neurons of `neurons` (default: every built neuron layer) into the store.
-    `text_embeddings_fn(session, texts) -> [text, d_embed]` replaces the store's model (tests)."""
+    `text_embeddings_fn(session, texts) -> [text, d_embed]` replaces the store's model (tests).
+    The neurons' unit pages ride along (`engine.pipeline.neuron_units`: `unit_k` images per
+    side, maps for the `unit_map_neurons` most significant; default its MAP_NEURONS)."""
+    from engine.pipeline.neuron_units import MAP_NEURONS, NeuronUnitPrecompute
     from engine.session import StoreSession
     from engine.store import mutate_store
 
@@ -127,7 +136,12 @@ def run_neuron_interpretation(
         embed = text_embeddings_fn or (
             lambda s_, texts: s_.text_embeddings(texts, progress=progress)
         )
-        atoms = na.text_dictionary(embed(s, b.texts))
+        emb = embed(s, b.texts)  # [text, d_embed]
+        atoms = na.text_dictionary(emb)
+        unit_pre = NeuronUnitPrecompute(
+            s, unit_k, MAP_NEURONS if unit_map_neurons is None else unit_map_neurons,
+            bank=(b.texts, emb),
+        )  # fmt: skip
         timings["encode_texts_s"] = round(time.perf_counter() - t, 3)
         codes = n_values = None
         if factors is not None:
@@ -147,9 +161,13 @@ def run_neuron_interpretation(
                     top=top,
                     n_words=n_words,
                     progress=progress,
+                    on_norms=unit_pre.add_norms,
                 )  # fmt: skip
             )
+            unit_pre.add_layer(layer, described[-1].stats, described[-1].directions)
             timings[f"layer_{layer}_s"] = round(time.perf_counter() - t, 3)
+        unit_pre.compute_maps(progress)  # maps on the most significant neurons' extreme images
+        timings.update(unit_pre.timings)
         names = factors[0] if factors is not None else []
         tables, clear, matched = _tables(described, n_neurons, b, names, run_id)
         timings["total_s"] = round(time.perf_counter() - t0, 3)
@@ -157,6 +175,7 @@ def run_neuron_interpretation(
         run = provenance.run_record("interpret-neurons", run_id, s, params, timings, started)
         with mutate_store(store_path, expect_version=s.version_path) as w:
             w.replace_neuron_layers(tables, chosen)
+            unit_pre.write(w, run_id)
             w.record_run(run)
     return NeuronInterpretResult(run_id, chosen, n_neurons, b.name, timings, clear, matched)
 

@@ -139,6 +139,7 @@ class NeuronFacts:
     top_images: list[int]  # store image indices, largest effect first
     direction: np.ndarray  # [d_embed] unit
     words: pd.DataFrame  # rank, text, category, weight
+    labeller: str = "offline"
 
     @property
     def name(self) -> str:
@@ -163,6 +164,7 @@ def neuron_facts(session, layer: int, neuron: int) -> NeuronFacts:
         int(layer), int(neuron), str(r.label), float(r.mean_norm), float(r.threshold),
         float(r.top_norm), [int(i) for i in r.top_images], np.asarray(r.direction, np.float32),
         w[["rank", "text", "category", "weight"]].reset_index(drop=True),
+        str(r.get("labeller") or "offline"),
     )  # fmt: skip
 
 

@@ -90,6 +90,35 @@ class StoreWriter:
         )
         self._columns.pop(table, None)
 
+    def upgrade(self, table: str) -> None:
+        """Create `table` if this store predates it, and add the columns it lacks (NULL in its
+        existing rows): a store written by an older schema gets today's columns, keeping rows."""
+        self.ensure(table)
+        have = set(self.columns(table))
+        for name, typ in schema.table_columns(table):
+            if name not in have:
+                self._con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {typ}')
+        self._columns.pop(table, None)
+
+    def replace_units(
+        self, table: str, df: pd.DataFrame | None, kind: str, layers: list[int] | None = None
+    ) -> None:
+        """A unit table's rows of one `kind` (head | neuron; rows without a kind are heads)
+        replaced by `df`, other kinds kept; `layers`: only those layers' rows of the kind."""
+        if kind not in schema.UNIT_KINDS:
+            raise KeyError(f"unit kind {kind!r} is not one of {schema.UNIT_KINDS}")
+        self.upgrade(table)
+        cond = "(kind IS NULL OR kind = 'head')" if kind == "head" else "kind = ?"
+        params = [] if kind == "head" else [kind]
+        if layers is not None:
+            layers = [int(l) for l in layers]
+            if not layers:
+                return self.append(table, df)
+            cond += f" AND layer IN ({', '.join('?' * len(layers))})"
+            params += layers
+        self._con.execute(f"DELETE FROM {table} WHERE {cond}", params)
+        self.append(table, df)
+
     # ---- typed records
 
     def set_meta(self, meta: schema.StoreMeta) -> None:

@@ -545,7 +545,14 @@ CREATE TABLE unit_summary (
     maps VARCHAR,           -- 'computed', or why the per-patch maps are missing
     texts_along JSON,       -- the bank's texts nearest the direction (list), or NULL
     texts_against JSON,     -- ... nearest its opposite
-    run_id VARCHAR
+    run_id VARCHAR,
+    -- units of both kinds (interpret: heads; interpret --neurons: neurons, engine.pipeline.
+    -- neuron_units). A row is named by `unit`; rows written before `kind` existed are heads.
+    kind VARCHAR,           -- head | neuron (NULL: head)
+    neuron INTEGER,         -- a neuron's index in its layer (head is then NULL), else NULL
+    exact_top BOOLEAN,      -- whether the top-k are certainly the store's top-k (heads: true)
+    exact_bottom BOOLEAN,   -- ... the bottom-k
+    proj_images BIGINT      -- images the projection histogram counts (heads: every image)
 )""",
     "unit_examples": """
 CREATE TABLE unit_examples (
@@ -557,18 +564,24 @@ CREATE TABLE unit_examples (
     projection DOUBLE,      -- head_out . direction
     map FLOAT[],            -- per-patch terms along the direction [grid*grid] row-major, or NULL
     map_cls DOUBLE,         -- the class token's own term (sum(map) + map_cls = projection)
-    run_id VARCHAR
+    run_id VARCHAR,
+    kind VARCHAR,           -- head | neuron (NULL: head)
+    unit VARCHAR,           -- L{l}H{h} | L{l}N{n}
+    neuron INTEGER          -- a neuron's index (head NULL), else NULL
 )""",
     "unit_histograms": """
 CREATE TABLE unit_histograms (
     layer INTEGER,
     head INTEGER,
-    quantity VARCHAR,       -- norm (of head_out) | projection (on the direction)
+    quantity VARCHAR,       -- norm (of head_out / a neuron's centred effect) | projection
     bin INTEGER,
     lo DOUBLE,
     hi DOUBLE,
     count BIGINT,
-    run_id VARCHAR
+    run_id VARCHAR,
+    kind VARCHAR,           -- head | neuron (NULL: head)
+    unit VARCHAR,           -- L{l}H{h} | L{l}N{n}
+    neuron INTEGER          -- a neuron's index (head NULL), else NULL
 )""",
     "unit_visualisations": """
 CREATE TABLE unit_visualisations (
@@ -584,7 +597,9 @@ CREATE TABLE unit_visualisations (
     store_max DOUBLE,         -- the highest projection among the stored images
     method VARCHAR,           -- e.g. maco-1/f
     parameters JSON,          -- steps, lr, views, seed
-    run_id VARCHAR
+    run_id VARCHAR,
+    kind VARCHAR,             -- head | neuron (NULL: head); objective: the unit's effect . direction
+    neuron INTEGER            -- a neuron's index (head NULL), else NULL
 )""",
     # ---- groups and shortcuts (ablate with a grouped task; python -m engine spurious) ----
     "ablation_groups": """
@@ -701,7 +716,20 @@ CREATE TABLE neuron_ablation_units (
 INTERPRETATION_TABLES = ("textspan", "head_labels", "scores", "ground_truth")
 """What one `interpret` run writes; a new run replaces all of them (`StoreWriter.replace_interpretation`)."""
 UNIT_TABLES = ("unit_summary", "unit_examples", "unit_histograms")
-"""What `interpret` also writes for the unit pages (`engine.store.unit_tables`), replaced each run."""
+"""What `interpret` also writes for the unit pages (`engine.store.unit_tables`): its heads' rows
+replaced each run; `interpret --neurons` replaces its layers' neuron rows (`kind = 'neuron'`)."""
+UNIT_KINDS = ("head", "neuron")
+
+
+def table_columns(table: str) -> list[tuple[str, str]]:
+    """(name, SQL type) of each column of a declared table, in order (`StoreWriter.upgrade`)."""
+    out = []
+    for line in TABLES[table].strip().splitlines()[1:-1]:
+        line = line.split("--", 1)[0].strip().rstrip(",").strip()
+        if line:
+            name, typ = line.split(None, 1)
+            out.append((name, typ))
+    return out
 
 
 # ---------------------------------------------------------------- typed records of the tables

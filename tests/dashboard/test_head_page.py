@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine.core.layers import head_name
-from engine.store import open_store
+from engine.store import open_store, schema
 from engine.store import unit_tables as ut
 from tests.dashboard.conftest import ROOT
 
@@ -41,11 +41,81 @@ def no_contributions(monkeypatch):
     from engine.store.reader import StoreReader
 
     def refuse(*a, **k):
-        raise AssertionError("the Head page read the contribution arrays")
+        raise AssertionError("the unit page read the contribution arrays")
 
     monkeypatch.setattr(StoreReader, "coords", refuse)
     monkeypatch.setattr(StoreReader, "head_out", refuse)
     monkeypatch.setattr(StoreReader, "coord_array", property(refuse))
+    real_lazy = StoreReader.lazy
+    # per-image arrays other than the thumbnails: contributions, neuron effects, embeddings
+    per_image = {n for n, a in schema.ARRAYS.items() if a.per_image} - {"thumbnail"}
+
+    def lazy(self, name, *a, **k):
+        if name in per_image:
+            raise AssertionError(f"the unit page read the per-image array {name!r}")
+        return real_lazy(self, name, *a, **k)
+
+    monkeypatch.setattr(StoreReader, "lazy", lazy)
+
+
+def test_neuron_page_url_round_trip(monkeypatch, store_env, no_contributions):
+    """`/head?unit=L6N12` renders the neuron on the same page: label, words, its top and bottom
+    images from the unit tables, the histograms; next/previous walk the neurons."""
+    root, store, _ = store_env
+    with open_store(store) as r:
+        neurons = ut.unit_summary(r, "neuron")
+        name = neurons.unit.iloc[len(neurons) // 2]
+        ex = ut.unit_examples_of(r, name)
+        label = r.table("neuron_stats").set_index(["layer", "neuron"]).label
+    row = neurons.set_index("unit").loc[name]
+    at = _open(monkeypatch, root, {"store": store.name, "unit": name})
+    assert at.title[0].value == "Neuron"
+    assert _shown(at) == f"{name} · {label.loc[(int(row.layer), int(row.neuron))]}"
+    captions = [c for img in at.get("image") for c in img.captions]
+    shown = [int(c.split(" · ")[0][1:]) for c in captions if c.startswith("#")]
+    assert shown == ex.image_id.tolist() and len(shown) == 2 * int(row.k)
+    assert len(at.get("vega_lite_chart")) >= 2  # the two histograms
+    metrics = {m.label: m.value for m in at.metric}
+    assert (
+        "Significance (mean centred norm)" in metrics and metrics["Ablation drop"] == "not recorded"
+    )
+    assert any(c.value.startswith("Labelled by **offline**") for c in at.caption)
+    related = at.dataframe[-1].value
+    assert list(related.columns) == ["unit", "cosine"] and name not in set(related.unit)
+    at.button(key="head_next").click().run()
+    nxt = neurons.unit.iloc[len(neurons) // 2 + 1]
+    assert _shown(at).startswith(f"{nxt} · ")
+    url = at.query_params["unit"]
+    assert (url[0] if isinstance(url, list) else url) == nxt
+    again = _open(monkeypatch, root, {"store": store.name, "unit": nxt})
+    assert _shown(again) == _shown(at)
+    bad = _open(monkeypatch, root, {"store": store.name, "unit": "L99N0"})
+    assert bad.warning and "'L99N0' is not a neuron of this store" in bad.warning[0].value
+    assert _shown(bad).startswith(f"{neurons.unit.iloc[0]} · ")
+
+
+def test_neuron_page_on_a_stored_query_image(monkeypatch, store_env):
+    """The neuron's live map on its own top image: the effect norm is the stored one and the
+    projection the stored example's (int8 frame coordinates: close)."""
+    from engine.pipeline.neurons import StoredNeurons
+
+    root, store, _ = store_env
+    with open_store(store) as r:
+        neurons = ut.unit_summary(r, "neuron")
+        name = neurons.unit.iloc[0]
+        top = ut.unit_examples_of(r, name).iloc[0]
+        row = neurons.iloc[0]
+        k = StoredNeurons(r).k(int(row.layer), int(top.image_id), int(top.image_id) + 1)
+    at = _open(monkeypatch, root, {"store": store.name, "unit": name,
+                                   "image": str(int(top.image_id))})  # fmt: skip
+    at.toggle(key="neuron_q").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    metrics = {m.label: m.value for m in at.metric}
+    norm = float((k[0, int(row.neuron)] ** 2).sum() ** 0.5)
+    assert float(metrics["Effect norm"]) == pytest.approx(norm, rel=2e-2)
+    assert float(metrics["Projection on the direction"]) == pytest.approx(
+        top.projection, rel=2e-2, abs=1e-5
+    )
 
 
 def test_head_page_url_round_trip(monkeypatch, store_env, no_contributions):
@@ -123,7 +193,11 @@ def test_clicks_on_the_heads_table_and_grid_name_the_head():
     cell = SimpleNamespace(selection={"cell": [{"layer": 6, "head": 0}]})
     assert unit_page.clicked_cell(cell, "cell") == (6, 0)
     assert unit_page.clicked_cell(SimpleNamespace(selection={"cell": []}), "cell") is None
-    assert unit_page.parse_unit("l7h3") == (7, 3) and unit_page.parse_unit("L7N3") is None
+    assert unit_page.parse_unit("l7h3") == ("head", 7, 3)
+    assert unit_page.parse_unit("L6n12") == ("neuron", 6, 12)
+    assert unit_page.parse_unit("L6N12").name == "L6N12" and unit_page.parse_unit("L7X3") is None
+    named = pd.DataFrame({"unit": ["L6N0", "L6N5"], "layer": [6, 6], "neuron": [0, 5]})
+    assert unit_page.clicked_unit(row, named) == "L6N5"
 
 
 @pytest.mark.parametrize("page", ["head_image_neighbours", "head_text_neighbours"])

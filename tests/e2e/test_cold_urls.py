@@ -14,7 +14,7 @@ PAGES = [  # (url path, title, what must be visible): the order a user works in
     ("overview", "Overview", "chart"),
     ("heads", "Heads", "table"),
     ("head", "Head", "images"),
-    ("neurons", "Neurons", "images"),
+    ("neurons", "Neurons", "table"),
     ("property_neighbours", "Property neighbours", "images"),
     ("topic_segmentation", "Topic segmentation", "images"),
     ("contrastive_segmentation", "Contrastive segmentation", "images"),
