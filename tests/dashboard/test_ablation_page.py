@@ -138,7 +138,7 @@ def _neurons_mode(at: AppTest, kind: str | None = None) -> AppTest:
 
 def test_neurons_before_after_random_links_and_store_untouched(store_env, monkeypatch):
     """The significant neurons of the built layer: the session's numbers (before, after, the
-    random-neuron baseline), each ablated neuron linked to its Neurons page, nothing written."""
+    random-neuron baseline), each ablated neuron linked to its unit page, nothing written."""
     from engine.session import StoreSession
 
     artifacts, store, _ = store_env
@@ -155,7 +155,7 @@ def test_neurons_before_after_random_links_and_store_untouched(store_env, monkey
         assert (row["before"], row["after"]) == (t.before, t.after)
         assert row["random mean"] == pytest.approx(t.random_mean)
     assert any(f"{want.n_ablated} neurons" in m.value for m in at.markdown)
-    linked = re.findall(r"\[(L\d+N\d+)\]\(\./neurons\?store=[^&]+&unit=(L\d+N\d+)\)",
+    linked = re.findall(r"\[(L\d+N\d+)\]\(\./head\?store=[^&]+&unit=(L\d+N\d+)\)",
                         " ".join(m.value for m in at.markdown))  # fmt: skip
     assert [a for a, _ in linked] == want.units[: len(linked)] and all(a == b for a, b in linked)
     assert len(linked) == min(want.n_ablated, 200)
@@ -168,9 +168,9 @@ def test_one_listed_neuron_links_its_page_and_every_neuron_warns(store_env, monk
     at = _neurons_mode(_app(monkeypatch, artifacts), "a list")
     unit = at.text_input(key="ablate_neuron_list").value  # the layer's most significant neuron
     assert _spec(at) == unit and re.fullmatch(r"L\d+N\d+", unit)
-    to_page = [x for x in at.get("page_link") if x.proto.page.endswith("neurons")]
+    to_page = [x for x in at.get("page_link") if x.proto.page.endswith("head")]
     assert [x.proto.label for x in to_page] == [f"{unit}'s page"]
-    assert f"unit={unit}" in to_page[0].proto.query_string  # /neurons?store=…&unit=L6N12
+    assert f"unit={unit}" in to_page[0].proto.query_string  # /head?store=…&unit=L6N12 (the unit page)
     at = _neurons_mode(at, "all")
     warn = " ".join(w.value for w in at.warning)
     assert "random baseline cannot differ from the ablated set" in warn
