@@ -5,8 +5,9 @@ frame coordinates (mean; centred norms, top images, η² sums), the first princi
 top images (sign fixed), OMP words over the bank embedded by the store's own model (what the
 neuron writes), a label of what it responds to (`engine.core.neuron_labels`: its effect's
 covariance with the image embedding, a third read of a few thousand images; offline or LLM), and
-for demo-world stores η² per factor. Written in one `mutate_store` transaction replacing the chosen layers' rows
-of `neuron_stats`, `neuron_words`, `neuron_ground_truth`; the heads' interpretation is untouched.
+for demo-world stores η² per factor. Written in one `mutate_store` transaction replacing the chosen
+layers' rows of `neuron_stats`, `neuron_words`, `neuron_ground_truth`; the heads' interpretation is
+untouched.
 """
 
 from __future__ import annotations
