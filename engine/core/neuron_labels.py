@@ -21,10 +21,10 @@ unit-normalised), and the label is `labels.offline_label` over the categories of
 the world's factor codes.
 
 `ResponseMoments` accumulates Σ p_i x̂_i, Σ p_i, Σ x̂_i with p_i = k_i · v (a constant shift of p
-leaves the covariance unchanged, so k̄ is not needed) over the images of `response_blocks`: at
-most `max_images` of them, in whole blocks spread evenly over the collection (a block is read
-whole from the store anyway). The covariance of a d_embed-dimensional embedding with one number
-needs a few thousand images, not fifty thousand: on the demo store a quarter of the images gives
+leaves the covariance unchanged, so k̄ is not needed) over the images of `response_blocks`:
+ceil(max_images / chunk) whole store chunks spread evenly over the collection (a chunk is read
+whole anyway), so about `max_images` images. The covariance of a d_embed-dimensional embedding with one number
+needs a few thousand images, not fifty thousand: on the demo store an eighth of the images gives
 the same labels (docs/interpretation.md). The neuron's own effect is part of x̂_i; on the demo
 store its share of the response is under 3 % (measured).
 """
