@@ -2,7 +2,7 @@
 
 Runs `engine.pipeline.neuron_interpret.describe_layer` (both streamed passes, top-100 images,
 directions through the frames, OMP over a 3,637-text bank, offline labels from the response
-(`engine.core.neuron_labels`: a third read of at most 4,096 images)) on stored-format data
+(`engine.core.neuron_labels`: a third read of about 4,096 images)) on stored-format data
 held in memory: int8 coordinates [chunk, K, neuron] + fp16 scales, re-served for every image
 chunk (Zarr reads excluded; they are one sequential read of 2.4 KB x K per image and neuron
 layer), random frame constants of ViT-B-32's shapes. Reported: wall seconds at the default torch

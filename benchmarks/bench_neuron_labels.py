@@ -1,7 +1,7 @@
 """The neurons' response labels at ViT-B-32 scale: what the label pass adds to `interpret
 --neurons` (3,072 neurons, K = 36, d_embed 512, 50,000 images).
 
-The label pass (`engine.core.neuron_labels.ResponseMoments`) reads at most 4,096 images
+The label pass (`engine.core.neuron_labels.ResponseMoments`) reads about 4,096 images
 (`response_blocks`); the baseline, timed in the same run on the same in-memory stored-format
 blocks, is the first of the two streamed passes every `interpret --neurons` already makes
 (`NeuronStats.update_mean`) over the same images. The whole interpret makes two such passes over
