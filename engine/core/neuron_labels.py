@@ -58,20 +58,24 @@ class ResponseMoments:
     v: [neuron, K] principal directions (frame coordinates)."""
 
     def __init__(self, v: np.ndarray, d_embed: int):
-        self.v = torch.from_numpy(np.asarray(v, dtype=np.float32))  # [neuron, K]
+        self.vt = torch.from_numpy(np.ascontiguousarray(np.asarray(v, dtype=np.float32).T))
+        n_neurons = self.vt.shape[1]  # vt: [K, neuron]
         self.n = 0
-        self.sum_px = torch.zeros(self.v.shape[0], d_embed, dtype=torch.float64)
-        self.sum_p = torch.zeros(self.v.shape[0], dtype=torch.float64)
+        self.sum_px = torch.zeros(n_neurons, d_embed, dtype=torch.float64)
+        self.sum_p = torch.zeros(n_neurons, dtype=torch.float64)
         self.sum_x = torch.zeros(d_embed, dtype=torch.float64)
 
     def update(self, q: np.ndarray, scale: np.ndarray, x: np.ndarray) -> None:
         """One block in the stored form: q [image, K, neuron] int8, scale [image, neuron]
         (k = q * scale); x [image, d_embed] image embeddings (not normalised)."""
-        qf = torch.from_numpy(np.ascontiguousarray(q)).float()
-        # p_i = k_i · v = scale_i (q_i · v): [image, neuron]
-        p = torch.einsum("ikn,nk->in", qf, self.v) * torch.from_numpy(
-            np.asarray(scale, dtype=np.float32)
-        )
+        q = np.asarray(q)  # [image, K, neuron] int8
+        # p_i = k_i · v = scale_i (q_i · v): [image, neuron], summed over K one [image, neuron]
+        # slice at a time in the stored layout (an einsum would permute the block into a batched
+        # matmul, a float copy of the whole block first)
+        p = torch.zeros(q.shape[0], q.shape[2])
+        for k in range(q.shape[1]):
+            p.addcmul_(torch.from_numpy(np.ascontiguousarray(q[:, k])).float(), self.vt[k])
+        p *= torch.from_numpy(np.asarray(scale, dtype=np.float32))
         xs = torch.from_numpy(np.asarray(x, dtype=np.float32))
         xs = xs / xs.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [image, d_embed]
         self.sum_px += (p.T @ xs).double()
@@ -90,12 +94,11 @@ def response_texts(response: np.ndarray, atoms: np.ndarray, n: int = RESPONSE_TE
     """The texts most like the images that drive each neuron. response [neuron, d_embed];
     atoms [text, d_embed] unit texts (`neuron_analysis.text_dictionary`) -> (indices [neuron, n]
     best first, cosines [neuron, n])."""
-    r = np.asarray(response, dtype=np.float64)
-    r = r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-30)
-    cos = r @ np.asarray(atoms, dtype=np.float64).T  # [neuron, text]
-    n = max(1, min(int(n), cos.shape[1]))
-    idx = np.argsort(-cos, axis=1, kind="stable")[:, :n]
-    return idx, np.take_along_axis(cos, idx, axis=1)
+    r = torch.from_numpy(np.asarray(response, dtype=np.float64))
+    r = r / r.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    cos = r @ torch.from_numpy(np.asarray(atoms, dtype=np.float64)).T  # [neuron, text]
+    val, idx = cos.topk(max(1, min(int(n), cos.shape[1])), dim=1)  # sorted, best first
+    return idx.numpy(), val.numpy()
 
 
 def response_labels(idx: np.ndarray, cos: np.ndarray, categories: list[str]) -> list[str]:
