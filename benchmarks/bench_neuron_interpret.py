@@ -237,7 +237,11 @@ def main():
     ap.add_argument("--neurons", type=int, default=3072)
     ap.add_argument("--chunk", type=int, default=0, help="images per chunk (0: the schema's)")
     ap.add_argument("--sources", default="memory,zarr,zarr-cold")
-    ap.add_argument("--baseline", default=None, help="git revision to compare (memory source)")
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        help="git revision (or a folder holding its engine/) to compare, memory source",
+    )
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--root", default=None, help="folder for the Zarr arrays (default: a temp)")
     ap.add_argument("--source", default="memory")
@@ -262,7 +266,9 @@ def main():
             out["zarr_write_s"] = round(time.perf_counter() - t, 1)
             out["zarr_bytes"] = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         base = None
-        if args.baseline:
+        if args.baseline and Path(args.baseline).is_dir():  # an engine checked out already
+            base = Path(args.baseline).resolve()
+        elif args.baseline:
             base = tmp / "baseline"
             base.mkdir()
             arch = subprocess.run(["git", "archive", args.baseline, "engine"], cwd=ROOT,
