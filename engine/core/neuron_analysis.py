@@ -172,7 +172,7 @@ class _RunningTop:
         self.budget = max(top * n_neurons, 4096)  # entries that trigger a merge
 
     def add(self, norms: torch.Tensor, centred: torch.Tensor, start: int) -> None:
-        """norms [image, neuron] and centred [image, K, neuron] of images start.."""
+        """norms [image, neuron] (fp32, >= 0) and centred [image, K, neuron] of images start.."""
         rows, cols = (norms > self.floor).nonzero(as_tuple=True)
         if len(rows):
             self.waiting.append((norms[rows, cols], cols, rows + start, centred[rows, :, cols]))
@@ -186,8 +186,8 @@ class _RunningTop:
             return
         norm, neuron, image, k = (torch.cat([w[i] for w in self.waiting]) for i in range(4))
         self.waiting, self.n_waiting = [], 0
-        order = torch.argsort(norm, descending=True, stable=True)
-        order = order[torch.argsort(neuron[order], stable=True)]  # by neuron, norm descending
+        # one sort, by neuron then norm descending: norms are >= 0, whose fp32 bits order as ints
+        order = torch.argsort((neuron << 32) | (0x7FFFFFFF - norm.view(torch.int32)).long())
         counts = torch.bincount(neuron, minlength=self.n_neurons)
         first = torch.cumsum(counts, 0) - counts
         rank = torch.arange(len(order)) - first[neuron[order]]
