@@ -35,7 +35,7 @@ GRAM_MAX_TEXTS = (
 )
 
 
-IMAGE_BLOCK = 16  # images decoded to fp32 at once: their [16, K, neuron] block stays in cache
+IMAGE_BLOCK = 8  # images decoded to fp32 at once: their [8, K, neuron] block stays in cache
 
 
 @contextmanager
