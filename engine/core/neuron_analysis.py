@@ -270,20 +270,21 @@ def batched_omp(atoms: torch.Tensor, y: torch.Tensor, n_nonzero: int, block: int
     a32 = atoms.float()
     gram = (atoms @ atoms.T) if n_text <= GRAM_MAX_TEXTS else None  # [text, text] atoms' dtype
     gram32 = None if gram is None else gram.float()
-    xy_all = y @ atoms.T  # [target, text]
+    xy32 = y.float() @ a32.T  # [target, text] correlations for the picks
     with single_threaded():
         for b0 in range(0, n_t, block):
-            xy = xy_all[b0 : b0 + block]
-            out[b0 : b0 + len(xy)] = _omp_block(atoms, a32, gram, gram32, xy, n_nonzero)
+            b1 = min(n_t, b0 + block)
+            out[b0:b1] = _omp_block(atoms, a32, gram, gram32, y[b0:b1], xy32[b0:b1], n_nonzero)
     return out
 
 
-def _omp_block(atoms, a32, gram, gram32, xy, n_nonzero):
-    """`batched_omp` for one block of targets given their correlations xy [B, text]."""
-    nb, n_text = xy.shape
+def _omp_block(atoms, a32, gram, gram32, y, xy32, n_nonzero):
+    """`batched_omp` for one block of targets y [B, d] with their correlations xy32 [B, text]
+    (fp32; the refits use the chosen atoms' correlations in atoms' dtype)."""
+    nb, n_text = xy32.shape
     tiny = torch.finfo(atoms.dtype).tiny
     rows = torch.arange(nb)
-    xy32 = xy.float()
+    rhs = torch.empty(nb, n_nonzero, 1, dtype=atoms.dtype)  # chosen atoms · y
     chosen = torch.zeros(nb, 0, dtype=torch.long)
     L = torch.zeros(nb, n_nonzero, n_nonzero, dtype=atoms.dtype)
     gs = None if gram is None else torch.empty(nb, n_nonzero, n_text)  # G[S, :] fp32
@@ -296,6 +297,7 @@ def _omp_block(atoms, a32, gram, gram32, xy, n_nonzero):
             a[rows[:, None], chosen] = -1.0  # never the same atom twice
         lam = a.argmax(dim=1)  # [B]
         alive &= alpha[rows, lam].double() ** 2 >= tiny
+        rhs[:, s, 0] = (atoms[lam] * y).sum(dim=1)
         if gram is not None:
             g_ll = gram[lam, lam]
             g = gram[chosen, lam[:, None]][..., None]  # G[S, lam]: [B, s, 1]
@@ -312,8 +314,7 @@ def _omp_block(atoms, a32, gram, gram32, xy, n_nonzero):
         else:
             L[:, 0, 0] = g_ll.sqrt()
         new = torch.cat([chosen, lam[:, None]], dim=1)
-        rhs = xy[rows[:, None], new][..., None]  # [B, s+1, 1]
-        g_new = torch.cholesky_solve(rhs, L[:, : s + 1, : s + 1], upper=False)[..., 0]
+        g_new = torch.cholesky_solve(rhs[:, : s + 1], L[:, : s + 1, : s + 1], upper=False)[..., 0]
         old = torch.cat([gamma, gamma.new_zeros(nb, 1)], 1)
         gamma = torch.where(alive[:, None], g_new, old)
         chosen = new
