@@ -3,6 +3,9 @@ direction's sign rule, η² equals the heads' definition, OMP recovers a planted
 
 import numpy as np
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from engine.core import groundtruth
 from engine.core import neuron_analysis as na
@@ -11,10 +14,13 @@ from engine.core import second_order as so
 pytestmark = pytest.mark.unit
 
 
-def _stream(k, step, top, codes=None, n_values=None):
-    """Stream k [image, neuron, K] in its stored form; returns (stats, the stored k)."""
+def _stream(k, step, top, codes=None, n_values=None, budget=None):
+    """Stream k [image, neuron, K] in its stored form; returns (stats, the stored k). budget:
+    waiting entries that make the running top merge (default: top x neurons, at least 4096)."""
     q, scale = so.quantise(k)
     st = na.NeuronStats(k.shape[1], k.shape[2], top, n_values or [])
+    if budget is not None:
+        st._top.budget = budget
     for a in range(0, len(k), step):
         cs = None if codes is None else [codes[a : a + step, f] for f in range(codes.shape[1])]
         st.update_mean(q[a : a + step], scale[a : a + step], cs)
@@ -24,10 +30,11 @@ def _stream(k, step, top, codes=None, n_values=None):
     return st, so.dequantise(q, scale)
 
 
-def test_streamed_top_images_and_norms_equal_the_definition():
+@pytest.mark.parametrize("budget", [None, 7])  # merging only at the end, or every few blocks
+def test_streamed_top_images_and_norms_equal_the_definition(budget):
     rng = np.random.default_rng(0)
     k = rng.standard_normal((230, 5, 6)).astype(np.float32)
-    st, k = _stream(k, 37, 20)
+    st, k = _stream(k, 37, 20, budget=budget)
     centred = k - k.mean(axis=0)
     norms = np.linalg.norm(centred, axis=2)  # [image, neuron]
     for n in range(5):
@@ -97,3 +104,45 @@ def test_batched_omp_without_the_gram_gives_the_same_codes(monkeypatch):
     with_gram = na.batched_omp(atoms, y, 5).numpy()
     monkeypatch.setattr(na, "GRAM_MAX_TEXTS", 10)
     assert np.allclose(na.batched_omp(atoms, y, 5).numpy(), with_gram, atol=1e-10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_img=hs.integers(1, 50), n_neurons=hs.integers(1, 4), top=hs.integers(1, 12),
+    block=hs.integers(1, 9), budget=hs.integers(1, 40), ties=hs.booleans(),
+    seed=hs.integers(0, 2**16),
+)  # fmt: skip
+def test_running_top_keeps_the_largest_norms_of_the_stream(
+    n_img, n_neurons, top, block, budget, ties, seed
+):
+    """Whatever the blocks and merge points: per neuron the `top` largest norms (as a multiset,
+    so ties may pick either image), descending, each with its own image and centred k."""
+    rng = np.random.default_rng(seed)
+    if ties:
+        norms = rng.integers(0, 4, (n_img, n_neurons)).astype(np.float32)
+    else:
+        norms = rng.random((n_img, n_neurons), dtype=np.float32)
+    centred = rng.standard_normal((n_img, 3, n_neurons)).astype(np.float32)
+    t = na._RunningTop(n_neurons, 3, top)
+    t.budget = budget
+    for a in range(0, n_img, block):
+        t.add(torch.from_numpy(norms[a : a + block]), torch.from_numpy(centred[a : a + block]), a)
+    norm, image, k = (x.numpy() for x in t.dense())
+    m = min(top, n_img)
+    for n in range(n_neurons):
+        assert np.array_equal(norm[:m, n], np.sort(norms[:, n])[::-1][:m])
+        img = image[:m, n]
+        assert len(set(img.tolist())) == m
+        assert np.array_equal(norms[img, n], norm[:m, n])
+        assert np.array_equal(k[:m, n], centred[img, :, n])
+        assert (image[m:, n] == -1).all() and np.isneginf(norm[m:, n]).all()
+
+
+def test_single_threaded_restores_the_thread_count_even_on_error():
+    before = torch.get_num_threads()
+    with pytest.raises(ValueError), na.single_threaded():
+        assert torch.get_num_threads() == 1
+        raise ValueError
+    assert torch.get_num_threads() == before
+    st, _ = _stream(np.ones((10, 2, 3), np.float32), 4, 3)
+    assert torch.get_num_threads() == before

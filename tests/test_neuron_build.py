@@ -186,3 +186,17 @@ def test_interpret_neurons_writes_its_tables_from_the_stored_effects(reference, 
     assert cli_main(["interpret", "--store", str(plain), "--neurons", "1-1"]) == 2
     err = capsys.readouterr().err
     assert "built without neurons" in err and "--neurons 1-1" in err and len(err.splitlines()) == 1
+
+
+def test_directions_are_frame_vectors_through_the_frames(reference):
+    """StoredNeurons.directions (w = L⁻ᵀ v, one matmul over the paths) equals v @ Q_n with the
+    frames formed explicitly."""
+    rng = np.random.default_rng(3)
+    with store.open_store(reference) as r:
+        sn = StoredNeurons(r)
+        for layer in sn.layers:
+            idx = [0, 5, 77, 255]
+            v = rng.standard_normal((len(idx), sn.n_paths(layer)))
+            want = np.einsum("nk,nke->ne", v, sn.frame(layer, idx).astype(np.float64))
+            got = sn.directions(layer, v, idx)
+            assert np.allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())

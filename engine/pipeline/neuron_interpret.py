@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,17 +74,17 @@ def describe_layer(
 ) -> LayerDescription:
     """One neuron layer described (no writes). atoms: [text, d_embed] (`text_dictionary`);
     codes: [image, factor] demo-world factor codes or None; on_norms(layer, norms [image,
-    neuron]): a per-chunk hook given the second pass's centred effect norms (unit pages)."""
+    neuron]): a per-chunk hook given the second pass's centred effect norms (unit pages), so
+    they share this read of the layer."""
     n = int(sn.r.info["n_images"])
     step = int(sn.r.info.get("image_chunk") or 1024)
     st = na.NeuronStats(sn.n_neurons, sn.n_paths(layer), min(top, n), n_values or [])
-    chunks = list(range(0, n, step))
-    for a in tqdm(chunks, desc=f"L{layer} mean", disable=not progress):
-        b = min(n, a + step)
+    chunks = [(a, min(n, a + step)) for a in range(0, n, step)]
+    for a, b, q, scale in _chunks(sn, layer, chunks, f"L{layer} mean", progress):
         cs = None if codes is None else [codes[a:b, f] for f in range(codes.shape[1])]
-        st.update_mean(*sn.q(layer, a, b), cs)
-    for a in tqdm(chunks, desc=f"L{layer} top", disable=not progress):
-        norms = st.update_top(*sn.q(layer, a, min(n, a + step)), a)
+        st.update_mean(q, scale, cs)
+    for a, _, q, scale in _chunks(sn, layer, chunks, f"L{layer} top", progress):
+        norms = st.update_top(q, scale, a)
         if on_norms is not None:
             on_norms(layer, norms)
     st.finish()
@@ -101,6 +102,18 @@ def describe_layer(
     labs = neuron_labels.response_labels(r_idx, r_cos, categories)
     eta = st.eta2() if codes is not None else None
     return LayerDescription(layer, st, directions, coef, labs, eta, r_idx, r_cos)
+
+
+def _chunks(sn: StoredNeurons, layer: int, chunks, desc: str, progress: bool):
+    """(a, b, q, scale) per image chunk, the next chunk read on a thread while this one is used
+    (Zarr reads release the GIL)."""
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(sn.q, layer, *chunks[0]) if chunks else None
+        for i, (a, b) in enumerate(tqdm(chunks, desc=desc, disable=not progress)):
+            q, scale = ahead.result()
+            if i + 1 < len(chunks):
+                ahead = pool.submit(sn.q, layer, *chunks[i + 1])
+            yield a, b, q, scale
 
 
 def run_neuron_interpretation(

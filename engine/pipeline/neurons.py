@@ -216,13 +216,15 @@ class StoredNeurons:
 
     def directions(self, layer: int, v: np.ndarray, neurons=None) -> np.ndarray:
         """Frame vectors v [neuron, K] -> d_embed [neuron, d_embed] (v_n @ Q_n) without forming
-        Q: w_n = L_n⁻ᵀ v_n, then Σ_k w_n[k] u[k, n] @ basis[k]."""
+        Q: w_n = L_n⁻ᵀ v_n, then Σ_k w_n[k] u[k, n] @ basis[k] as one [neuron, K·d_head] @
+        [K·d_head, d_embed] matmul."""
         u, basis, chol = self.path_maps(layer)
         idx = slice(None) if neurons is None else np.asarray(list(neurons), dtype=int)
         lt = torch.from_numpy(chol[idx]).double().transpose(1, 2)  # L_nᵀ, upper
         w = torch.linalg.solve_triangular(lt, torch.from_numpy(v).double()[..., None], upper=True)
         wu = w[..., 0].T[:, :, None] * torch.from_numpy(u[:, idx]).double()  # [K, neuron, d_head]
-        return torch.bmm(wu, torch.from_numpy(basis).double()).sum(dim=0).float().numpy()
+        wu = wu.transpose(0, 1).reshape(wu.shape[1], -1)  # [neuron, K·d_head]
+        return (wu @ torch.from_numpy(basis).double().flatten(0, 1)).float().numpy()
 
     def k(self, layer: int, a: int, b: int) -> np.ndarray:
         i = self.layers.index(layer)
