@@ -1,6 +1,6 @@
-"""describe_layer's streamed passes: chunks read ahead arrive in order, the on_chunk hook sees
-every chunk of the second pass once (with the final mean), and the statistics equal a direct
-stream of the same stored data."""
+"""describe_layer's streamed passes: chunks read ahead arrive in order, the on_norms hook sees
+every chunk of the second pass once (the centred effect norms the unit pages histogram), and the
+statistics equal a direct stream of the same stored data."""
 
 import numpy as np
 import pytest
@@ -13,8 +13,13 @@ pytestmark = pytest.mark.unit
 
 
 class _Info:
-    def __init__(self, n, chunk):
+    def __init__(self, n, chunk, d_embed, rng):
         self.info = {"n_images": n, "image_chunk": chunk}
+        self.output = rng.standard_normal((n, d_embed)).astype(np.float32)
+
+    def lazy(self, name):  # the image embeddings the labels read
+        assert name == "output"
+        return self.output
 
 
 class _Neurons:
@@ -22,7 +27,7 @@ class _Neurons:
 
     def __init__(self, k, chunk, d_embed, rng):
         self.qs, self.scale = so.quantise(k)
-        self.r = _Info(len(k), chunk)
+        self.r = _Info(len(k), chunk, d_embed, rng)
         self.n_neurons, self.K = k.shape[1], k.shape[2]
         self.frame = rng.standard_normal((self.K, d_embed))
         self.reads = []
@@ -38,26 +43,25 @@ class _Neurons:
         return v @ self.frame
 
 
-def test_on_chunk_sees_every_chunk_once_in_order_with_the_final_mean():
+def test_on_norms_sees_every_chunk_once_in_order():
     rng = np.random.default_rng(0)
     k = rng.standard_normal((103, 6, 4)).astype(np.float32)
     sn = _Neurons(k, 25, 16, rng)
     seen = []
 
-    def hook(start, q, scale, stats):
-        seen.append((start, q.copy(), scale.copy(), stats.mean.copy()))
+    def hook(layer, norms):
+        seen.append((layer, np.asarray(norms).copy()))
 
     atoms = na.text_dictionary(rng.standard_normal((30, 16)))
-    d = describe_layer(sn, 3, atoms, ["a"] * 30, top=10, n_words=3, on_chunk=hook)
+    d = describe_layer(sn, 3, atoms, ["a"] * 30, top=10, n_words=3, on_norms=hook)
     starts = list(range(0, 103, 25))
-    assert [s[0] for s in seen] == starts
-    assert sn.reads == 2 * [(a, min(103, a + 25)) for a in starts]  # two passes, each in order
-    assert np.array_equal(np.concatenate([s[1] for s in seen]), sn.qs)
-    assert np.array_equal(np.concatenate([s[2] for s in seen]), sn.scale)
+    assert [s[0] for s in seen] == [3] * len(starts)
+    assert [len(s[1]) for s in seen] == [min(103, a + 25) - a for a in starts]
+    passes = 2 * [(a, min(103, a + 25)) for a in starts]
+    assert sn.reads[: len(passes)] == passes  # two passes, each in order (then the labels' reads)
     stored = so.dequantise(sn.qs, sn.scale)
-    for s in seen:
-        assert np.allclose(s[3], stored.mean(axis=0), atol=1e-6)
     centred = np.linalg.norm(stored - stored.mean(axis=0), axis=2)  # [image, neuron]
+    assert np.allclose(np.concatenate([s[1] for s in seen]), centred, atol=1e-5)
     for n in range(6):
         assert d.stats.top_image[:, n].tolist() == list(np.argsort(-centred[:, n])[:10])
     assert d.coef.shape == (6, 30) and ((d.coef != 0).sum(axis=1) <= 3).all()

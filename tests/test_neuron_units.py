@@ -91,6 +91,7 @@ def test_the_certificate_is_sound_and_all_kept_is_exact():
             st.update_mean(q[a : a + 32], ones[a : a + 32])
         for a in range(0, n_img, 32):
             st.update_top(q[a : a + 32], ones[a : a + 32], a)
+        st.finish()
         v = na.principal_directions(st.top_k)
         s = nu.summarise_neurons(st.top_k.numpy(), st.top_image.numpy(), st.threshold, st.mean,
                                  v, 6, n_images=n_img)  # fmt: skip
