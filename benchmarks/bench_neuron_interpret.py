@@ -1,7 +1,8 @@
 """interpret --neurons at ViT-B-32 scale: 3,072 neurons x 50,000 images, one neuron layer.
 
 Runs `engine.pipeline.neuron_interpret.describe_layer` (both streamed passes, top-100 images,
-directions through the frames, OMP over a 3,637-text bank, offline labels) on stored-format data
+directions through the frames, OMP over a 3,637-text bank, offline labels from the response
+(`engine.core.neuron_labels`: a third read of about 4,096 images)) on stored-format data
 held in memory: int8 coordinates [chunk, K, neuron] + fp16 scales, re-served for every image
 chunk (Zarr reads excluded; they are one sequential read of 2.4 KB x K per image and neuron
 layer), random frame constants of ViT-B-32's shapes. Reported: wall seconds at the default torch
@@ -32,8 +33,21 @@ from engine.pipeline.neurons import StoredNeurons  # noqa: E402
 
 
 class FakeReader:
-    def __init__(self, n, chunk):
+    def __init__(self, n, chunk, d_embed=512):
         self.info = {"n_images": n, "image_chunk": chunk}
+        self.output = np.random.default_rng(2).standard_normal((chunk, d_embed), dtype=np.float32)
+
+    def lazy(self, name):  # the image embeddings the labels read: one chunk, served again
+        assert name == "output"
+        return _Rows(self.output)
+
+
+class _Rows:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __getitem__(self, sl):
+        return self.rows[: sl.stop - sl.start]
 
 
 class MemoryNeurons:

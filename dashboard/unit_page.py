@@ -127,20 +127,40 @@ def percent(x: float) -> str:
 
 
 def recorded_neuron_drop(store, layer: int, neuron: int) -> tuple[str, float] | None:
-    """(task, accuracy drop) recorded for this neuron by a neuron ablation, or None.
-
-    The slot for neuron ablation records: this store format has no per-neuron ablation table
-    yet (`ablate --ablate neurons:…` reports its drop without recording one per neuron), so
-    the page says "not recorded" until a reader for them exists in `engine.store`."""
-    reader = getattr(store.reader, "neuron_effects", None)  # the neuron-ablate reader, if merged
-    if reader is None:
+    """(task, accuracy drop) of the recorded neuron ablation that best shows this neuron's own
+    effect (`ablate --ablate L6N12`, read through the session from `engine.store.neuron_ablations`):
+    a run that removed it alone if there is one, else any run that removed it; the largest drop.
+    None when no recorded run removed it."""
+    drops = store.neuron_ablation_drops(int(layer), int(neuron))
+    if drops.empty:
         return None
-    got = reader()
-    own = got[(got.layer == int(layer)) & (got.neuron == int(neuron))] if len(got) else got
-    if not len(own):
-        return None
+    own = drops[drops.alone.astype(bool)] if drops.alone.astype(bool).any() else drops
     best = own.sort_values("drop", ascending=False).iloc[0]
     return str(best.task), float(best["drop"])
+
+
+def neuron_ablations(ctx, store, name: str, layer: int, neuron: int) -> None:
+    """The recorded `ablate` runs that removed this neuron (its own drop where it was alone)."""
+    st.subheader("Recorded ablations")
+    drops = store.neuron_ablation_drops(int(layer), int(neuron))
+    if drops.empty:
+        st.caption(
+            f"No recorded ablation removed {name}: `python -m engine ablate --store "
+            f"{ctx.store_path} --ablate {name}` records its own accuracy drop (the Ablation page "
+            "shows such runs without recording them)."
+        )
+        return
+    cols = ["spec", "n_ablated", "task", "before", "after", "drop", "random_mean", "finished_at"]
+    st.dataframe(
+        drops[cols], hide_index=True, width="stretch", height=220,
+        column_config={c: st.column_config.NumberColumn(format="%.3f")
+                       for c in ("before", "after", "drop", "random_mean")},
+    )  # fmt: skip
+    st.caption(
+        "Every recorded `ablate` run that removed this neuron, the latest first: its own drop where "
+        "it was ablated alone (n_ablated 1), else the drop of the set it was in; random_mean: as "
+        "many random neurons of the layer ablated instead."
+    )
 
 
 def _neuron_facts(store, row) -> UnitFacts:

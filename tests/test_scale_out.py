@@ -298,3 +298,21 @@ def test_a_worker_failure_reaches_the_cli_as_one_line():
     assert msg.startswith("a Ray worker failed (at x)") and "resume" in msg and "\n" not in msg
     died = ray.exceptions.RayActorError()
     assert "\n" not in str(worker_error(died)) and "rerun" in str(worker_error(died))
+
+
+@pytest.mark.distributed
+def test_ray_workers_use_the_drivers_thread_count_unless_told(monkeypatch):
+    """Equal thread counts keep Ray builds bit-identical to single builds on CPUs whose matmul
+    reduction order follows the thread count; a bad count is one line before Ray starts."""
+    import torch
+
+    from engine.errors import UserError
+    from engine.pipeline.distributed import RayOptions, build_with_ray, worker_threads
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert worker_threads(RayOptions()) == 3
+    assert worker_threads(RayOptions(threads_per_worker=1)) == 1
+    with pytest.raises(UserError, match="--threads-per-worker 0"):
+        worker_threads(RayOptions(threads_per_worker=0))
+    with pytest.raises(UserError, match="--threads-per-worker 0"):  # before Ray starts
+        build_with_ray(params("/nonexistent/x"), RayOptions(threads_per_worker=0))

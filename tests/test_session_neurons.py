@@ -171,7 +171,8 @@ def test_ablate_cli_takes_neurons_and_refuses_unbuilt_layers(session, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["n_ablated"] == 5 and out["tasks"] and "random_mean" in out["tasks"][0]
     assert cli_main([*argv, "neurons:L0:all"]) == 2
-    assert "not described" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "layer 0 of" in err and "were not built" in err and "--neurons 0-1" in err
 
 
 def test_demo_store_visualises_the_labelled_heads_of_its_last_layers():

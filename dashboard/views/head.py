@@ -142,6 +142,9 @@ else:
         f" best stored image {v.store_max:.3g}); {v.method}."
     )
 
+if row.kind == "neuron":
+    unit_page.neuron_ablations(ctx, store, here, int(row.layer), int(row.neuron))
+
 st.subheader("On the query image")
 toggle_key = "head_q" if row.kind == "head" else "neuron_q"
 if st.toggle(f"Show this {row.kind} on the image picked in the sidebar (runs the model)",

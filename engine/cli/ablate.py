@@ -5,14 +5,22 @@ from __future__ import annotations
 import json
 
 NAME = "ablate"
-HELP = "mean-ablate heads/MLPs/layers (exact, from the store) and measure zero-shot accuracy"
+HELP = (
+    "mean-ablate heads/MLPs/layers or MLP neurons (exact, from the store) and measure zero-shot "
+    "accuracy"
+)
 
 
 def add_arguments(p):
     from engine.core.ablation_spec import VALID_FORMS
+    from engine.core.neuron_spec import VALID_NEURON_FORMS
 
     p.add_argument("--store", required=True, help="store link, e.g. artifacts/demo")
-    p.add_argument("--ablate", required=True, metavar="SPEC", help=f"what to ablate; {VALID_FORMS}")
+    p.add_argument(
+        "--ablate", required=True, metavar="SPEC",
+        help=f"what to ablate; {VALID_FORMS}; or MLP neurons (a store built with --neurons; not "
+        f"mixed with heads): {VALID_NEURON_FORMS}",
+    )  # fmt: skip
     p.add_argument(
         "--tasks", default=None,
         help="factors (demo world), folders (class folders), groups (the demo world's shortcut "

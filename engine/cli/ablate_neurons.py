@@ -1,5 +1,6 @@
 """`ablate --ablate L6N12|neurons:L6:significant|neurons:L6:top:50:TEXT`: mean-ablate MLP neurons'
-second-order effects (engine.session.neuron_ablation); printed, not recorded in the store."""
+second-order effects (engine.session.neuron_ablation), recorded in the store's neuron ablation
+tables unless `--no-write` (engine.pipeline.ablate.run_ablate_neurons)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,33 @@ import json
 
 
 def run_neurons(args) -> int:
-    from engine.session import StoreSession
+    from engine.pipeline.ablate import AblateParams, run_ablate_neurons
 
-    with StoreSession.open(args.store) as s:
-        res = s.ablate_neurons(
-            args.ablate, tasks=args.tasks, random=args.random, split=args.split, seed=args.seed
+    run = run_ablate_neurons(
+        AblateParams(
+            store=args.store, ablate=args.ablate, tasks=args.tasks, random=args.random,
+            split=args.split, seed=args.seed, per_head=args.per_head, write=not args.no_write,
         )
+    )  # fmt: skip
     if args.json:
-        print(json.dumps(res.to_dict(), indent=2))
+        print(json.dumps(run.to_dict(), indent=2))
         return 0
+    res = run.ablation
     layers = ", ".join(f"L{l}: {len(v)}" for l, v in res.neurons.items())
     print(
         f"ablated the second-order effects of {res.n_ablated} neurons ({layers}; {args.ablate}); "
         f"means over {res.n_fit} images, evaluated on {res.n_eval} others; {args.random} random "
         "draws of as many neurons per layer"
     )
-    print(f"{'task':<14} {'before':>7} {'after':>7} {'drop':>7}   random after: mean ± sd")
+    print(f"{'task':<14} {'before':>7} {'after':>7} {'drop':>7}   random after: mean ± sd (best)")
     for t in res.tasks:
-        rnd = f"{t.random.mean():.3f} ± {t.random.std():.3f}" if t.random.size else "-"
+        rnd = (
+            f"{t.random_mean:.3f} ± {t.random_sd:.3f} ({t.random_best:.3f})"
+            if t.random.size else "-"
+        )  # fmt: skip
         print(f"{t.task:<14} {t.before:7.3f} {t.after:7.3f} {t.drop:7.3f}   {rnd}")
+    if res.baseline_note:
+        print("note: " + res.baseline_note)
+    if run.written:
+        print(f"recorded as run {run.run_id} (neuron_ablation_runs)")
     return 0

@@ -60,6 +60,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: local)")
     g.add_argument("--num-workers", type=int, default=2, help="Ray actors (default %(default)s)")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray actor")
+    g.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=None,
+        help="torch threads per Ray actor (default: this process's count, which keeps the "
+        "store bit-identical to a single-process build on the same CPU)",
+    )
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -100,7 +107,12 @@ def run(args: argparse.Namespace) -> int:
     if args.executor == "ray":
         from engine.pipeline.distributed import RayOptions, build_with_ray
 
-        opts = RayOptions(args.ray_address, args.num_workers, args.gpus_per_worker)
+        opts = RayOptions(
+            args.ray_address,
+            args.num_workers,
+            args.gpus_per_worker,
+            threads_per_worker=args.threads_per_worker,
+        )
         res = build_with_ray(params, opts)
     elif args.finalise:
         res = finalise_build(params)

@@ -32,7 +32,7 @@ def add_arguments(p):
         default=None,
         help="describe the MLP neurons of these built neuron layers instead of the heads ("
         + GRAMMAR
-        + "; 'all': every built one): significance, direction, OMP words, offline label",
+        + "; 'all': every built one): significance, direction, OMP words, label (--labeller)",
     )
     p.add_argument("--words", type=int, default=32, help="OMP words per neuron (default 32)")
     p.add_argument("--top-images", type=int, default=100, help="top images per neuron (100)")
@@ -130,16 +130,17 @@ def _label_summary(store):
 def run_neurons(args) -> int:
     from engine.pipeline.neuron_interpret import run_neuron_interpretation
 
-    if args.labeller != "offline":
-        raise UserError("--neurons: only the offline labeller is available for neurons so far")
     spec = None if args.neurons.strip().lower() == "all" else args.neurons
     res = run_neuron_interpretation(
         args.store, spec, args.bank, top=args.top_images, n_words=args.words,
         progress=not args.no_progress, unit_k=args.unit_k,
         unit_map_neurons=0 if args.no_unit_maps else args.unit_map_neurons,
+        labeller=args.labeller, llm_model=args.llm_model, llm_timeout=args.llm_timeout,
+        llm_retries=args.llm_retries,
     )  # fmt: skip
     summary = {
         "run_id": res.run_id,
+        "labeller": res.labeller,
         "neuron_layers": res.layers,
         "neurons_per_layer": res.n_neurons,
         "bank": res.bank,
@@ -153,7 +154,8 @@ def run_neurons(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"described {res.n_neurons} neurons x layers {res.layers} (bank {res.bank}) in "
+    print(f"described {res.n_neurons} neurons x layers {res.layers} with {res.labeller} labels "
+          f"(bank {res.bank}) in "
           f"{res.timings['total_s']:.1f} s; run {res.run_id[:12]}")  # fmt: skip
     if res.clear:
         print(f"  ground truth: {res.matched}/{res.clear} neurons with one factor's "

@@ -6,12 +6,13 @@ ablation takes every head of its layers (`layers:10-11`) each draw is the ablate
 baseline's spread is 0 by construction and says nothing. When a layer keeps fewer other heads than
 it loses, the draws reuse ablated heads and the baseline is biased towards the ablation.
 `engine.session.ablation.ablate` runs `check_baseline` (its result's `baseline`); the CLI, its JSON
-and the Ablation page show that note.
+and the Ablation page show that note. Neurons' random baseline draws the same way within a neuron
+layer: `check_neuron_baseline` (run by `engine.session.neuron_ablation.ablate_neurons`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from engine.core.components import ComponentSet
@@ -70,6 +71,47 @@ def check_baseline(components: ComponentSet, ablated: Sequence[str]) -> Baseline
         notes.append(f"every head of {names(identical)} is ablated (their draws are those heads)")
     if overlap:
         notes.append(f"{names(overlap)} keep fewer other heads than are ablated (draws reuse them)")
+    status = "overlapping" if notes else "ok"
+    note = ("the random baseline overlaps the ablated set: " + "; ".join(notes)) if notes else ""
+    return BaselineCheck(status, identical, overlap, note)
+
+
+def check_neuron_baseline(
+    chosen: Mapping[int, Sequence[int]], n_neurons: Mapping[int, int]
+) -> BaselineCheck:
+    """Whether random neurons of the same layers can stand in for the neurons `chosen`
+    ({layer: ablated indices}; `n_neurons`: {layer: its neurons}). The draws
+    (`neuron_spec.random_neurons`) take the layer's other neurons when it has as many, else any
+    of its neurons: every neuron of a layer ablated (`neurons:L6:all`) makes each draw the ablated
+    set itself; more than half ablated (`neurons:L6:insignificant`) makes draws reuse them."""
+    per_layer = {int(l): len(set(map(int, v))) for l, v in chosen.items() if len(v)}
+    if not per_layer:
+        return BaselineCheck(
+            "none", (), (), "no neurons are ablated: there is no random-neuron baseline"
+        )
+    identical = tuple(sorted(l for l, k in per_layer.items() if k >= n_neurons[l]))
+    overlap = tuple(
+        sorted(l for l, k in per_layer.items() if n_neurons[l] - k < k and l not in identical)
+    )
+
+    def names(layers: tuple[int, ...]) -> str:
+        return f"layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
+
+    if len(identical) == len(per_layer):
+        return BaselineCheck(
+            "identical", identical, overlap,
+            f"the random baseline cannot differ from the ablated set: every neuron of "
+            f"{names(identical)} is ablated, so each draw is the ablated neurons themselves "
+            "(compare with 'before', or ablate fewer neurons per layer)",
+        )  # fmt: skip
+    notes = []
+    if identical:
+        notes.append(f"every neuron of {names(identical)} is ablated (their draws are those "
+                     "neurons)")  # fmt: skip
+    if overlap:
+        shares = ", ".join(f"L{l}: {per_layer[l]} of {n_neurons[l]}" for l in overlap)
+        notes.append(f"more than half of the neurons of {names(overlap)} are ablated ({shares}), "
+                     "so each draw reuses most of them")  # fmt: skip
     status = "overlapping" if notes else "ok"
     note = ("the random baseline overlaps the ablated set: " + "; ".join(notes)) if notes else ""
     return BaselineCheck(status, identical, overlap, note)

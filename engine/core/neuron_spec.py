@@ -24,10 +24,46 @@ _NEURON = re.compile(r"L(\d+)N(\d+)", re.IGNORECASE)
 _GROUP = re.compile(r"neurons:L?(\d+):(.+)", re.IGNORECASE | re.DOTALL)
 
 
+def _is_neuron_atom(atom: str) -> bool:
+    return bool(_NEURON.fullmatch(atom) or atom.lower().startswith("neurons:"))
+
+
 def is_neuron_spec(text: str) -> bool:
-    """Whether an ablation spec names neurons (its first atom is a neuron form)."""
-    first = re.split(r"[+,]", (text or "").strip())[0].strip()
-    return bool(_NEURON.fullmatch(first) or first.lower().startswith("neurons:"))
+    """Whether an ablation spec names neurons. A spec naming both neurons and other components
+    (`L6N12+L10H3`) raises one UserError: a neuron's second-order effect flows through the later
+    heads, so removing both would take that path out twice; they are ablated in separate runs."""
+    atoms = [a.strip() for a in re.split(r"[+,]", (text or "").strip()) if a.strip()]
+    kinds = [_is_neuron_atom(a) for a in atoms]
+    if any(kinds) and not all(kinds):
+        neuron = next(a for a, k in zip(atoms, kinds, strict=True) if k)
+        other = next(a for a, k in zip(atoms, kinds, strict=True) if not k)
+        raise UserError(
+            f"the spec {text!r} mixes neurons ({neuron}) with other components ({other}): "
+            "ablate them in separate runs (a neuron's second-order effect flows through the later "
+            "heads, so removing both would remove that path twice)"
+        )
+    return bool(kinds) and kinds[0]
+
+
+def spec_layers(text: str) -> list[int]:
+    """The layers whose neurons a neuron spec names (sorted; forms that do not parse are left to
+    `parse_neuron_spec`'s error)."""
+    out = set()
+    for atom in (a.strip() for a in re.split(r"[+,]", text or "")):
+        m = _NEURON.fullmatch(atom) or _GROUP.fullmatch(atom)
+        if m:
+            out.add(int(m[1]))
+    return sorted(out)
+
+
+def random_neurons(rng: np.random.Generator, n_neurons: int, chosen: np.ndarray) -> np.ndarray:
+    """A random stand-in for the neurons `chosen` of one layer: as many neurons, drawn among the
+    layer's other neurons when it has at least as many others, else among all of its neurons
+    (as heads' random baseline draws, `engine.core.ablation`) -> sorted indices."""
+    chosen = np.asarray(chosen, np.int64)
+    others = np.setdiff1d(np.arange(n_neurons), chosen)
+    pool = others if len(others) >= len(chosen) else np.arange(n_neurons)
+    return np.sort(rng.choice(pool, len(chosen), replace=False))
 
 
 def _bad(atom: str, why: str) -> UserError:

@@ -6,6 +6,8 @@ once: the class embeddings are cached in the store (`zeroshot_classes`) and reus
 and by the dashboard's Ablation page.
 
 Tasks come from `engine.sources.tasks` (world factors, class folders, or a mapping file).
+A neuron spec (`L6N12`, `neurons:L6:significant`) runs `StoreSession.ablate_neurons` instead and
+is recorded in the neuron ablation tables (`run_ablate_neurons`).
 """
 
 from __future__ import annotations
@@ -133,4 +135,71 @@ def _write(p: AblateParams, run: AblateRun, s, a, started: str) -> None:
 
             w.ensure("ablation_groups")
             w.append("ablation_groups", group_rows(run.run_id, run.groups))
+        w.record_run(record)
+
+
+# ------------------------------------------------------------------------------ neurons
+
+
+@dataclass
+class NeuronAblateRun:
+    run_id: str
+    ablation: object  # engine.session.neuron_ablation.NeuronAblation
+    written: bool
+
+    def to_dict(self) -> dict:
+        return {"run_id": self.run_id, "timings": self.ablation.timings,
+                **self.ablation.to_dict()}  # fmt: skip
+
+
+def run_ablate_neurons(p: AblateParams) -> NeuronAblateRun:
+    """`StoreSession.ablate_neurons` (what the Ablation page shows for neurons), recorded in the
+    store's neuron ablation tables and `runs` unless `write` is off. Bad input raises before
+    anything is written."""
+    from engine.errors import UserError
+
+    if p.per_head:
+        raise UserError("--per-head ablates each stored head alone: it does not apply to neurons")
+    started = provenance.now()
+    with StoreSession.open(p.store) as s:
+        a = s.ablate_neurons(p.ablate, tasks=p.tasks, random=p.random, split=p.split, seed=p.seed)
+        run = NeuronAblateRun(uuid.uuid4().hex, a, p.write)
+        if p.write:
+            _write_neurons(p, run, s, a, started)
+    return run
+
+
+def neuron_ablation_rows(run_id: str, a, p: AblateParams) -> dict[str, pd.DataFrame]:
+    """The rows one neuron ablation appends: {table: rows} of schema.NEURON_ABLATION_TABLES."""
+    b = a.baseline
+    runs = pd.DataFrame([{
+        "run_id": run_id, "spec": a.spec, "n_ablated": a.n_ablated,
+        "tasks_source": a.tasks_source, "n_fit": a.n_fit, "n_eval": a.n_eval, "split": p.split,
+        "seed": p.seed, "random_draws": p.random, "baseline": b.status if b else None,
+        "baseline_note": b.note if b else None, "result": json.dumps(a.to_dict()),
+    }])  # fmt: skip
+    results = pd.DataFrame([
+        {"run_id": run_id, "task": t.task, "n_eval": t.n_eval, "before": t.before,
+         "after": t.after, "drop": t.drop, "random_mean": t.random_mean,
+         "random_sd": t.random_sd, "random_best": t.random_best}
+        for t in a.tasks
+    ])  # fmt: skip
+    units = pd.DataFrame(
+        [{"run_id": run_id, "layer": int(l), "neuron": int(n)}
+         for l, v in a.neurons.items() for n in v]
+    )  # fmt: skip
+    return {"neuron_ablation_runs": runs, "neuron_ablation_results": results,
+            "neuron_ablation_units": units}  # fmt: skip
+
+
+def _write_neurons(p: AblateParams, run: NeuronAblateRun, s, a, started: str) -> None:
+    params = {"ablate": p.ablate, "tasks": a.tasks_source, "random": p.random,
+              "split": p.split, "seed": p.seed, "neurons": a.n_ablated}  # fmt: skip
+    record = provenance.run_record("ablate", run.run_id, s, params, a.timings, started)
+    from engine.session.ablation import zeroshot_tasks
+
+    ts = zeroshot_tasks(s, p.tasks)  # cached in the session: the tasks the ablation used
+    with mutate_store(p.store, expect_version=s.version_path) as w:
+        w.add_neuron_ablation(neuron_ablation_rows(run.run_id, a, p))
+        w.replace_zeroshot_classes(zeroshot_rows(ts.specs, ts.embeddings))
         w.record_run(record)

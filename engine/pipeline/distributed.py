@@ -38,6 +38,10 @@ class RayOptions:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     local_cpus: int | None = None  # CPUs of a local cluster started here (None: num_workers)
+    # torch intra-op threads per actor; None: the driver's own count, i.e. what a single-process
+    # build on the driver's machine uses. On some CPUs (seen on AMD EPYC) a matmul's reduction
+    # order depends on the thread count, so only equal counts give the single build's bits.
+    threads_per_worker: int | None = None
 
 
 def import_ray():
@@ -53,9 +57,9 @@ def import_ray():
 class ChunkWorker:
     """A Ray actor: one model, any number of chunks."""
 
-    def __init__(self, params: BuildParams):
+    def __init__(self, params: BuildParams, threads: int):
         self.plan = plan_build(params)
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        torch.set_num_threads(max(1, int(threads)))  # Ray sets OMP_NUM_THREADS=1 in actors
 
     def write_constants(self) -> None:
         write_constants(self.plan)
@@ -77,6 +81,7 @@ def build_with_ray(params: BuildParams, opts: RayOptions) -> BuildResult:
         raise UserError(f"bad --gpus-per-worker {opts.gpus_per_worker}: must be >= 0")
     if opts.gpus_per_worker > 0 and not params.device.startswith("cuda"):
         raise UserError("--gpus-per-worker needs --device cuda (the workers' device)")
+    worker_threads(opts)  # a bad --threads-per-worker fails before Ray starts
     t_start = time.perf_counter()
     plan = plan_build(params, load_device="cpu")  # the driver plans and finalises, on CPU
     if not params.force and (res := published_result(plan)) is not None:
@@ -142,6 +147,15 @@ def _init(ray, opts: RayOptions) -> bool:
     return True
 
 
+def worker_threads(opts: RayOptions) -> int:
+    """Each actor's torch thread count: `opts.threads_per_worker`, else the driver's."""
+    if opts.threads_per_worker is not None:
+        if opts.threads_per_worker < 1:
+            raise UserError(f"bad --threads-per-worker {opts.threads_per_worker}: must be >= 1")
+        return int(opts.threads_per_worker)
+    return max(1, torch.get_num_threads())
+
+
 def _run_pool(ray, plan, params: BuildParams, opts: RayOptions, todo: list[int]) -> dict:
     from ray.util import ActorPool
 
@@ -151,7 +165,8 @@ def _run_pool(ray, plan, params: BuildParams, opts: RayOptions, todo: list[int])
         max_restarts=MAX_RESTARTS,
         max_task_retries=MAX_TASK_RETRIES,
     )(ChunkWorker)
-    workers = [actor.remote(params) for _ in range(min(opts.num_workers, len(todo)))]
+    threads = worker_threads(opts)
+    workers = [actor.remote(params, threads) for _ in range(min(opts.num_workers, len(todo)))]
     if not (store.load_build_state(plan.staging) or {}).get("constants", True):
         ray.get(workers[0].write_constants.remote())  # from a model on the build's device
     pool = ActorPool(workers)

@@ -31,14 +31,18 @@ SYSTEM = (
 
 
 def build_messages(
-    texts: Sequence[str], vocabulary: Sequence[str], examples: Sequence[tuple[list[str], str]]
+    texts: Sequence[str],
+    vocabulary: Sequence[str],
+    examples: Sequence[tuple[list[str], str]],
+    system: str = SYSTEM,
 ) -> list[dict[str, str]]:
-    """Chat messages: system instruction, the examples as user/assistant turns, then the head."""
+    """Chat messages: system instruction (`system`, with a `{vocabulary}` slot; heads' by
+    default), the examples as user/assistant turns, then the unit's texts."""
 
     def ask(ts: Sequence[str]) -> str:
         return "Descriptions:\n" + "\n".join(f"- {t}" for t in ts) + "\nProperty:"
 
-    msgs = [{"role": "system", "content": SYSTEM.format(vocabulary=", ".join(vocabulary))}]
+    msgs = [{"role": "system", "content": system.format(vocabulary=", ".join(vocabulary))}]
     for ex_texts, ex_label in examples:
         msgs.append({"role": "user", "content": ask(ex_texts)})
         msgs.append({"role": "assistant", "content": ex_label})
@@ -134,7 +138,8 @@ class LLMLabel:
 
 @dataclass
 class LLMLabeller:
-    """Labels heads through the chat API. `cache`: {prompt_hash: response} from the store."""
+    """Labels heads (or, with the neurons' `system`, neurons) through the chat API. `cache`:
+    {prompt_hash: response} from the store."""
 
     model: str
     vocabulary: Sequence[str]
@@ -143,6 +148,7 @@ class LLMLabeller:
     base_url: str | None = None
     timeout: float = 30.0
     max_retries: int = 3
+    system: str = SYSTEM
     new_entries: list[tuple[str, str, str]] = field(default_factory=list)  # (hash, model, resp)
     _client: tuple | None = field(default=None, repr=False)  # make_client's (client, where)
 
@@ -172,7 +178,7 @@ class LLMLabeller:
 
     def label(self, texts: Sequence[str]) -> LLMLabel:
         """One head: texts [pick] best first -> its label (cached when asked before)."""
-        messages = build_messages(texts, self.vocabulary, self.examples)
+        messages = build_messages(texts, self.vocabulary, self.examples, self.system)
         h = prompt_hash(messages, self.model)
         cached = h in self.cache
         if cached:

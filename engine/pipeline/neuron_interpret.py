@@ -2,10 +2,12 @@
 
 Per neuron layer (math in `engine.core.neuron_analysis`): two streamed passes over the stored
 frame coordinates (mean; centred norms, top images, η² sums), the first principal direction of the
-top images (sign fixed), OMP words over the bank embedded by the store's own model, an offline
-label (the category holding a strict majority of the positive word weights), and for demo-world
-stores η² per factor. Written in one `mutate_store` transaction replacing the chosen layers' rows
-of `neuron_stats`, `neuron_words`, `neuron_ground_truth`; the heads' interpretation is untouched.
+top images (sign fixed), OMP words over the bank embedded by the store's own model (what the
+neuron writes), a label of what it responds to (`engine.core.neuron_labels`: its effect's
+covariance with the image embedding, a third read of a few thousand images; offline or LLM), and
+for demo-world stores η² per factor. Written in one `mutate_store` transaction replacing the chosen
+layers' rows of `neuron_stats`, `neuron_words`, `neuron_ground_truth`; the heads' interpretation is
+untouched.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from engine.core import groundtruth, labels
+from engine.core import groundtruth, labels, neuron_labels
 from engine.core import neuron_analysis as na
 from engine.errors import UserError
 from engine.pipeline import provenance
@@ -37,6 +39,7 @@ class NeuronInterpretResult:
     timings: dict = field(default_factory=dict)
     clear: int = 0  # demo stores: neurons with η² >= 0.5 for one factor
     matched: int = 0  # ... labelled with that factor
+    labeller: str = "offline"  # offline | llm:MODEL
 
     @property
     def match_rate(self) -> float:
@@ -51,6 +54,8 @@ class LayerDescription:
     coef: np.ndarray  # [neuron, text] sparse OMP codes
     labels: list[str]
     eta2: np.ndarray | None  # [factor, neuron]
+    response_idx: np.ndarray | None = None  # [neuron, text] best response texts (bank indices)
+    response_cos: np.ndarray | None = None  # [neuron, text] their cosines
 
 
 def describe_layer(
@@ -88,17 +93,14 @@ def describe_layer(
         idx = range(s, min(sn.n_neurons, s + FRAME_BLOCK))
         directions[s : s + len(idx)] = sn.directions(layer, v[s : s + len(idx)], idx)
     coef = na.sparse_text(directions, atoms, n_words)  # [neuron, text]
-    # the label reads only the first labels.TOP_K picks (their own OMP fit): with as many words
-    # as the description has, the later ones fit what is left and their weights cancel
-    short = na.sparse_text(directions, atoms, min(n_words, labels.TOP_K))
-    labs = []
-    for j in range(sn.n_neurons):
-        nz = np.flatnonzero(short[j] > 0)
-        nz = nz[np.argsort(-short[j, nz], kind="stable")]
-        w = short[j, nz]
-        labs.append(labels.offline_label([categories[i] for i in nz], w / max(w.sum(), 1e-30)))
+    # the label: what the neuron responds to (engine.core.neuron_labels), not the OMP words
+    resp = neuron_labels.ResponseMoments(v, atoms.shape[1])
+    for a, b in neuron_labels.response_blocks(n, step):
+        resp.update(*sn.q(layer, a, b), sn.r.lazy("output")[a:b])
+    r_idx, r_cos = neuron_labels.response_texts(resp.response(), atoms)
+    labs = neuron_labels.response_labels(r_idx, r_cos, categories)
     eta = st.eta2() if codes is not None else None
-    return LayerDescription(layer, st, directions, coef, labs, eta)
+    return LayerDescription(layer, st, directions, coef, labs, eta, r_idx, r_cos)
 
 
 def run_neuron_interpretation(
@@ -112,17 +114,29 @@ def run_neuron_interpretation(
     text_embeddings_fn=None,
     unit_k: int = 16,
     unit_map_neurons: int | None = None,
+    labeller: str = "offline",
+    llm_model: str | None = None,
+    llm_timeout: float = 30.0,
+    llm_retries: int = 3,
 ) -> NeuronInterpretResult:
-    """Describe the neurons of `neurons` (default: every built neuron layer) into the store.
-    `text_embeddings_fn(session, texts) -> [text, d_embed]` replaces the store's model (tests).
-    The neurons' unit pages ride along (`engine.pipeline.neuron_units`: `unit_k` images per
-    side, maps for the `unit_map_neurons` most significant; default its MAP_NEURONS)."""
+    """Describe the neurons of `neurons` (default: every built neuron layer) into the store,
+    labelled by `labeller` (offline | llm: `engine.pipeline.neuron_llm`, same flags and
+    environment as the heads'). `text_embeddings_fn(session, texts) -> [text, d_embed]` replaces
+    the store's model (tests). The neurons' unit pages ride along (`engine.pipeline.neuron_units`:
+    `unit_k` images per side, maps for the `unit_map_neurons` most significant; default its
+    MAP_NEURONS)."""
     from engine.pipeline.neuron_units import MAP_NEURONS, NeuronUnitPrecompute
     from engine.session import StoreSession
     from engine.store import mutate_store
 
     if top < 1 or n_words < 1:
         raise UserError("--top-images and --words must be at least 1")
+    if labeller not in labels.LABELLERS:
+        raise UserError(f"unknown labeller {labeller!r}; use one of {', '.join(labels.LABELLERS)}")
+    if labeller == "llm":  # the key and the endpoint first, failing in seconds before any work
+        from engine.pipeline.llm import check_endpoint
+
+        check_endpoint(timeout=min(llm_timeout, 10.0))
     t0 = time.perf_counter()
     started = provenance.now()
     run_id = uuid.uuid4().hex
@@ -168,19 +182,32 @@ def run_neuron_interpretation(
             timings[f"layer_{layer}_s"] = round(time.perf_counter() - t, 3)
         unit_pre.compute_maps(progress)  # maps on the most significant neurons' extreme images
         timings.update(unit_pre.timings)
+        lab_name, new_llm = "offline", []
+        if labeller == "llm":
+            from engine.pipeline.neuron_llm import llm_labels
+
+            t = time.perf_counter()
+            lab_name, new_llm = llm_labels(
+                store_path, described, b, s.reader.llm_responses(), llm_model, llm_timeout,
+                llm_retries, progress,
+            )  # fmt: skip
+            timings["label_s"] = round(time.perf_counter() - t, 3)
         names = factors[0] if factors is not None else []
-        tables, clear, matched = _tables(described, n_neurons, b, names, run_id)
+        tables, clear, matched = _tables(described, n_neurons, b, names, run_id, lab_name)
         timings["total_s"] = round(time.perf_counter() - t0, 3)
-        params = {"neuron_layers": chosen, "bank": b.name, "top": top, "words": n_words}
+        params = {"neuron_layers": chosen, "bank": b.name, "top": top, "words": n_words,
+                  "labeller": lab_name}  # fmt: skip
         run = provenance.run_record("interpret-neurons", run_id, s, params, timings, started)
         with mutate_store(store_path, expect_version=s.version_path) as w:
             w.replace_neuron_layers(tables, chosen)
             unit_pre.write(w, run_id)
+            w.add_llm_responses(new_llm)
             w.record_run(run)
-    return NeuronInterpretResult(run_id, chosen, n_neurons, b.name, timings, clear, matched)
+    return NeuronInterpretResult(run_id, chosen, n_neurons, b.name, timings, clear, matched,
+                                 lab_name)  # fmt: skip
 
 
-def _tables(described, n_neurons, b, names, run_id):
+def _tables(described, n_neurons, b, names, run_id, labeller="offline"):
     stats_rows, word_rows, gt_rows = [], [], []
     clear = matched = 0
     comparable = set(names) <= set(b.vocabulary)
@@ -190,7 +217,7 @@ def _tables(described, n_neurons, b, names, run_id):
             stats_rows.append(
                 (d.layer, j, float(st.mean_norm[j]), float(st.threshold[j]),
                  float(st.top_norm[0, j]), st.top_image[:, j].tolist(),
-                 d.directions[j].tolist(), d.labels[j], "offline", run_id)
+                 d.directions[j].tolist(), d.labels[j], labeller, run_id)
             )  # fmt: skip
             nz = np.flatnonzero(d.coef[j])
             nz = nz[np.argsort(-np.abs(d.coef[j, nz]), kind="stable")]

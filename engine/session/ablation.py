@@ -17,6 +17,7 @@ import pandas as pd
 from engine.core import ablation
 from engine.core.ablation import AblationResult, ComponentSet
 from engine.core.baseline import BaselineCheck, check_baseline
+from engine.core.neuron_spec import is_neuron_spec
 from engine.core.zeroshot import ZeroShotTask, class_embeddings
 from engine.errors import UserError
 from engine.sources.tasks import TaskSpec, task_specs
@@ -99,6 +100,8 @@ def ablate(
     per layer; `per_head`: also each stored head alone."""
     if random < 0:
         raise UserError("--random must be 0 or more")
+    if is_neuron_spec(spec):  # (a spec mixing neurons with heads raises here)
+        raise UserError(f"{spec!r} names MLP neurons: they are ablated by `ablate_neurons`")
     t0 = time.perf_counter()
     names = ablation.parse_ablation_spec(
         spec, s.heads(), s.head_labels(), s.model_record.n_layers, stored_layers=s.layers

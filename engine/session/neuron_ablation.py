@@ -4,59 +4,75 @@ random-neuron baseline (what `python -m engine ablate --ablate L6N12|neurons:L6:
 Neuron n's stored effect on image i is `k_n(i) @ Q_n` (int8 frame coordinates, `build
 --neurons`). Mean-ablating a set S replaces each effect by its mean over the fitting images:
 embedding_after(i) = output(i) - Σ_{n ∈ S} (k_n(i) - mean_fit k_n) @ Q_n, evaluated on the
-held-out split, against `random` draws of as many random neurons per layer.
+held-out split, against `random` draws of as many random neurons per layer (drawn among the
+layer's other neurons when it has as many; `baseline` says when the draws cannot differ).
+`python -m engine ablate` records the run in the store (`engine.pipeline.ablate`); the Ablation
+page shows the same result without writing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from engine.core import ablation
 from engine.core import second_order as so
-from engine.core.neuron_spec import parse_neuron_spec
+from engine.core.ablation import TaskAblation
+from engine.core.baseline import BaselineCheck, check_neuron_baseline
+from engine.core.neuron_spec import (
+    VALID_NEURON_FORMS,
+    is_neuron_spec,
+    parse_neuron_spec,
+    random_neurons,
+    spec_layers,
+)
 from engine.core.zeroshot import evaluate
+from engine.errors import UserError
 from engine.session import neurons as _neurons
 from engine.session.ablation import zeroshot_tasks
-
-
-@dataclass
-class NeuronTaskResult:
-    task: str
-    before: float
-    after: float
-    random: np.ndarray  # [draw] accuracy after ablating random neurons
-
-    @property
-    def drop(self) -> float:
-        return self.before - self.after
-
-    def to_dict(self) -> dict:
-        r = self.random
-        return {"task": self.task, "before": self.before, "after": self.after, "drop": self.drop,
-                "random_mean": float(r.mean()) if r.size else None,
-                "random_sd": float(r.std()) if r.size else None}  # fmt: skip
+from engine.session.neurons import neuron_name
 
 
 @dataclass
 class NeuronAblation:
+    """One neuron ablation: the spec, the neurons it named, the split, per task before / after /
+    random draws, the task source, and whether the random baseline can differ from the ablated
+    set (`baseline`; None without draws)."""
+
     spec: str
     neurons: dict[int, np.ndarray]  # layer -> ablated neuron indices
     n_fit: int
     n_eval: int
-    tasks: list[NeuronTaskResult]
+    tasks: list[TaskAblation]  # per task, as heads' (`engine.core.ablation.TaskAblation`)
+    tasks_source: str = ""
+    baseline: BaselineCheck | None = None
+    timings: dict = field(default_factory=dict)
 
     @property
     def n_ablated(self) -> int:
         return int(sum(len(v) for v in self.neurons.values()))
 
+    @property
+    def units(self) -> list[str]:
+        """The ablated neurons' names (`L6N12`), layer by layer."""
+        return [neuron_name(l, n) for l, v in self.neurons.items() for n in v]
+
+    @property
+    def baseline_note(self) -> str:
+        """One sentence when the random baseline says little ("" when sound or not drawn)."""
+        return self.baseline.note if self.baseline is not None else ""
+
     def to_dict(self) -> dict:
-        return {"spec": self.spec, "n_ablated": self.n_ablated,
-                "neurons": {str(l): v.tolist() for l, v in self.neurons.items()},
-                "n_fit": self.n_fit, "n_eval": self.n_eval,
-                "tasks": [t.to_dict() for t in self.tasks]}  # fmt: skip
+        out = {"spec": self.spec, "n_ablated": self.n_ablated,
+               "neurons": {str(l): v.tolist() for l, v in self.neurons.items()},
+               "n_fit": self.n_fit, "n_eval": self.n_eval, "tasks_source": self.tasks_source,
+               "tasks": [t.to_dict() for t in self.tasks]}  # fmt: skip
+        if self.baseline is not None:
+            out["baseline"] = self.baseline.to_dict()
+        return out
 
 
 def _frames(s, layer: int, idx: np.ndarray) -> np.ndarray:
@@ -99,14 +115,62 @@ def neuron_delta(s, chosen: dict[int, np.ndarray], fit, ev) -> np.ndarray:
     return out
 
 
+def _layers(layers: list[int]) -> str:
+    return f"layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
+
+
+def check_layers(s, spec: str, described: list[int]) -> None:
+    """One UserError naming the command to run when `spec` names a layer whose neurons were not
+    built (the build command) or not described (`interpret --neurons`)."""
+    from engine.core.layers import format_layers
+
+    built = _neurons.neuron_layers(s)
+    named = spec_layers(spec)
+    unbuilt = [l for l in named if l not in built]
+    n_layers = int(s.model_record.n_layers)
+    if unbuilt:
+        if not 0 <= max(unbuilt) < n_layers - 1:
+            raise UserError(
+                f"bad neuron spec {spec!r}: the model's neuron layers with later heads are "
+                f"0-{n_layers - 2}"
+            )
+        want = format_layers(sorted({*built, *unbuilt}), n_layers)
+        raise UserError(
+            f"the neurons of {_layers(unbuilt)} of {s.path} were not built (built: "
+            f"{_layers(built)}): rebuild the store "
+            f"with `{s.reader._rebuild_command()} --neurons {want}`, then `python -m engine "
+            f"interpret --store {s.path} --neurons all`"
+        )
+    missing = [l for l in named if l not in described]
+    if missing:
+        raise UserError(
+            f"the neurons of {_layers(missing)} of {s.path} are not "
+            f"described yet: run `python -m engine interpret --store {s.path} --neurons all`"
+        )
+
+
 def ablate_neurons(
     s, spec: str, *, tasks: str | None = None, random: int = 10, split: float = 0.5,
     seed: int = 0,
 ) -> NeuronAblation:  # fmt: skip
-    """Mean-ablate the neurons `spec` names (`engine.core.neuron_spec`)."""
+    """Mean-ablate the neurons `spec` names (`engine.core.neuron_spec`) and measure zero-shot
+    accuracy on a held-out split, against `random` draws of as many random neurons per layer
+    (`neuron_spec.random_neurons`: the layer's other neurons when it has as many)."""
+    if random < 0:
+        raise UserError("--random must be 0 or more")
+    if not is_neuron_spec(spec):  # (a spec mixing neurons with heads raises here)
+        raise UserError(f"{spec!r} names no neurons; {VALID_NEURON_FORMS}")
+    t0 = time.perf_counter()
+    if not _neurons.neuron_layers(s):
+        raise UserError(
+            f"{s.path} was built without neurons: rebuild it with `{s.reader._rebuild_command()} "
+            f"--neurons L-L` (L: a layer), then `python -m engine interpret --store {s.path} "
+            "--neurons all`"
+        )
     stats = _neurons.neuron_table(s)
     significance = {int(l): g.sort_values("neuron").significance.to_numpy()
                     for l, g in stats.groupby("layer")}  # fmt: skip
+    check_layers(s, spec, sorted(significance))
     keys, dirs = _neurons._directions(s)
 
     def text_scores(layer: int, text: str) -> np.ndarray:
@@ -118,20 +182,30 @@ def ablate_neurons(
 
     chosen = parse_neuron_spec(spec, significance, text_scores)
     output, _ = s.components()
+    t_read = time.perf_counter() - t0
     ts = zeroshot_tasks(s, tasks)
+    t_text = time.perf_counter() - t0 - t_read
     fit, ev = ablation.split(len(output), split, seed)
     base = np.asarray(output[ev], np.float32)
     sub = [t.subset(ev) for t in ts.tasks]
-    before = [evaluate(base, t).accuracy for t in sub]
-    after_emb = base - neuron_delta(s, chosen, fit, ev)
-    after = [evaluate(after_emb, t).accuracy for t in sub]
+    before = [evaluate(base, t) for t in sub]
+    after = [evaluate(base - neuron_delta(s, chosen, fit, ev), t) for t in sub]
     rng = np.random.default_rng(seed)
     rand = np.zeros((random, len(sub)))
     for d in range(random):
-        draw = {l: np.sort(rng.choice(len(significance[l]), len(v), replace=False))
-                for l, v in chosen.items()}  # fmt: skip
+        draw = {l: random_neurons(rng, len(significance[l]), v) for l, v in chosen.items()}
         emb = base - neuron_delta(s, draw, fit, ev)
         rand[d] = [evaluate(emb, t).accuracy for t in sub]
-    results = [NeuronTaskResult(t.name, before[j], after[j], rand[:, j])
-               for j, t in enumerate(sub)]  # fmt: skip
-    return NeuronAblation(spec, chosen, len(fit), len(ev), results)
+    results = [
+        TaskAblation(task=b.name, n_eval=b.n_labelled, before=b.accuracy, after=a.accuracy,
+                     random=rand[:, j].copy(), class_names=b.class_names,
+                     per_class_before=b.per_class_accuracy, per_class_after=a.per_class_accuracy,
+                     per_class_count=b.per_class_count)
+        for j, (b, a) in enumerate(zip(before, after, strict=True))
+    ]  # fmt: skip
+    sizes = {l: len(significance[l]) for l in chosen}
+    baseline = check_neuron_baseline(chosen, sizes) if random > 0 else None
+    timings = {"read_s": t_read, "text_s": t_text,
+               "ablate_s": time.perf_counter() - t0 - t_read - t_text}  # fmt: skip
+    timings = {k: round(v, 3) for k, v in timings.items()}
+    return NeuronAblation(spec, chosen, len(fit), len(ev), results, ts.source, baseline, timings)

@@ -175,6 +175,11 @@ class Store:
         """`python -m engine ablate --no-write` as a call (same function, same result)."""
         return self.session.ablate(spec, **choices)
 
+    def ablate_neurons(self, spec: str, **choices):
+        """`python -m engine ablate --no-write --ablate neurons:…` as a call: MLP neurons'
+        second-order effects mean-ablated (`engine.session.neuron_ablation.NeuronAblation`)."""
+        return self.session.ablate_neurons(spec, **choices)
+
     # ---------------------------------------------------------------- helpers
 
     def _head(self, head) -> tuple[int, int]:

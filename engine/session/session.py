@@ -459,3 +459,16 @@ class StoreSession:
         from engine.session.neuron_ablation import ablate_neurons
 
         return ablate_neurons(self, spec, **choices)
+
+    def neuron_ablation_drops(self, layer: int, neuron: int):
+        """Recorded `ablate` runs that removed this neuron: per (run, task) its spec, size,
+        before / after / drop and random baseline (`engine.store.neuron_ablations`)."""
+        from engine.store.neuron_ablations import neuron_ablation_drops
+
+        return neuron_ablation_drops(self.reader, layer, neuron)
+
+    def neuron_ablation_runs(self):
+        """Every recorded neuron ablation, the latest first (`engine.store.neuron_ablations`)."""
+        from engine.store.neuron_ablations import neuron_ablation_runs
+
+        return neuron_ablation_runs(self.reader)

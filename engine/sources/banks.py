@@ -86,3 +86,21 @@ def load_llm_examples() -> list[tuple[list[str], str]]:
     """The five hand-labelled example heads of the LLM prompt: (texts, label)."""
     data = json.loads((BANKS / "llm_examples.json").read_text(encoding="utf-8"))
     return [(list(e["texts"]), str(e["label"])) for e in data["examples"]]
+
+
+def load_llm_neuron_examples() -> list[tuple[list[str], str]]:
+    """The five hand-labelled example neurons of the neurons' LLM prompt: (texts, label), each
+    text already written with its weight as the prompt shows it (`neuron_prompt_texts`)."""
+    data = json.loads((BANKS / "llm_neuron_examples.json").read_text(encoding="utf-8"))
+    return [
+        (
+            neuron_prompt_texts([t for t, _ in e["texts"]], [w for _, w in e["texts"]]),
+            str(e["label"]),
+        )
+        for e in data["examples"]
+    ]
+
+
+def neuron_prompt_texts(texts, weights) -> list[str]:
+    """A neuron's texts as its LLM prompt lists them: `text (weight +0.41)`, best first."""
+    return [f"{t} (weight {float(w):+.2f})" for t, w in zip(texts, weights, strict=True)]

@@ -178,6 +178,16 @@ class StoreWriter:
             self.delete(table, layer=[int(l) for l in layers])
             self.append(table, tables.get(table))
 
+    def add_neuron_ablation(self, tables: dict[str, pd.DataFrame]) -> None:
+        """`ablate` of neurons: one run's rows appended to the NEURON_ABLATION_TABLES (each
+        created first in a store older than them)."""
+        unknown = set(tables) - set(schema.NEURON_ABLATION_TABLES)
+        if unknown:
+            raise KeyError(f"not neuron ablation tables: {sorted(unknown)}")
+        for table in schema.NEURON_ABLATION_TABLES:
+            self.ensure(table)
+            self.append(table, tables.get(table))
+
     def replace_zeroshot_classes(self, df: pd.DataFrame) -> None:
         """The class embeddings of the tasks in `df` (other tasks' rows are kept)."""
         self.delete("zeroshot_classes", task=sorted(set(df["task"])) if len(df) else [])

@@ -677,6 +677,40 @@ CREATE TABLE neuron_ground_truth (
     match BOOLEAN,
     run_id VARCHAR
 )""",
+    # ---- neuron ablations (python -m engine ablate --ablate L6N12|neurons:L6:...) ----
+    "neuron_ablation_runs": """
+CREATE TABLE neuron_ablation_runs (
+    run_id VARCHAR PRIMARY KEY,
+    spec VARCHAR,
+    n_ablated INTEGER,      -- neurons the spec resolved to (neuron_ablation_units)
+    tasks_source VARCHAR,
+    n_fit INTEGER,          -- images the means were taken over
+    n_eval INTEGER,         -- images evaluated (a disjoint split)
+    split DOUBLE,
+    seed INTEGER,
+    random_draws INTEGER,
+    baseline VARCHAR,       -- ok | overlapping | identical | none (NULL: no draws)
+    baseline_note VARCHAR,  -- why the random baseline says little ('' when sound)
+    result JSON             -- NeuronAblation.to_dict(): per task and class, random draws
+)""",
+    "neuron_ablation_results": """
+CREATE TABLE neuron_ablation_results (
+    run_id VARCHAR,
+    task VARCHAR,
+    n_eval INTEGER,
+    before DOUBLE,
+    after DOUBLE,
+    drop DOUBLE,            -- accuracy lost when the run's neurons are mean-ablated together
+    random_mean DOUBLE,     -- as many random neurons per layer: mean, sd, best accuracy after
+    random_sd DOUBLE,
+    random_best DOUBLE
+)""",
+    "neuron_ablation_units": """
+CREATE TABLE neuron_ablation_units (
+    run_id VARCHAR,
+    layer INTEGER,
+    neuron INTEGER          -- one neuron the run ablated (n_ablated rows per run)
+)""",
 }
 
 INTERPRETATION_TABLES = ("textspan", "head_labels", "scores", "ground_truth")
@@ -895,3 +929,10 @@ INTERPRETATION_META_KEY = "interpretation"
 
 NEURON_TABLES = ("neuron_stats", "neuron_words", "neuron_ground_truth")
 """What one `interpret --neurons` run writes, for its neuron layers (replacing their rows)."""
+NEURON_ABLATION_TABLES = (
+    "neuron_ablation_runs",
+    "neuron_ablation_results",
+    "neuron_ablation_units",
+)
+"""What one `ablate` of neurons appends (`StoreWriter.add_neuron_ablation`); older stores get the
+tables on their first recorded neuron ablation."""

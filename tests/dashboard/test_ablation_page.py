@@ -121,3 +121,80 @@ def test_ablated_heads_link_to_their_pages(store_env, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     linked = re.findall(r"\[(L\d+H\d+)\]\(\./head\?", " ".join(m.value for m in at.markdown))
     assert linked and all(re.fullmatch(r"L\d+H\d+", x) for x in linked)
+
+
+# ---- neurons (engine.session.neuron_ablation through the page) ----
+
+
+def _neurons_mode(at: AppTest, kind: str | None = None) -> AppTest:
+    at.radio[0].set_value("Neurons").run()
+    assert not at.exception, [e.value for e in at.exception]
+    if kind is not None:
+        box = at.selectbox(key="ablate_neuron_kind")
+        box.set_value(next(o for o in box.options if o.startswith(kind))).run()
+        assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_neurons_before_after_random_links_and_store_untouched(store_env, monkeypatch):
+    """The significant neurons of the built layer: the session's numbers (before, after, the
+    random-neuron baseline), each ablated neuron linked to its unit page, nothing written."""
+    from engine.session import StoreSession
+
+    artifacts, store, _ = store_env
+    before = tree_digest(store)
+    at = _neurons_mode(_app(monkeypatch, artifacts))
+    spec = _spec(at)
+    assert re.fullmatch(r"neurons:L\d+:significant", spec)
+    shown = at.dataframe[0].value.set_index("task")
+    with StoreSession.open(store) as s:
+        want = s.ablate_neurons(spec, random=10)
+    assert len(shown) == len(want.tasks)
+    for t in want.tasks:
+        row = shown.loc[t.task]
+        assert (row["before"], row["after"]) == (t.before, t.after)
+        assert row["random mean"] == pytest.approx(t.random_mean)
+    assert any(f"{want.n_ablated} neurons" in m.value for m in at.markdown)
+    linked = re.findall(r"\[(L\d+N\d+)\]\(\./head\?store=[^&]+&unit=(L\d+N\d+)\)",
+                        " ".join(m.value for m in at.markdown))  # fmt: skip
+    assert [a for a, _ in linked] == want.units[: len(linked)] and all(a == b for a, b in linked)
+    assert len(linked) == min(want.n_ablated, 200)
+    assert not at.warning  # 10 % of a layer: the draws are other neurons
+    assert tree_digest(store) == before
+
+
+def test_one_listed_neuron_links_its_page_and_every_neuron_warns(store_env, monkeypatch):
+    artifacts, store, _ = store_env
+    at = _neurons_mode(_app(monkeypatch, artifacts), "a list")
+    unit = at.text_input(key="ablate_neuron_list").value  # the layer's most significant neuron
+    assert _spec(at) == unit and re.fullmatch(r"L\d+N\d+", unit)
+    to_page = [x for x in at.get("page_link") if x.proto.page.endswith("head")]
+    assert [x.proto.label for x in to_page] == [f"{unit}'s page"]
+    assert f"unit={unit}" in to_page[0].proto.query_string  # /head?store=…&unit=L6N12 (the unit page)
+    at = _neurons_mode(at, "all")
+    warn = " ".join(w.value for w in at.warning)
+    assert "random baseline cannot differ from the ablated set" in warn
+
+
+def test_neuron_bad_input_is_one_message(store_env, monkeypatch):
+    """A neuron of an unbuilt layer, or neurons mixed with heads: one message naming what to run
+    (or why), nothing stored changes."""
+    artifacts, store, _ = store_env
+    before = tree_digest(store)
+    at = _neurons_mode(_app(monkeypatch, artifacts), "a list")
+    at.text_input(key="ablate_neuron_list").set_value("L0N3").run()
+    assert not at.exception and len(at.error) == 1
+    msg = at.error[0].value
+    assert "were not built" in msg and "--neurons" in msg and "python -m engine" in msg
+    at.text_input(key="ablate_neuron_list").set_value("L0N3, L0H1").run()
+    assert not at.exception and "mixes neurons" in at.error[0].value
+    assert tree_digest(store) == before
+
+
+def test_neurons_not_described_says_how(tmp_path, monkeypatch):
+    from tests.dashboard.conftest import raw_fixture
+
+    raw_root, _, _ = raw_fixture(tmp_path.parent.parent)
+    at = _neurons_mode(_app(monkeypatch, raw_root))
+    msg = at.info[0].value if at.info else ""
+    assert "python -m engine interpret" in msg and "--neurons" in msg, msg

@@ -8,20 +8,22 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine.session import StoreSession
+from engine.session.neurons import parse_neuron
 from tests.dashboard.conftest import ROOT
 
 pytestmark = [pytest.mark.dashboard, pytest.mark.demo, pytest.mark.slow]
 
 HOME = str(ROOT / "dashboard" / "Home.py")
+UNIT_PAGE = "views/head.py"
 
 
-def _open(monkeypatch, artifacts, params: dict) -> AppTest:
+def _open(monkeypatch, artifacts, params: dict, page: str = "views/neurons.py") -> AppTest:
     monkeypatch.setenv("CLIP_INTERPRET_ARTIFACTS", str(artifacts))
     monkeypatch.delenv("CLIP_INTERPRET_STORE", raising=False)
     at = AppTest.from_file(HOME, default_timeout=300)
     for k, v in params.items():
         at.query_params[k] = v
-    at.switch_page("views/neurons.py")
+    at.switch_page(page)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -87,3 +89,37 @@ def test_store_without_described_neurons_says_how(monkeypatch, tmp_path):
     # built without neurons, or built with them and not described: one line naming the command
     msg = at.info[0].value if at.info else ""
     assert "python -m engine" in msg and "--neurons" in msg, msg
+
+
+def test_recorded_ablation_drops(monkeypatch, store_env, tmp_path, capsys):
+    """`ablate --ablate L6N12` recorded in a copy of the store: that neuron's unit page
+    (`/head?unit=L6N12`) shows the run's drop per task (the reader's rows) and its drop as a
+    metric; a neuron no run removed says how to record one."""
+    import json
+
+    from engine.cli import main as cli_main
+    from tests.dashboard.conftest import _copy_store
+
+    _, store, _ = store_env
+    root = tmp_path / "arts"
+    _copy_store(store, root / "fixture")
+    with StoreSession.open(root / "fixture") as s:
+        table = s.neuron_table()
+    first, other = table.unit.iloc[0], table.unit.iloc[1]
+    argv = ["ablate", "--store", str(root / "fixture"), "--random", "0", "--json", "--ablate"]
+    assert cli_main([*argv, first]) == 0
+    run = json.loads(capsys.readouterr().out)
+    at = _open(monkeypatch, root, {"store": "fixture", "unit": first}, UNIT_PAGE)
+    frames = [d.value for d in at.dataframe if "spec" in d.value.columns]
+    assert len(frames) == 1
+    shown = frames[0]
+    with StoreSession.open(root / "fixture") as s:
+        want = s.neuron_ablation_drops(*parse_neuron(first))
+    assert list(shown.spec) == [first] * len(want) and (shown.n_ablated == 1).all()
+    assert list(shown["drop"]) == list(want["drop"]) and list(shown.task) == list(want.task)
+    assert set(want.run_id) == {run["run_id"]} and len(want) == len(run["tasks"])
+    best = want.sort_values("drop", ascending=False).iloc[0]
+    assert any(m.label == f"Ablation drop ({best.task})" for m in at.metric)
+    at = _open(monkeypatch, root, {"store": "fixture", "unit": other}, UNIT_PAGE)
+    assert not [d for d in at.dataframe if "spec" in d.value.columns]
+    assert any(f"No recorded ablation removed {other}" in c.value for c in at.caption)
