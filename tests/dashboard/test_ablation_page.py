@@ -170,7 +170,9 @@ def test_one_listed_neuron_links_its_page_and_every_neuron_warns(store_env, monk
     assert _spec(at) == unit and re.fullmatch(r"L\d+N\d+", unit)
     to_page = [x for x in at.get("page_link") if x.proto.page.endswith("head")]
     assert [x.proto.label for x in to_page] == [f"{unit}'s page"]
-    assert f"unit={unit}" in to_page[0].proto.query_string  # /head?store=…&unit=L6N12 (the unit page)
+    assert (
+        f"unit={unit}" in to_page[0].proto.query_string
+    )  # /head?store=…&unit=L6N12 (the unit page)
     at = _neurons_mode(at, "all")
     warn = " ".join(w.value for w in at.warning)
     assert "random baseline cannot differ from the ablated set" in warn
