@@ -70,7 +70,11 @@ label, labeller = label or "(unlabelled)", labeller or "—"
 st.header(f"{name} · {label}", anchor=False)
 st.caption(
     f"Labelled by **{labeller}**. Direction: the head's first principal direction over the "
-    f"{int(row.n_images):,} stored images (sign: its mean contribution points along it)."
+    f"{int(row.n_images):,} stored images (sign: its mean contribution points along it). "
+    f"Share of embedding variance: var(head's contribution) ÷ var(embedding), rank "
+    f"{int((summ.variance_share > row.variance_share).sum()) + 1} of {len(summ)} heads; the "
+    "embedding's variance is spread over every head, MLP and their covariances, so a labelled "
+    "head can carry well under 1 % of it (docs/unit-pages.md)."
 )
 
 m = st.columns(4)

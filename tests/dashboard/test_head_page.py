@@ -161,3 +161,26 @@ def test_segmentation_pages_link_to_the_heads_they_sum(monkeypatch, store_env, p
     assert not at.exception, [e.value for e in at.exception]
     to_head = [x.proto.label for x in at.get("page_link") if x.proto.page.endswith("head")]
     assert len(to_head) == 1 and re.fullmatch(r"L\d+H\d+'s page", to_head[0]), to_head
+
+
+def test_head_page_variance_share_is_the_brute_force_ratio_and_its_rank(monkeypatch, store_env):
+    """The share shown is var(head's contribution) ÷ var(embedding) from the decoded arrays, and
+    the caption ranks it among the store's heads (the smallest share ranks last)."""
+    import numpy as np
+
+    root, store, _ = store_env
+    with open_store(store) as r:
+        out = r.output().astype(np.float64)  # [image, d_embed]
+        embed_var = out.var(axis=0).sum()
+        share = {  # [image, d_embed] contributions, brute force
+            (l, h): r.head_out(l, h).astype(np.float64).var(axis=0).sum() / embed_var
+            for l in r.layers
+            for h in range(r.n_heads)
+        }
+    least = min(share, key=share.get)
+    at = _open(monkeypatch, root, {"store": store.name, "unit": head_name(*least)})
+    metrics = {m.label: m.value for m in at.metric}
+    shown = float(metrics["Share of embedding variance"].rstrip("%")) / 100
+    assert shown == pytest.approx(share[least], abs=5.1e-5)  # shown to 0.01 %
+    caption = " ".join(c.value for c in at.caption)
+    assert f"rank {len(share)} of {len(share)} heads" in caption
