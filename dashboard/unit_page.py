@@ -71,6 +71,14 @@ def model_crop(thumb: np.ndarray, width: int, height: int) -> np.ndarray:
     return thumb[y0 : y0 + side_px, x0 : x0 + side_px]
 
 
+def stored_map(m) -> np.ndarray | None:
+    """An example row's map as float32 `[grid*grid]`, or None when the row has none (a NULL
+    reads back as None or pd.NA: maps skipped, random data, unreadable image)."""
+    if isinstance(m, (list, tuple, np.ndarray)):
+        return np.asarray(m, np.float32)
+    return None
+
+
 def example_tiles(store, ex: pd.DataFrame, grid: int, vmax: float) -> list[Image.Image]:
     """Thumbnails of `ex`'s images with their maps over them (one shared colour scale)."""
     thumbs = stored.thumbnails(store, ex["image_id"].tolist())
@@ -80,9 +88,9 @@ def example_tiles(store, ex: pd.DataFrame, grid: int, vmax: float) -> list[Image
         w, h = (sizes.loc[row.image_id, ["width", "height"]] if row.image_id in sizes.index
                 else (t.shape[1], t.shape[0]))  # fmt: skip
         img = np.asarray(Image.fromarray(model_crop(t, int(w), int(h))).resize((TILE, TILE)))
-        m = row["map"]
+        m = stored_map(row["map"])
         if m is not None and len(m) == grid * grid:
-            img = render.heat_overlay(img, np.asarray(m, np.float32).reshape(grid, grid), vmax)
+            img = render.heat_overlay(img, m.reshape(grid, grid), vmax)
         tiles.append(Image.fromarray(img))
     return tiles
 

@@ -132,7 +132,7 @@ with right:
 
 ex = unit_page.examples(key, layer, head)
 grid = int(store.info.get("grid") or 0)
-maps = [np.asarray(x, np.float32) for x in ex["map"] if x is not None]
+maps = [m for m in map(unit_page.stored_map, ex["map"]) if m is not None]
 vmax = max((float(np.abs(x).max()) for x in maps), default=1.0) or 1.0
 st.subheader("Stored images along its direction")
 st.caption(

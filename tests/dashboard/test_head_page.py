@@ -184,3 +184,31 @@ def test_head_page_variance_share_is_the_brute_force_ratio_and_its_rank(monkeypa
     assert shown == pytest.approx(share[least], abs=5.1e-5)  # shown to 0.01 %
     caption = " ".join(c.value for c in at.caption)
     assert f"rank {len(share)} of {len(share)} heads" in caption
+
+
+def test_head_page_without_maps(monkeypatch, tmp_path):
+    """A store whose examples have no maps (random data: no image behind the rows; the same as
+    `--no-unit-maps`) still renders its Head page, saying why there are no maps."""
+    import numpy as np
+
+    from engine.pipeline.interpret import run_interpretation
+    from engine.store.random_store import write_random_store
+
+    link = tmp_path / "artifacts" / "r"
+    link.parent.mkdir()
+    dims = {"n_layers": 4, "n_heads": 2, "d_model": 16, "d_head": 8, "d_embed": 12,
+            "image_size": 32, "patch_size": 16, "grid": 2}  # fmt: skip
+    write_random_store(link, 40, dims=dims, image_chunk=8)
+
+    def fake_texts(s, texts):
+        t = np.random.default_rng(0).standard_normal((len(texts), int(s.info["d_embed"])))
+        return (t / np.linalg.norm(t, axis=1, keepdims=True)).astype(np.float32)
+
+    run_interpretation(link, progress=False, text_embeddings_fn=fake_texts, unit_k=4)
+    with open_store(link) as r:
+        assert ut.unit_examples(r, 3, 1)["map"].isna().all()
+    at = _open(monkeypatch, link.parent, {"store": "r", "unit": "L3H1"})
+    assert _shown(at).startswith("L3H1 · ")
+    assert any("Maps: random data" in c.value for c in at.caption)
+    captions = [c for img in at.get("image") for c in img.captions]
+    assert len([c for c in captions if c.startswith("#")]) == 8  # 4 top + 4 bottom, no maps
