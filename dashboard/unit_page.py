@@ -225,6 +225,19 @@ def examples_note(row) -> str:
     )
 
 
+def variance_note(summ: pd.DataFrame, row) -> str:
+    """What a unit's share of the embedding variance means, with its rank among its kind."""
+    same = summ[summ["kind"] == row.kind]
+    rank = int((same.variance_share > row.variance_share).sum()) + 1
+    what = "head's contribution" if row.kind == "head" else "neuron's second-order effect"
+    return (
+        f"Share of embedding variance: var({what}) ÷ var(embedding), rank {rank} of {len(same)} "
+        f"{row.kind}s; the embedding's variance is spread over every head, MLP and their "
+        f"covariances, so a labelled {row.kind} can carry well under 1 % of it "
+        "(docs/unit-pages.md)."
+    )
+
+
 def safe_facts(store, row) -> UnitFacts | str:
     """`unit_facts`, or the one-line reason it cannot be read (e.g. a neuron table missing)."""
     try:

@@ -70,7 +70,9 @@ if isinstance(facts, str):
     st.info(facts)
     st.stop()
 st.header(f"{here} · {facts.label}", anchor=False)
-st.caption(f"Labelled by **{facts.labeller}**. {facts.caption}")
+st.caption(
+    f"Labelled by **{facts.labeller}**. {facts.caption} " + unit_page.variance_note(summ, row)
+)
 m = st.columns(len(facts.metrics))
 for col, (label, value) in zip(m, facts.metrics, strict=True):
     col.metric(label, value)

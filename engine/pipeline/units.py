@@ -68,7 +68,6 @@ class UnitPrecompute:
             starts = [starts[int(i)] for i in np.unique(pick)]
         self.embed_var_images = sum(min(step, self.n_images - a) for a in starts)
         self.embed_var = units.total_variance(out[a : a + step] for a in starts)
-        self.paths = reader.images()["path"].tolist() if self.want_maps else []
         self._t_summary = time.perf_counter() - t
 
     def add(
@@ -117,7 +116,9 @@ class UnitPrecompute:
             w = self.session.vision_weights()
         except UserError as e:
             return f"model not loadable here: {e}"
-        loader = _ImageLoader(self.info, self.paths, lm.preprocess)
+        # the image paths only when maps are made (1M rows: ~1 s, for nothing on random data)
+        paths = self.session.reader.images()["path"].tolist()
+        loader = _ImageLoader(self.info, paths, lm.preprocess)
         want: dict[int, list[tuple[int, int]]] = {}  # image -> heads that show it
         for key, s in self.summaries.items():
             for i in np.concatenate([s.top, s.bottom]).tolist():

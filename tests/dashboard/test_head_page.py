@@ -235,3 +235,54 @@ def test_segmentation_pages_link_to_the_heads_they_sum(monkeypatch, store_env, p
     assert not at.exception, [e.value for e in at.exception]
     to_head = [x.proto.label for x in at.get("page_link") if x.proto.page.endswith("head")]
     assert len(to_head) == 1 and re.fullmatch(r"L\d+H\d+'s page", to_head[0]), to_head
+
+
+def test_head_page_variance_share_is_the_brute_force_ratio_and_its_rank(monkeypatch, store_env):
+    """The share shown is var(head's contribution) ÷ var(embedding) from the decoded arrays, and
+    the caption ranks it among the store's heads (the smallest share ranks last)."""
+    import numpy as np
+
+    root, store, _ = store_env
+    with open_store(store) as r:
+        out = r.output().astype(np.float64)  # [image, d_embed]
+        embed_var = out.var(axis=0).sum()
+        share = {  # [image, d_embed] contributions, brute force
+            (l, h): r.head_out(l, h).astype(np.float64).var(axis=0).sum() / embed_var
+            for l in r.layers
+            for h in range(r.n_heads)
+        }
+    least = min(share, key=share.get)
+    at = _open(monkeypatch, root, {"store": store.name, "unit": head_name(*least)})
+    metrics = {m.label: m.value for m in at.metric}
+    shown = float(metrics["Share of embedding variance"].rstrip("%")) / 100
+    assert shown == pytest.approx(share[least], abs=5.1e-5)  # shown to 0.01 %
+    caption = " ".join(c.value for c in at.caption)
+    assert f"rank {len(share)} of {len(share)} heads" in caption
+
+
+def test_head_page_without_maps(monkeypatch, tmp_path):
+    """A store whose examples have no maps (random data: no image behind the rows; the same as
+    `--no-unit-maps`) still renders its Head page, saying why there are no maps."""
+    import numpy as np
+
+    from engine.pipeline.interpret import run_interpretation
+    from engine.store.random_store import write_random_store
+
+    link = tmp_path / "artifacts" / "r"
+    link.parent.mkdir()
+    dims = {"n_layers": 4, "n_heads": 2, "d_model": 16, "d_head": 8, "d_embed": 12,
+            "image_size": 32, "patch_size": 16, "grid": 2}  # fmt: skip
+    write_random_store(link, 40, dims=dims, image_chunk=8)
+
+    def fake_texts(s, texts):
+        t = np.random.default_rng(0).standard_normal((len(texts), int(s.info["d_embed"])))
+        return (t / np.linalg.norm(t, axis=1, keepdims=True)).astype(np.float32)
+
+    run_interpretation(link, progress=False, text_embeddings_fn=fake_texts, unit_k=4)
+    with open_store(link) as r:
+        assert ut.unit_examples(r, 3, 1)["map"].isna().all()
+    at = _open(monkeypatch, link.parent, {"store": "r", "unit": "L3H1"})
+    assert _shown(at).startswith("L3H1 · ")
+    assert any("Maps: random data" in c.value for c in at.caption)
+    captions = [c for img in at.get("image") for c in img.captions]
+    assert len([c for c in captions if c.startswith("#")]) == 8  # 4 top + 4 bottom, no maps
