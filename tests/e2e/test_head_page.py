@@ -52,7 +52,10 @@ def test_head_page_cold_url_and_grid_click(server, tmp_path_factory):
                 "els => els.filter(i => i.complete && i.naturalWidth > 0).length"
             )
             assert shown >= 2 * k, f"{shown} images for top and bottom {k}"
-            assert main.locator("[data-testid='stVegaLiteChart']").count() >= 2  # histograms
+            page.wait_for_function(  # histograms (a loaded server may mount a chart late)
+                "document.querySelectorAll(\"[data-testid='stMain'] [data-testid='stVegaLiteChart']\").length >= 2",
+                timeout=60_000,
+            )
             assert main.get_by_text("TextSpan texts").count() == 1
             page.screenshot(path=str(RESULTS / "head-cold.png"), full_page=True)
             # the Heads grid: a click on a cell opens that head's page
