@@ -8,20 +8,19 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from dashboard.settings import DISPLAY_SIZE
+from engine.session.query import ImageQuery
 
 
 @dataclass(frozen=True)
-class QueryImage:
-    """The image every analysis works on.
+class QueryImage(ImageQuery):
+    """The image every analysis works on: the session's `ImageQuery` (image, sha, label,
+    store_index) plus what the dashboard shows about it.
 
     ``sha``: its cache key (sha256 of the upload's bytes, or the stored image's key);
-    ``store_index``: its row when picked from the store; ``duplicate_of``: the stored image
-    whose pixels an upload repeats exactly (it is then its own best neighbour)."""
+    ``store_index``: its row when picked from the store; ``notes``: what decoding the upload
+    did; ``duplicate_of``: the stored image whose pixels an upload repeats exactly (it is then
+    its own best neighbour)."""
 
-    image: Image.Image
-    sha: str
-    label: str
-    store_index: int | None = None
     notes: tuple[str, ...] = ()
     duplicate_of: int | None = None
 

@@ -166,3 +166,32 @@ def test_sessions_share_one_heads_budget(store):
     a.close()  # drops this version's entries, the model stays with b
     assert len(cache) == 0 and b.head_contributions(*hd) is not None
     b.close()
+
+
+def test_a_dashboard_query_is_an_image_query_and_the_analyses_take_it(store):
+    """The dashboard's `QueryImage` is the session's `ImageQuery` plus display extras: an upload
+    (keyed by its bytes' hash) gets exactly what the same pixels as a plain ImageQuery get."""
+    import io
+
+    from dashboard.query import QueryImage
+    from dashboard.uploads import query_from_bytes
+
+    img = Image.fromarray(world.generate(0, 48, seed=0).images[7])
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    up = query_from_bytes(buf.getvalue(), "upload.png")
+    plain = ImageQuery.from_image(img)
+    assert isinstance(up, ImageQuery) and isinstance(up, QueryImage) and up.sha != plain.sha
+    with StoreSession.open(store) as s:
+        assert s.as_query(up) is up
+        heads = s.heads()[:3]
+        np.testing.assert_array_equal(s.query_head_out(up, heads), s.query_head_out(plain, heads))
+        a, b = (s.property_neighbours(q, heads, k=4) for q in (up, plain))
+        assert a.index.tolist() == b.index.tolist()
+        np.testing.assert_array_equal(
+            s.topic_segmentation(up, "a red shape"), s.topic_segmentation(plain, "a red shape")
+        )
+        stored = s.query_from_store(7)
+        shown = QueryImage(stored.image, stored.sha, "stored #7", stored.store_index)
+        assert shown.with_duplicate(3).store_index == 7 and isinstance(shown, ImageQuery)
+        assert 7 not in s.head_image_neighbours(shown, heads[:1], k=5)[0].index.tolist()

@@ -182,3 +182,17 @@ def test_demo_store_visualises_the_labelled_heads_of_its_last_layers():
     assert visualise_spec(labels, 8, last=1) == "L7H0,L7H1"
     assert visualise_spec(labels, 8, last=2) == "L6H0,L7H0,L7H1"
     assert visualise_spec({(7, 2): "mixed"}, 8) is None
+
+
+def test_drop_caches_forgets_the_neuron_query_captures(session):
+    session.drop_caches()  # what earlier tests of this module's session left
+    q = session.query_from_store(2)
+    m = session.neuron_map(q, 1, 5)
+    assert len(session._neuron_queries) == 1  # the capture, kept per (image, layer)
+    session.neuron_map(q, 1, 6)
+    assert len(session._neuron_queries) == 1  # reused by another neuron of the layer
+    session.drop_caches()
+    assert len(session._neuron_queries) == 0
+    again = session.neuron_map(q, 1, 5)  # recomputed after the drop, the same map
+    np.testing.assert_allclose(again.patches, m.patches, rtol=1e-6)
+    assert len(session._neuron_queries) == 1

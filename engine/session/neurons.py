@@ -203,8 +203,7 @@ def _capture(session, query, layer: int):
             std,
         )
 
-    cache = session.__dict__.setdefault("_neuron_queries", type(session._maps)(8))
-    return cache.get((q.sha, int(layer)), compute)
+    return session._neuron_queries.get((q.sha, int(layer)), compute)
 
 
 def _path_maps(session, layer: int) -> tuple[np.ndarray, np.ndarray]:

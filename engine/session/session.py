@@ -6,6 +6,18 @@ contributions ready for ranking, the query image's decomposition and per-patch m
 complete stored decomposition and the zero-shot tasks. The analyses (`engine.session.analyses`)
 and ablation (`engine.session.ablation`) are functions of (session, query, choices); the session
 exposes them as methods too. Thread-safe: one session may serve many dashboard users.
+
+Caches. One byte budget (`cache_bytes`, default `engine.store.cache.default_budget`; or a
+`heads_cache` shared by every session of a server) holds what grows with the store or the model:
+per-head contributions, whole-store results (`_once`: components, tasks, neuron tables and
+directions, per-layer neuron paths and coordinates, ...) and query decompositions (`_queries`,
+`_neuron_queries`: each holds the image's captured activations, tens to hundreds of MB for a
+large model). An entry larger than the whole budget is returned but not kept; whole-store
+results of at most SMALL_RESULT_BYTES (metadata, shares, small tables) are kept outside the
+budget, never evicted (their keys are few). Entry-bounded, outside the budget: text embeddings
+(`_texts`, TEXT_CACHE_ENTRIES × [d_embed] float32, 32 MB at d_embed 512) and map stacks
+(`_maps`, MAPS_CACHE_ENTRIES × [layer, head, grid, grid] float32, a few MB): their entries are
+small and of a fixed size, so their bound is known. `drop_caches` empties all of them.
 """
 
 from __future__ import annotations
@@ -29,11 +41,12 @@ from engine.session import neurons as _neurons
 from engine.session.model import load_store_model
 from engine.session.query import ImageAnalysis, ImageQuery
 from engine.store import StoreReader
-from engine.store.cache import ByteBudgetCache
+from engine.store.cache import ByteBudgetCache, nbytes
 
 TEXT_CACHE_ENTRIES = 16384  # text embeddings kept per session ([d_embed] float32 each)
-QUERY_CACHE_ENTRIES = 16  # query decompositions kept (each holds its captured activations)
 MAPS_CACHE_ENTRIES = 64  # per-patch map stacks [layer, head, grid, grid] kept
+SMALL_RESULT_BYTES = 64 * 2**10  # whole-store results this small are always kept
+_MISSING = object()
 
 
 class _Lru:
@@ -73,6 +86,43 @@ class _Lru:
             self._d.clear()
 
 
+class _Scoped:
+    """One kind of the session's results inside its byte-budgeted cache (keys prefixed by
+    `scope`); results of at most `small` bytes (when `small` > 0) are kept beside it, never
+    evicted. `get(key, compute)` like `_Lru`; `clear()` forgets this kind only."""
+
+    def __init__(self, cache: ByteBudgetCache, scope: tuple, small: int = 0):
+        self._cache, self.scope, self.small = cache, scope, int(small)
+        self._lock = threading.Lock()
+        self._small: dict = {}
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._small:
+                return self._small[key]
+        value = self._cache.lookup((*self.scope, key), _MISSING)
+        if value is not _MISSING:
+            return value
+        value = compute()
+        size = nbytes(value)
+        if 0 < self.small and size <= self.small:
+            with self._lock:
+                self._small[key] = value
+        else:
+            self._cache.put((*self.scope, key), value, size)  # not kept when over the budget
+        return value
+
+    def __len__(self) -> int:
+        n = len(self.scope)
+        return len(self._small) + sum(1 for k in self._cache.keys() if k[:n] == self.scope)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._small.clear()
+        n = len(self.scope)
+        self._cache.drop(lambda k: isinstance(k, tuple) and k[:n] == self.scope)
+
+
 class StoreSession:
     """A store opened read-only, with its model, heads, texts and analyses (lazy, cached).
 
@@ -97,9 +147,13 @@ class StoreSession:
         self._heads_cache = ByteBudgetCache(cache_bytes) if heads_cache is None else heads_cache
         self._key = str(reader.version_path)  # this version's entries in a shared heads cache
         self._texts = _Lru(TEXT_CACHE_ENTRIES)
-        self._queries = _Lru(QUERY_CACHE_ENTRIES)
         self._maps = _Lru(MAPS_CACHE_ENTRIES)
-        self._once = _Lru(8)  # whole-store results: components, tasks (drop_caches frees them)
+        # under the byte budget, beside the heads (see the module docstring):
+        cache = self._heads_cache
+        self._queries = _Scoped(cache, (self._key, "query"))  # decompositions + captures
+        self._neuron_queries = _Scoped(cache, (self._key, "neuron_query"))  # engine.session.neurons
+        # whole-store results (components, tasks, neuron tables, ...); small ones always kept
+        self._once = _Scoped(cache, (self._key, "once"), small=SMALL_RESULT_BYTES)
 
     @classmethod
     def open(
@@ -116,7 +170,7 @@ class StoreSession:
 
     def drop_caches(self) -> None:
         """Forget what was computed from the store (the model stays loaded)."""
-        for c in (self._texts, self._queries, self._maps, self._once):
+        for c in (self._texts, self._queries, self._neuron_queries, self._maps, self._once):
             c.clear()
         self._heads_cache.drop(lambda key: key[0] == self._key)
         self.reader.cache.clear()
