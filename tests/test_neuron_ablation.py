@@ -223,8 +223,9 @@ def chunked(tmp_path_factory):
     return link
 
 
-def test_streamed_deltas_equal_the_dense_formula_chunk_by_chunk(chunked):
+def test_streamed_deltas_equal_the_dense_formula_chunk_by_chunk(chunked, monkeypatch):
     from engine.core import ablation
+    from engine.session import neuron_ablation as na
     from engine.session.neuron_ablation import neuron_delta, neuron_deltas
 
     with StoreSession.open(chunked) as s:
@@ -245,6 +246,9 @@ def test_streamed_deltas_equal_the_dense_formula_chunk_by_chunk(chunked):
         perm = rng.permutation(len(ev))
         again = neuron_delta(s, sets[3], rng.permutation(fit), ev[perm])
         np.testing.assert_allclose(again, got[3][perm], rtol=1e-5, atol=1e-6)
+        monkeypatch.setattr(na, "_BLOCK_BYTES", 1)  # the fit means one image at a time
+        np.testing.assert_allclose(neuron_delta(s, sets[0], fit, ev), got[0], rtol=1e-5,
+                                   atol=1e-6)  # fmt: skip
 
 
 def test_ablate_neurons_equals_the_dense_implementation(chunked, monkeypatch):

@@ -88,6 +88,9 @@ def _frames(s, layer: int, idx: np.ndarray) -> np.ndarray:
     return q.float().numpy()
 
 
+_BLOCK_BYTES = 2**24  # float32 coordinates dequantised at once for the fit means (16 MiB)
+
+
 def _layer_slice(s, layer: int) -> tuple[slice, int]:
     """Where the layer's neurons live in the store: its K columns of `neuron_coord` [image, K,
     neuron] and its index along `neuron_scale`'s layer axis."""
@@ -123,11 +126,13 @@ def _read(s, layer: int, images: slice, rows: np.ndarray) -> tuple[np.ndarray, n
 
 def _fit_mean(s, layer: int, fit: np.ndarray) -> np.ndarray:
     """mean_fit k_n of every neuron of the layer, streamed chunk by chunk: [neuron, K] float32."""
-    total = None
+    total = 0.0
     for images, _, rows in _chunks(s, np.asarray(fit)):
-        k = so.dequantise(*_read(s, layer, images, rows))  # [row, neuron, K]
-        part = k.sum(axis=0, dtype=np.float64)
-        total = part if total is None else total + part
+        q, scale = _read(s, layer, images, rows)  # [row, K, neuron], [row, neuron]
+        step = max(1, _BLOCK_BYTES // (4 * q[0].size))  # rows dequantised at once
+        for a in range(0, len(q), step):
+            k = so.dequantise(q[a : a + step], scale[a : a + step])  # [row, neuron, K]
+            total = total + k.sum(axis=0, dtype=np.float64)
     return (total / len(fit)).astype(np.float32)
 
 
