@@ -196,3 +196,74 @@ def test_sessions_route_neurons_and_heads_apart(store):
         want = s.ablate_neurons("neurons:L1:bottom:4", random=1).to_dict()
     with open_notebook(store) as nb:
         assert nb.ablate_neurons("neurons:L1:bottom:4", random=1).to_dict() == want
+
+
+def _dense_delta(s, chosen, fit, ev):
+    """The former, in-memory formula: the whole layer dequantised, [image, neuron, K]."""
+    from engine.core import second_order as so
+    from engine.session import neuron_ablation as na
+
+    out = np.zeros((len(ev), s.model_record.d_embed), np.float32)
+    for layer, idx in chosen.items():
+        cols, li = na._layer_slice(s, layer)
+        q = s.reader.array("neuron_coord")[:, cols]  # [image, K, neuron] int8
+        k = so.dequantise(q, s.reader.array("neuron_scale")[:, li])[:, idx]  # [image, n, K]
+        centred = k[ev] - k[fit].mean(axis=0, keepdims=True)
+        out += np.einsum("ink,nke->ie", centred, na._frames(s, layer, idx), optimize=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def chunked(tmp_path_factory):
+    """A store of N images in chunks of 16 (the last one partial), with described neurons."""
+    link = tmp_path_factory.mktemp("nc") / "s"
+    build_store(BuildParams(model="tiny-test", images=f"synthetic:{N}:2", store=str(link),
+                            batch_size=20, progress=False, neurons="1-1", image_chunk=16))  # fmt: skip
+    run_neuron_interpretation(link, None, "world", top=8, n_words=4, progress=False)
+    return link
+
+
+def test_streamed_deltas_equal_the_dense_formula_chunk_by_chunk(chunked, monkeypatch):
+    from engine.core import ablation
+    from engine.session import neuron_ablation as na
+    from engine.session.neuron_ablation import neuron_delta, neuron_deltas
+
+    with StoreSession.open(chunked) as s:
+        assert int(s.info["image_chunk"]) == 16 and N % 16  # three chunks, one partial
+        n = len(s.neuron_table().query("layer == 1"))
+        fit, ev = ablation.split(N, 0.5, 3)
+        rng = np.random.default_rng(0)
+        sets = [{1: np.arange(n)}, {1: np.array([5])}, {1: np.array([], int)}]
+        sets += [{1: np.sort(rng.choice(n, 9, replace=False))} for _ in range(3)]
+        got = neuron_deltas(s, sets, fit, ev)
+        assert len(got) == len(sets)
+        for chosen, delta in zip(sets, got, strict=True):
+            want = _dense_delta(s, chosen, fit, ev)
+            assert delta.shape == (len(ev), s.model_record.d_embed)
+            np.testing.assert_allclose(delta, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        assert not got[2].any() and np.abs(got[0]).max() > 0
+        # eval images in any order come back in that order; fit images in any order, same means
+        perm = rng.permutation(len(ev))
+        again = neuron_delta(s, sets[3], rng.permutation(fit), ev[perm])
+        np.testing.assert_allclose(again, got[3][perm], rtol=1e-5, atol=1e-6)
+        monkeypatch.setattr(na, "_BLOCK_BYTES", 1)  # the fit means one image at a time
+        np.testing.assert_allclose(neuron_delta(s, sets[0], fit, ev), got[0], rtol=1e-5,
+                                   atol=1e-6)  # fmt: skip
+
+
+def test_ablate_neurons_equals_the_dense_implementation(chunked, monkeypatch):
+    """The whole ablation (draws included) is what the former per-set dense deltas gave."""
+    from engine.session import neuron_ablation as na
+
+    with StoreSession.open(chunked) as s:
+        streamed = s.ablate_neurons("neurons:L1:significant", random=4, seed=2).to_dict()
+        calls = []
+
+        def dense(s_, sets, fit, ev):
+            calls.append(len(sets))
+            return [_dense_delta(s_, c, fit, ev) for c in sets]
+
+        monkeypatch.setattr(na, "neuron_deltas", dense)
+        want = s.ablate_neurons("neurons:L1:significant", random=4, seed=2).to_dict()
+    assert calls == [5]  # the ablated set and every draw, in one call
+    assert streamed == want  # accuracies are counts: float rounding of the deltas leaves them

@@ -88,31 +88,77 @@ def _frames(s, layer: int, idx: np.ndarray) -> np.ndarray:
     return q.float().numpy()
 
 
-def _coords(s, layer: int) -> np.ndarray:
-    """Every image's frame coordinates of the layer's neurons: [image, neuron, K] float32."""
+_BLOCK_BYTES = 2**24  # float32 coordinates dequantised at once for the fit means (16 MiB)
 
-    def load():
-        built = _neurons.neuron_layers(s)
-        n_layers, n_heads = int(s.info["n_layers"]), s.n_heads
-        off = sum((n_layers - 1 - l) * n_heads for l in built if l < layer)
-        k = (n_layers - 1 - layer) * n_heads
-        q = s.reader.lazy("neuron_coord")[:, off : off + k]  # [image, K, neuron] int8
-        scale = s.reader.lazy("neuron_scale")[:, built.index(layer)]  # [image, neuron]
-        return so.dequantise(np.asarray(q), np.asarray(scale))
 
-    return s._once.get(("neuron_coords", int(layer)), load)
+def _layer_slice(s, layer: int) -> tuple[slice, int]:
+    """Where the layer's neurons live in the store: its K columns of `neuron_coord` [image, K,
+    neuron] and its index along `neuron_scale`'s layer axis."""
+    built = _neurons.neuron_layers(s)
+    n_layers, n_heads = int(s.info["n_layers"]), s.n_heads
+    off = sum((n_layers - 1 - l) * n_heads for l in built if l < layer)
+    k = (n_layers - 1 - layer) * n_heads
+    return slice(off, off + k), built.index(layer)
+
+
+def _chunks(s, rows: np.ndarray):
+    """(image slice, positions in `rows`, those rows' offsets in the slice) for every stored
+    image chunk holding one of `rows` (any order), in store order."""
+    step = max(1, int(s.info.get("image_chunk") or 1024))
+    order = np.argsort(rows, kind="stable")
+    srt = rows[order]
+    if not len(srt):
+        return
+    for lo in range(int(srt[0]) // step * step, int(srt[-1]) + 1, step):
+        a, b = np.searchsorted(srt, [lo, lo + step])
+        if a < b:
+            yield slice(lo, lo + step), order[a:b], srt[a:b] - lo
+
+
+def _read(s, layer: int, images: slice, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One image chunk's stored coordinates of the layer, kept to `rows` (offsets in the chunk):
+    q [row, K, neuron] int8 and scale [row, neuron]."""
+    cols, li = _layer_slice(s, layer)
+    q = np.asarray(s.reader.lazy("neuron_coord")[images, cols])[rows]
+    scale = np.asarray(s.reader.lazy("neuron_scale")[images, li])[rows]
+    return q, scale
+
+
+def _fit_mean(s, layer: int, fit: np.ndarray) -> np.ndarray:
+    """mean_fit k_n of every neuron of the layer, streamed chunk by chunk: [neuron, K] float32."""
+    total = 0.0
+    for images, _, rows in _chunks(s, np.asarray(fit)):
+        q, scale = _read(s, layer, images, rows)  # [row, K, neuron], [row, neuron]
+        step = max(1, _BLOCK_BYTES // (4 * q[0].size))  # rows dequantised at once
+        for a in range(0, len(q), step):
+            k = so.dequantise(q[a : a + step], scale[a : a + step])  # [row, neuron, K]
+            total = total + k.sum(axis=0, dtype=np.float64)
+    return (total / len(fit)).astype(np.float32)
+
+
+def neuron_deltas(s, sets: list[dict[int, np.ndarray]], fit, ev) -> list[np.ndarray]:
+    """neuron_delta of each set of `sets` (layer -> neuron indices), in one streamed pass over
+    each layer's stored coordinates plus one for its fit means: memory is one image chunk and
+    the outputs, whatever the number of images. Returns [image, d_embed] per set (eval images)."""
+    ev = np.asarray(ev)
+    outs = [np.zeros((len(ev), s.model_record.d_embed), np.float32) for _ in sets]
+    layers = sorted({l for chosen in sets for l, idx in chosen.items() if len(idx)})
+    for layer in layers:
+        mine = [(j, np.asarray(c[layer])) for j, c in enumerate(sets) if len(c.get(layer, ()))]
+        mean = _fit_mean(s, layer, np.asarray(fit))  # [neuron, K]
+        frames = [_frames(s, layer, idx) for _, idx in mine]  # [neuron, K, d_embed] each
+        for images, pos, rows in _chunks(s, ev):
+            q, scale = _read(s, layer, images, rows)  # [row, K, neuron], [row, neuron]
+            for (j, idx), frame in zip(mine, frames, strict=True):
+                centred = so.dequantise(q[:, :, idx], scale[:, idx]) - mean[idx]
+                outs[j][pos] += np.einsum("ink,nke->ie", centred, frame, optimize=True)
+    return outs
 
 
 def neuron_delta(s, chosen: dict[int, np.ndarray], fit, ev) -> np.ndarray:
-    """Σ_{n ∈ chosen} (k_n(i) - mean_fit k_n) @ Q_n for the eval images: [image, d_embed]."""
-    out = np.zeros((len(ev), s.model_record.d_embed), np.float32)
-    for layer, idx in chosen.items():
-        if not len(idx):
-            continue
-        k = _coords(s, layer)[:, idx]  # [image, neuron, K]
-        centred = k[ev] - k[fit].mean(axis=0, keepdims=True)
-        out += np.einsum("ink,nke->ie", centred, _frames(s, layer, idx), optimize=True)
-    return out
+    """Σ_{n ∈ chosen} (k_n(i) - mean_fit k_n) @ Q_n for the eval images: [image, d_embed]
+    (streamed: `neuron_deltas`)."""
+    return neuron_deltas(s, [chosen], fit, ev)[0]
 
 
 def _layers(layers: list[int]) -> str:
@@ -189,12 +235,14 @@ def ablate_neurons(
     base = np.asarray(output[ev], np.float32)
     sub = [t.subset(ev) for t in ts.tasks]
     before = [evaluate(base, t) for t in sub]
-    after = [evaluate(base - neuron_delta(s, chosen, fit, ev), t) for t in sub]
     rng = np.random.default_rng(seed)
+    draws = [{l: random_neurons(rng, len(significance[l]), v) for l, v in chosen.items()}
+             for _ in range(random)]  # fmt: skip
+    deltas = neuron_deltas(s, [chosen, *draws], fit, ev)  # one pass over each layer
+    after = [evaluate(base - deltas[0], t) for t in sub]
     rand = np.zeros((random, len(sub)))
     for d in range(random):
-        draw = {l: random_neurons(rng, len(significance[l]), v) for l, v in chosen.items()}
-        emb = base - neuron_delta(s, draw, fit, ev)
+        emb = base - deltas[1 + d]
         rand[d] = [evaluate(emb, t).accuracy for t in sub]
     results = [
         TaskAblation(task=b.name, n_eval=b.n_labelled, before=b.accuracy, after=a.accuracy,
