@@ -16,6 +16,7 @@ from torch import Tensor
 from engine.core import decompose as core_decompose
 from engine.core.types import VisionCapture, ViTWeights
 from engine.errors import UnsupportedModel
+from engine.model.hooks import own_thread
 from engine.model.loading import LoadedModel
 from engine.model.timm_tower import STORE_NOT_YET, decompose_pooled_images, is_timm_tower
 
@@ -82,23 +83,27 @@ def capture(
     hooks = []
     try:
         hooks.append(
-            v.ln_pre.register_forward_hook(lambda m, i, o: seen.__setitem__("embed", cls(o)))
+            v.ln_pre.register_forward_hook(
+                own_thread(lambda m, i, o: seen.__setitem__("embed", cls(o)))
+            )
         )
         for i, blk in enumerate(blocks):
             hooks.append(
                 blk.attn.register_forward_hook(
-                    lambda m, inp, o, i=i: seen.__setitem__(f"attn_out{i}", cls(_first(o)))
+                    own_thread(
+                        lambda m, inp, o, i=i: seen.__setitem__(f"attn_out{i}", cls(_first(o)))
+                    )
                 )
             )
             hooks.append(
                 blk.mlp.register_forward_hook(
-                    lambda m, inp, o, i=i: seen.__setitem__(f"mlp_out{i}", cls(o))
+                    own_thread(lambda m, inp, o, i=i: seen.__setitem__(f"mlp_out{i}", cls(o)))
                 )
             )
             if i in layers:
                 hooks.append(
                     blk.ln_1.register_forward_hook(
-                        lambda m, inp, o, i=i: seen.__setitem__(f"attn_in{i}", bt(o))
+                        own_thread(lambda m, inp, o, i=i: seen.__setitem__(f"attn_in{i}", bt(o)))
                     )
                 )
 
@@ -106,7 +111,7 @@ def capture(
             x = inp[0]
             seen["resid"] = x if x.dim() == 2 else cls(x)
 
-        hooks.append(v.ln_post.register_forward_pre_hook(post_hook))
+        hooks.append(v.ln_post.register_forward_pre_hook(own_thread(post_hook)))
         dtype = next(v.parameters()).dtype
         output = model.encode_image(pixels.to(device=next(v.parameters()).device, dtype=dtype))
     finally:
@@ -201,9 +206,9 @@ def _capture_neurons(lm, pixels, layers, neuron_layers, capture_fn):
     hooks = []
     try:
         for i in neuron_layers:
-            hooks.append(blocks[i].mlp.c_proj.register_forward_pre_hook(on_proj(i)))
+            hooks.append(blocks[i].mlp.c_proj.register_forward_pre_hook(own_thread(on_proj(i))))
         for i in later:
-            hooks.append(blocks[i].ln_1.register_forward_pre_hook(on_ln(i)))
+            hooks.append(blocks[i].ln_1.register_forward_pre_hook(own_thread(on_ln(i))))
         cap = capture_fn(lm, pixels, sorted(set(int(x) for x in layers) | set(later)))
     finally:
         for h in hooks:

@@ -21,6 +21,7 @@ import torch
 from engine.core import pooling
 from engine.core.types import ModelDims
 from engine.errors import UnsupportedModel
+from engine.model.hooks import own_thread
 
 # What the class-token code paths (`vision_weights`, `capture`) say to a SigLIP tower
 STORE_NOT_YET = (
@@ -268,7 +269,7 @@ def capture_pooled(
     seen: dict[str, torch.Tensor] = {}
 
     def keep(name: str):
-        return lambda m, inp, out: seen.__setitem__(name, out)
+        return own_thread(lambda m, inp, out: seen.__setitem__(name, out))
 
     hooks = []
     try:
@@ -279,7 +280,9 @@ def capture_pooled(
             if i in layers:
                 hooks.append(blk.attn.qkv.register_forward_hook(keep(f"qkv{i}")))
         hooks.append(
-            t.norm.register_forward_pre_hook(lambda m, inp: seen.__setitem__("resid", inp[0]))
+            t.norm.register_forward_pre_hook(
+                own_thread(lambda m, inp: seen.__setitem__("resid", inp[0]))
+            )
         )
         hooks.append(t.attn_pool.kv.register_forward_hook(keep("pool_kv")))
         hooks.append(t.attn_pool.mlp.register_forward_hook(keep("pool_mlp")))
