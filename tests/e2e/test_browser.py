@@ -120,6 +120,23 @@ def test_dashboard_in_chromium(server):
                     assert grid.first.bounding_box()["height"] > 60, "heads table is empty"
                 else:
                     main.locator("[data-testid='stVegaLiteChart']").first.wait_for(timeout=30_000)
+            # the Neurons page on the upload: the neurons nearest a typed text segment it
+            side.get_by_role("link", name="Neurons").click()
+            page.locator("h1").filter(has_text="Neurons").first.wait_for(timeout=60_000)
+            _settle(page)
+            seg = page.get_by_placeholder("e.g. a red shape").nth(1)  # search first, then this
+            seg.fill("a red shape")
+            seg.press("Enter")
+            page.get_by_text("The mean of their per-patch maps").first.wait_for(timeout=120_000)
+            _settle(page)
+            _no_exception(page)
+            page.screenshot(path=str(RESULTS / "10-neurons-upload.png"), full_page=True)
+            assert _rendered_images(page) >= 2, "Neurons: no segmentation of the upload"
+            main = page.locator("[data-testid='stMain']")
+            assert (
+                main.locator("[data-testid='stAlert']").filter(has_text="Pick a sample").count()
+                == 0
+            )
             # a bad upload: one clear message, no traceback
             side.locator("input[type='file']").set_input_files(
                 files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"}]
