@@ -39,16 +39,15 @@ def run(args) -> int:
     from engine.core.neuron_spec import is_neuron_spec
     from engine.pipeline.ablate import AblateParams, run_ablate
 
+    params = AblateParams(
+        store=args.store, ablate=args.ablate, tasks=args.tasks, random=args.random,
+        split=args.split, seed=args.seed, per_head=args.per_head, write=not args.no_write,
+    )  # fmt: skip
     if is_neuron_spec(args.ablate):
         from engine.cli.ablate_neurons import run_neurons
 
-        return run_neurons(args)
-    res = run_ablate(
-        AblateParams(
-            store=args.store, ablate=args.ablate, tasks=args.tasks, random=args.random,
-            split=args.split, seed=args.seed, per_head=args.per_head, write=not args.no_write,
-        )
-    )  # fmt: skip
+        return run_neurons(args, params)
+    res = run_ablate(params)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
         return 0

@@ -7,15 +7,11 @@ from __future__ import annotations
 import json
 
 
-def run_neurons(args) -> int:
-    from engine.pipeline.ablate import AblateParams, run_ablate_neurons
+def run_neurons(args, params) -> int:
+    """The neuron form of `ablate`: `params` is the `AblateParams` the heads' form builds too."""
+    from engine.pipeline.ablate import run_ablate_neurons
 
-    run = run_ablate_neurons(
-        AblateParams(
-            store=args.store, ablate=args.ablate, tasks=args.tasks, random=args.random,
-            split=args.split, seed=args.seed, per_head=args.per_head, write=not args.no_write,
-        )
-    )  # fmt: skip
+    run = run_ablate_neurons(params)
     if args.json:
         print(json.dumps(run.to_dict(), indent=2))
         return 0

@@ -37,14 +37,19 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from engine.core import neuron_analysis as na
 from engine.core import neuron_units as nu
 from engine.core import units
 from engine.core.layers import unit_name
 from engine.errors import UserError
-from engine.pipeline.units import EMBED_VAR_SAMPLE, MAP_BATCH, N_TEXTS, _ImageLoader
+from engine.pipeline.units import (
+    EMBED_VAR_SAMPLE,
+    N_TEXTS,
+    ImageLoader,
+    maps_model,
+    why_no_maps,
+)
 
 MAP_NEURONS = 64  # most significant neurons (all chosen layers) whose examples get maps
 
@@ -129,12 +134,7 @@ class NeuronUnitPrecompute:
     def compute_maps(self, progress: bool = False) -> None:
         t = time.perf_counter()
         try:
-            if self.map_neurons == 0:
-                why = "not requested"
-            elif self.info.get("random_data"):
-                why = "random data: no image behind the stored rows"
-            else:
-                why = self._maps(progress)
+            why = why_no_maps(self.map_neurons != 0, self.info) or self._maps(progress)
             self.maps_status = why or f"computed for the {self.map_neurons} most significant"
         finally:
             self.timings["neuron_unit_summaries_s"] = round(self._t, 3)
@@ -145,11 +145,10 @@ class NeuronUnitPrecompute:
         from engine.model.capture import capture_neurons
         from engine.pipeline.neurons import StoredNeurons
 
-        try:
-            lm = self.session.model()  # verified against the store's weights
-            w = self.session.vision_weights()
-        except UserError as e:
-            return f"model not loadable here: {e}"
+        got = maps_model(self.session)
+        if isinstance(got, str):
+            return got
+        lm, w = got
         chosen = self.chosen_for_maps()
         self.mapped = set(chosen)
         sn = StoredNeurons(self.session.reader)
@@ -167,21 +166,8 @@ class NeuronUnitPrecompute:
             for i in np.concatenate([s.top[n], s.bottom[n]]).tolist():
                 want.setdefault(int(i), []).append((l, n))
         ids = sorted(want)
-        loader = _ImageLoader(self.info, self.session.reader.images()["path"].tolist(),
-                              lm.preprocess)  # fmt: skip
-        missing = 0
-        bar = tqdm(total=len(ids), desc="neuron unit maps", unit="image", disable=not progress)
-        for a in range(0, len(ids), MAP_BATCH):
-            batch = []
-            for i in ids[a : a + MAP_BATCH]:
-                px = loader.pixels(i)
-                if px is None:
-                    missing += 1
-                else:
-                    batch.append((i, px))
-            bar.update(len(ids[a : a + MAP_BATCH]))
-            if not batch:
-                continue
+        loader = ImageLoader.of_session(self.session, lm.preprocess)
+        for batch in loader.batches(ids, "neuron unit maps", progress):
             with torch.no_grad():
                 cap, ncap = capture_neurons(lm, torch.stack([p for _, p in batch]), [], layers)
                 std = (cap.resid.float().var(-1, unbiased=False) + w.ln_post_eps).sqrt()
@@ -199,10 +185,7 @@ class NeuronUnitPrecompute:
                         if ll == l:
                             t = per_token[j, :, col[n]]
                             self.maps[(l, n, i)] = (t[1:].numpy().copy(), float(t[0]))
-        bar.close()
-        if missing == len(ids):
-            return "the store's images are not readable here"
-        return None
+        return loader.unreadable(ids)
 
     # ---- rows of the unit tables
 

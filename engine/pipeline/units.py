@@ -89,20 +89,11 @@ class UnitPrecompute:
 
     # ---- per-patch maps on the extreme images
 
-    def _why_no_maps(self) -> str | None:
-        if not self.want_maps:
-            return "not requested"
-        if self.info.get("random_data"):
-            return "random data: no image behind the stored rows"
-        return None
-
     def compute_maps(self, progress: bool = False) -> None:
         """Per-patch maps of every head on its top and bottom images (model on 2k images/head)."""
         t = time.perf_counter()
         try:
-            why = self._why_no_maps()
-            if why is None:
-                why = self._maps(progress)
+            why = why_no_maps(self.want_maps, self.info) or self._maps(progress)
             self.maps_status = why or "computed"
         finally:
             self.timings["unit_summaries_s"] = round(self._t_summary, 3)
@@ -111,14 +102,11 @@ class UnitPrecompute:
     def _maps(self, progress: bool) -> str | None:
         from engine.model import capture
 
-        try:
-            lm = self.session.model()  # verified against the store's weights
-            w = self.session.vision_weights()
-        except UserError as e:
-            return f"model not loadable here: {e}"
-        # the image paths only when maps are made (1M rows: ~1 s, for nothing on random data)
-        paths = self.session.reader.images()["path"].tolist()
-        loader = _ImageLoader(self.info, paths, lm.preprocess)
+        got = maps_model(self.session)
+        if isinstance(got, str):
+            return got
+        lm, w = got
+        loader = ImageLoader.of_session(self.session, lm.preprocess)
         want: dict[int, list[tuple[int, int]]] = {}  # image -> heads that show it
         for key, s in self.summaries.items():
             for i in np.concatenate([s.top, s.bottom]).tolist():
@@ -129,19 +117,7 @@ class UnitPrecompute:
         dirs = {l: torch.zeros(w.n_heads, d_embed) for l in layers}  # [head, d_embed] per layer
         for (l, h), d in self.directions.items():
             dirs[l][h] = torch.from_numpy(d)
-        missing = 0
-        bar = tqdm(total=len(ids), desc="unit maps", unit="image", disable=not progress)
-        for a in range(0, len(ids), MAP_BATCH):
-            batch = []
-            for i in ids[a : a + MAP_BATCH]:
-                px = loader.pixels(i)
-                if px is None:
-                    missing += 1
-                else:
-                    batch.append((i, px))
-            bar.update(len(ids[a : a + MAP_BATCH]))
-            if not batch:
-                continue
+        for batch in loader.batches(ids, "unit maps", progress):
             pixels = torch.stack([p for _, p in batch])
             if self.session.pooled:  # SigLIP: maps through the frozen pool, no class token
                 from engine.model.timm_tower import capture_pooled
@@ -156,10 +132,7 @@ class UnitPrecompute:
                     for ll, h in want[i]:
                         if ll == l:
                             self.maps[(l, h, i)] = (maps[j, h].numpy().copy(), float(cls[j, h]))
-        bar.close()
-        if missing == len(ids):
-            return "the store's images are not readable here"
-        return None
+        return loader.unreadable(ids)
 
     # ---- rows of the unit tables
 
@@ -205,12 +178,58 @@ class UnitPrecompute:
         replace_unit_tables(writer, self.frames(run_id))
 
 
-class _ImageLoader:
+def why_no_maps(wanted: bool, info: dict) -> str | None:
+    """Why no maps are made before trying (not asked for, no image behind the rows), or None."""
+    if not wanted:
+        return "not requested"
+    if info.get("random_data"):
+        return "random data: no image behind the stored rows"
+    return None
+
+
+def maps_model(session):
+    """(LoadedModel, vision weights) of the store's model for the maps (verified against the
+    store's weights), or the one-line reason it cannot be loaded here."""
+    try:
+        return session.model(), session.vision_weights()
+    except UserError as e:
+        return f"model not loadable here: {e}"
+
+
+class ImageLoader:
     """A stored image's pixels from the store's source: `synthetic:`/`random:` items are
     regenerated from their index, folder images re-read from `images_source / path`."""
 
+    @classmethod
+    def of_session(cls, session, preprocess) -> ImageLoader:
+        """The store's loader. Reads the image paths, so only when maps are made (1M rows: ~1 s,
+        for nothing on random data)."""
+        return cls(session.reader.info, session.reader.images()["path"].tolist(), preprocess)
+
+    def batches(self, ids: list[int], desc: str, progress: bool):
+        """The readable images of `ids`, in batches of at most MAP_BATCH `[(image_id, [3, H, W])]`
+        (empty batches skipped; `self.missing` counts the unreadable), with a progress bar."""
+        self.missing = 0
+        with tqdm(total=len(ids), desc=desc, unit="image", disable=not progress) as bar:
+            for a in range(0, len(ids), MAP_BATCH):
+                batch = []
+                for i in ids[a : a + MAP_BATCH]:
+                    px = self.pixels(i)
+                    if px is None:
+                        self.missing += 1
+                    else:
+                        batch.append((i, px))
+                bar.update(len(ids[a : a + MAP_BATCH]))
+                if batch:
+                    yield batch
+
+    def unreadable(self, ids: list[int]) -> str | None:
+        """After `batches(ids)`: the reason no map was made when no image could be read."""
+        return "the store's images are not readable here" if self.missing == len(ids) else None
+
     def __init__(self, info: dict, paths: list[str], preprocess):
         self.paths, self.preprocess = paths, preprocess
+        self.missing = 0
         src = str(info.get("images_source") or "")
         self.source = None
         self.root = None

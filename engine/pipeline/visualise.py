@@ -78,15 +78,21 @@ def run_visualise(
 ) -> list[VisualiseRow]:
     """Visualise every unit `spec` names (heads, or neurons in the neuron spec language) and
     store the images; returns one row per unit."""
+    if steps < 1 or views < 1 or not lr > 0:
+        raise UserError("--steps and --views must be at least 1 and --lr positive")
+    targets_of = _neuron_targets if is_neuron_spec(spec) else _head_targets
+    version, targets, size = targets_of(store_path, spec)
+    return _optimise_and_store(store_path, version, spec, targets, size, steps=steps, lr=lr,
+                               views=views, seed=seed, progress=progress)  # fmt: skip
+
+
+def _head_targets(store_path, spec: str):
+    """(store version, targets, image size) of the heads `spec` names: each head's contribution
+    along its direction (`vis.head_score`)."""
     from engine.model import capture_grad
     from engine.session import StoreSession
     from engine.store import unit_tables
 
-    if steps < 1 or views < 1 or not lr > 0:
-        raise UserError("--steps and --views must be at least 1 and --lr positive")
-    if is_neuron_spec(spec):
-        return _run_neurons(store_path, spec, steps=steps, lr=lr, views=views, seed=seed,
-                            progress=progress)  # fmt: skip
     with StoreSession.open(store_path) as session:
         r = session.reader
         version = r.version_path
@@ -135,18 +141,7 @@ def run_visualise(
             return vis.head_score(weights, cap, l, h, u)
 
         targets.append(("head", l, h, score, store_max[(l, h)]))
-    return _optimise_and_store(
-        store_path,
-        version,
-        spec,
-        targets,
-        int(info["image_size"]),
-        steps=steps,
-        lr=lr,
-        views=views,
-        seed=seed,
-        progress=progress,
-    )
+    return version, targets, int(info["image_size"])
 
 
 def _optimise_and_store(store_path, version, spec, targets, size, *, steps, lr, views, seed,
@@ -185,9 +180,10 @@ def _optimise_and_store(store_path, version, spec, targets, size, *, steps, lr, 
     return rows
 
 
-def _run_neurons(store_path, spec, *, steps, lr, views, seed, progress) -> list[VisualiseRow]:
-    """`visualise --units L6N12 | neurons:L6:top:8 | …`: each neuron's second-order effect along
-    its direction (`vis.neuron_score`), differentiable on the image being optimised."""
+def _neuron_targets(store_path, spec: str):
+    """(store version, targets, image size) of `visualise --units L6N12 | neurons:L6:top:8 | …`:
+    each neuron's second-order effect along its direction (`vis.neuron_score`), differentiable
+    on the image being optimised."""
     from engine.core import neuron_maps as nm
     from engine.model.capture import capture_neurons_grad
     from engine.pipeline.neurons import StoredNeurons
@@ -250,18 +246,7 @@ def _run_neurons(store_path, spec, *, steps, lr, views, seed, progress) -> list[
                                     s, later, gains)  # fmt: skip
 
         targets.append(("neuron", l, n, score, store_max[(l, n)]))
-    return _optimise_and_store(
-        store_path,
-        version,
-        spec,
-        targets,
-        int(info["image_size"]),
-        steps=steps,
-        lr=lr,
-        views=views,
-        seed=seed,
-        progress=progress,
-    )
+    return version, targets, int(info["image_size"])
 
 
 def _png(img: np.ndarray) -> bytes:
