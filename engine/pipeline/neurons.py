@@ -245,7 +245,7 @@ class StoredNeurons:
 
 def _rebuild(reader) -> str:
     try:
-        return reader._rebuild_command().rsplit(" --store", 1)[0] + f" --store {reader.path}"
+        return reader.rebuild_command().rsplit(" --store", 1)[0] + f" --store {reader.path}"
     except Exception:  # noqa: BLE001 - a message, never a failure of its own
         return f"python -m engine build --model MODEL --images IMAGES --store {reader.path}"
 

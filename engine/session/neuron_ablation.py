@@ -184,7 +184,7 @@ def check_layers(s, spec: str, described: list[int]) -> None:
         raise UserError(
             f"the neurons of {_layers(unbuilt)} of {s.path} were not built (built: "
             f"{_layers(built)}): rebuild the store "
-            f"with `{s.reader._rebuild_command()} --neurons {want}`, then `python -m engine "
+            f"with `{s.reader.rebuild_command()} --neurons {want}`, then `python -m engine "
             f"interpret --store {s.path} --neurons all`"
         )
     missing = [l for l in named if l not in described]
@@ -209,7 +209,7 @@ def ablate_neurons(
     t0 = time.perf_counter()
     if not _neurons.neuron_layers(s):
         raise UserError(
-            f"{s.path} was built without neurons: rebuild it with `{s.reader._rebuild_command()} "
+            f"{s.path} was built without neurons: rebuild it with `{s.reader.rebuild_command()} "
             f"--neurons L-L` (L: a layer), then `python -m engine interpret --store {s.path} "
             "--neurons all`"
         )

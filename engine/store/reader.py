@@ -81,13 +81,13 @@ class StoreReader:
         raise UserError(
             f"{self.path}: store format {found if found is not None else 'unknown'} is not "
             f"readable by this version (format {schema.SCHEMA_VERSION}); rebuild it with: "
-            f"{self._rebuild_command()}"
+            f"{self.rebuild_command()}"
         )
 
-    def _rebuild_command(self) -> str:
-        """The command that rebuilds this store (from its own build record when there is one).
-
-        The store is of another format here: its metadata is read as it was written, untyped."""
+    def rebuild_command(self) -> str:
+        """The command that rebuilds this store (from its own build record when there is one), for
+        messages that ask for a rebuild: an older format, a build without neurons. The metadata
+        is read as it was written, untyped, so any format's store can answer."""
         meta = {
             k: json.loads(v)
             for k, v in self.query("SELECT key, value FROM store_meta").itertuples(index=False)
